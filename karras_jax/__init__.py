@@ -1,0 +1,42 @@
+"""karras_jax: Karras et al. (2022) stochastic sampling (EDM Algorithm 2) in JAX.
+
+Pure step functions with diffusers' ``KarrasVeScheduler`` shape, immutable pytree state,
+and a whole-loop sampler that compiles to one XLA program.
+"""
+
+from karras_jax._io import load_config, save_config
+from karras_jax.config import KarrasVeConfig
+from karras_jax.schedules import custom_sigmas, diffusers_sigmas, karras_sigmas, ve_sigmas
+from karras_jax.scheduler import FlaxKarrasVeScheduler, KarrasVeScheduler
+from karras_jax.state import KarrasVeState, set_timesteps
+from karras_jax.steps import (
+    KarrasVeOutput,
+    add_noise_to_input,
+    churn_gamma,
+    scale_model_input,
+    step,
+    step_correct,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FlaxKarrasVeScheduler",
+    "KarrasVeConfig",
+    "KarrasVeOutput",
+    "KarrasVeScheduler",
+    "KarrasVeState",
+    "__version__",
+    "add_noise_to_input",
+    "churn_gamma",
+    "custom_sigmas",
+    "diffusers_sigmas",
+    "karras_sigmas",
+    "load_config",
+    "save_config",
+    "scale_model_input",
+    "set_timesteps",
+    "step",
+    "step_correct",
+    "ve_sigmas",
+]

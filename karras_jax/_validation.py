@@ -1,0 +1,105 @@
+"""Input checks shared by every public entry point.
+
+Values are checked only where they are concrete. Tracers (inside ``jit``,
+``vmap`` or ``grad``) pass through untouched, so a traced hyperparameter never
+forces a host round-trip; the same call made eagerly gets the full check.
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "check_key",
+    "check_num_steps",
+    "check_same_shape",
+    "concrete_value",
+    "level_dtype",
+]
+
+
+def level_dtype() -> jnp.dtype:
+    """The dtype all noise-level arithmetic runs in: float32, or float64 under x64."""
+    return jnp.dtype(jnp.result_type(float))
+
+
+def concrete_value(name: str, value: Any) -> np.ndarray | None:
+    """Returns ``value`` as a float64 NumPy array when it is concrete, else None.
+
+    Raises:
+      TypeError: ``value`` is a string, bool, complex number or a non-numeric array.
+    """
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a real number, got the string {value!r}.")
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got the bool {value!r}.")
+    if isinstance(value, jax.core.Tracer):
+        return None
+    if isinstance(value, numbers.Real):
+        return np.asarray(float(value))
+    if isinstance(value, complex | numbers.Complex):
+        raise TypeError(f"{name} must be a real number, got the complex number {value!r}.")
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)):
+        dtype = np.dtype(value.dtype) if not jnp.issubdtype(value.dtype, jax.dtypes.prng_key) else None
+        if dtype is None or not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
+                                 or dtype == jnp.bfloat16):
+            raise TypeError(f"{name} must hold real numbers, got an array of dtype {value.dtype}.")
+        return np.asarray(value, dtype=np.float64)
+    # Anything else (placeholders JAX builds while rebuilding pytrees) is not ours to judge.
+    return None
+
+
+def check_num_steps(num_inference_steps: Any) -> int:
+    """Checks that the step count is a positive Python (or NumPy) integer and returns it."""
+    if isinstance(num_inference_steps, jax.core.Tracer):
+        raise TypeError(
+            "num_inference_steps must be a concrete Python int (it fixes array shapes and the loop "
+            "length); got a traced value. Mark it static (static_argnums) or compute it outside jit."
+        )
+    if isinstance(num_inference_steps, (bool, np.bool_)) or not isinstance(
+        num_inference_steps, (numbers.Integral, np.integer)
+    ):
+        raise TypeError(
+            f"num_inference_steps must be a positive int, got {type(num_inference_steps).__name__} "
+            f"{num_inference_steps!r}."
+        )
+    steps = operator.index(num_inference_steps)
+    if steps < 1:
+        raise ValueError(f"num_inference_steps must be a positive int (>= 1), got {steps}.")
+    return steps
+
+
+def check_key(name: str, key: Any) -> None:
+    """Checks that ``key`` is a single PRNG key: typed (``jax.random.key``) or raw uint32."""
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    if dtype is None or shape is None:
+        raise TypeError(
+            f"{name} must be a PRNG key from jax.random.key(seed) or jax.random.PRNGKey(seed), "
+            f"got {type(key).__name__}."
+        )
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape != ():
+            raise ValueError(f"{name} must be a single PRNG key (shape ()), got shape {shape}.")
+        return
+    if dtype == jnp.uint32 and len(shape) == 1:
+        return
+    raise TypeError(
+        f"{name} must be a PRNG key from jax.random.key(seed) (a typed key) or "
+        f"jax.random.PRNGKey(seed) (uint32 of shape (2,)), got dtype {dtype} and shape {shape}."
+    )
+
+
+def check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
+    """Raises a ValueError when two arrays that are combined elementwise differ in shape."""
+    shape_a, shape_b = jnp.shape(a), jnp.shape(b)
+    if shape_a != shape_b:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {shape_a} and {shape_b}."
+        )

@@ -1,0 +1,167 @@
+"""A diffusers-shaped facade over the pure functions, for code migrating from diffusers.
+
+``KarrasVeScheduler`` (alias ``FlaxKarrasVeScheduler``) holds only the immutable config;
+every method is a thin call into :mod:`karras_jax.steps` with the state passed in and a
+new state returned, as diffusers' Flax schedulers did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+from jax.typing import ArrayLike
+
+from karras_jax import _io, steps
+from karras_jax.config import KarrasVeConfig
+from karras_jax.state import KarrasVeState, set_timesteps
+
+__all__ = ["FlaxKarrasVeScheduler", "KarrasVeScheduler"]
+
+
+class KarrasVeScheduler:
+    """Karras et al. (2022) VE stochastic sampler with diffusers' method names.
+
+    Args:
+      sigma_min, sigma_max, s_noise, s_churn, s_min, s_max: see :class:`KarrasVeConfig`.
+
+    Example::
+
+        scheduler, state = KarrasVeScheduler.from_pretrained("path/to/scheduler")
+        state = scheduler.set_timesteps(state, 50)
+    """
+
+    order = 2
+
+    def __init__(
+        self,
+        sigma_min: float = 0.02,
+        sigma_max: float = 100.0,
+        s_noise: float = 1.007,
+        s_churn: float = 80.0,
+        s_min: float = 0.05,
+        s_max: float = 50.0,
+    ) -> None:
+        self._config = KarrasVeConfig(
+            sigma_min=sigma_min, sigma_max=sigma_max, s_noise=s_noise,
+            s_churn=s_churn, s_min=s_min, s_max=s_max,
+        )
+
+    @property
+    def config(self) -> KarrasVeConfig:
+        """The immutable :class:`KarrasVeConfig` (``scheduler.config.sigma_max`` ...)."""
+        return self._config
+
+    @property
+    def has_state(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{f.name}={getattr(self._config, f.name)!r}" for f in dataclasses.fields(self._config)
+        )
+        return f"{type(self).__name__}({fields})"
+
+    # --- state -------------------------------------------------------------------------
+
+    def create_state(self) -> KarrasVeState:
+        """An empty state; fill it with :meth:`set_timesteps`."""
+        return KarrasVeState.create()
+
+    def set_timesteps(
+        self,
+        state: KarrasVeState,
+        num_inference_steps: int | None = None,
+        shape: tuple[int, ...] = (),
+        schedule: str | None = None,
+        *,
+        rho: ArrayLike = 7.0,
+        sigmas: ArrayLike | None = None,
+    ) -> KarrasVeState:
+        """Returns a new state with the noise levels (see :func:`karras_jax.set_timesteps`).
+
+        ``shape`` is accepted for diffusers compatibility and unused (levels do not depend
+        on the sample shape). The default schedule is ``"ve"``; pass ``schedule="diffusers"``
+        to reproduce diffusers' levels exactly.
+        """
+        if not isinstance(state, KarrasVeState):
+            raise TypeError(f"state must be a KarrasVeState, got {type(state).__name__}.")
+        del shape
+        return set_timesteps(self._config, num_inference_steps, schedule, rho=rho, sigmas=sigmas)
+
+    # --- steps -------------------------------------------------------------------------
+
+    def add_noise_to_input(
+        self, state: KarrasVeState, sample: ArrayLike, sigma: ArrayLike, key: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """See :func:`karras_jax.add_noise_to_input`."""
+        return steps.add_noise_to_input(self._config, state, sample, sigma, key)
+
+    def step(
+        self,
+        state: KarrasVeState,
+        model_output: ArrayLike,
+        sigma_hat: ArrayLike,
+        sigma_prev: ArrayLike,
+        sample_hat: ArrayLike,
+        return_dict: bool = True,
+    ) -> steps.KarrasVeOutput | tuple[jax.Array, jax.Array]:
+        """See :func:`karras_jax.step`."""
+        del state
+        return steps.step(model_output, sigma_hat, sigma_prev, sample_hat, return_dict)
+
+    def step_correct(
+        self,
+        state: KarrasVeState,
+        model_output: ArrayLike,
+        sigma_hat: ArrayLike,
+        sigma_prev: ArrayLike,
+        sample_hat: ArrayLike,
+        sample_prev: ArrayLike,
+        derivative: ArrayLike,
+        return_dict: bool = True,
+    ) -> steps.KarrasVeOutput | tuple[jax.Array, jax.Array]:
+        """See :func:`karras_jax.step_correct`."""
+        del state
+        return steps.step_correct(
+            model_output, sigma_hat, sigma_prev, sample_hat, sample_prev, derivative, return_dict
+        )
+
+    def scale_model_input(
+        self, state: KarrasVeState, sample: ArrayLike, timestep: ArrayLike | None = None
+    ) -> jax.Array:
+        """Identity (see :func:`karras_jax.scale_model_input`)."""
+        return steps.scale_model_input(state, sample, timestep)
+
+    # --- config files ------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | KarrasVeConfig) -> KarrasVeScheduler:
+        """Builds a scheduler from a diffusers-style dict (or a :class:`KarrasVeConfig`).
+
+        Unknown keys give a warning naming them and are ignored.
+        """
+        if isinstance(config, KarrasVeConfig):
+            return cls(**config.to_dict())
+        return cls(**_io.config_from_dict(config).to_dict())
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None
+    ) -> tuple[KarrasVeScheduler, KarrasVeState]:
+        """Loads ``scheduler_config.json`` from a local directory; returns ``(scheduler, state)``.
+
+        Nothing is downloaded: a Hub id that is not a local path raises FileNotFoundError.
+        """
+        scheduler = cls(**_io.load_config(pretrained_model_name_or_path, subfolder).to_dict())
+        return scheduler, scheduler.create_state()
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Writes ``scheduler_config.json`` (diffusers' format) into ``save_directory``."""
+        return _io.save_config(self._config, save_directory)
+
+
+FlaxKarrasVeScheduler = KarrasVeScheduler

@@ -1,0 +1,152 @@
+"""Noise levels sigma_0 > ... > sigma_{N-1} > 0 for the sampler (the trailing 0 is added later).
+
+Three families, all from Karras et al. (2022) or diffusers:
+
+* ``"ve"``: the VE column of Table 1, geometric in sigma,
+  :math:`\\sigma_i = \\sigma_{max} (\\sigma_{min}/\\sigma_{max})^{i/(N-1)}`.
+* ``"karras"``: the EDM schedule, uniform in :math:`\\sigma^{1/\\rho}`,
+  :math:`\\sigma_i = (\\sigma_{max}^{1/\\rho} + \\tfrac{i}{N-1}
+  (\\sigma_{min}^{1/\\rho} - \\sigma_{max}^{1/\\rho}))^\\rho`.
+* ``"diffusers"``: what diffusers' ``KarrasVeScheduler`` does, using the paper's time
+  :math:`t_i = \\sigma_{max}^2 (\\sigma_{min}^2/\\sigma_{max}^2)^{i/(N-1)}` itself as the
+  noise level (it never takes the square root). Kept only to reproduce diffusers.
+
+With ``N == 1`` the single level is ``sigma_max`` (``sigma_max**2`` for ``"diffusers"``);
+diffusers divides by zero there.
+
+Concrete inputs are evaluated in float64 NumPy and rounded once to the level dtype, so
+the levels are the correctly rounded values; traced inputs (a vmapped ``sigma_max``)
+use the same formula in ``jax.numpy``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from karras_jax._validation import check_num_steps, concrete_value, level_dtype
+from karras_jax.config import KarrasVeConfig
+
+__all__ = [
+    "SCHEDULES",
+    "custom_sigmas",
+    "diffusers_sigmas",
+    "karras_sigmas",
+    "ve_sigmas",
+]
+
+SCHEDULES = ("ve", "karras", "diffusers")
+
+
+def _ramp(xp: Any, num_steps: int) -> Any:
+    """i / (N - 1) for i = 0..N-1, with the single step of N == 1 at 0."""
+    if num_steps == 1:
+        return xp.zeros((1,))
+    return xp.arange(num_steps) / (num_steps - 1)
+
+
+def _backend(**values: ArrayLike) -> tuple[Any, list]:
+    """NumPy float64 when every value is concrete, else jax.numpy in the level dtype."""
+    concrete = [concrete_value(name, v) for name, v in values.items()]
+    if all(c is not None for c in concrete):
+        return np, concrete
+    return jnp, [jnp.asarray(v, level_dtype()) for v in values.values()]
+
+
+def _geometric(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int, power: int) -> jax.Array:
+    num_steps = check_num_steps(num_steps)
+    KarrasVeConfig(sigma_min=sigma_min, sigma_max=sigma_max)  # range checks on concrete values
+    xp, (lo, hi) = _backend(sigma_min=sigma_min, sigma_max=sigma_max)
+    hi_p, lo_p = hi**power, lo**power
+    levels = hi_p * (lo_p / hi_p) ** _ramp(xp, num_steps)
+    return jnp.asarray(levels, level_dtype())
+
+
+def ve_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int) -> jax.Array:
+    """The VE schedule, sigma_i = sigma_max (sigma_min / sigma_max)^(i/(N-1)).
+
+    Args:
+      sigma_min: Last (smallest) level.
+      sigma_max: First (largest) level.
+      num_steps: N, the number of levels, >= 1.
+
+    Returns:
+      (N,) levels in sampling order, descending.
+
+    >>> ve_sigmas(0.02, 100.0, 3).tolist()  # doctest: +ELLIPSIS
+    [100.0, 1.414..., 0.0199...]
+    """
+    return _geometric(sigma_min, sigma_max, num_steps, power=1)
+
+
+def diffusers_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int) -> jax.Array:
+    """diffusers' levels, t_i = sigma_max^2 (sigma_min^2 / sigma_max^2)^(i/(N-1)).
+
+    These are the paper's *times*, i.e. squared noise levels; diffusers feeds them to
+    the sampler as if they were sigmas. Use only to reproduce diffusers' results.
+
+    Returns:
+      (N,) levels in sampling order, descending.
+    """
+    return _geometric(sigma_min, sigma_max, num_steps, power=2)
+
+
+def karras_sigmas(
+    sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int, rho: ArrayLike = 7.0
+) -> jax.Array:
+    """The EDM schedule: levels evenly spaced in sigma^(1/rho).
+
+    Args:
+      sigma_min: Last (smallest) level.
+      sigma_max: First (largest) level.
+      num_steps: N, the number of levels, >= 1.
+      rho: Warping exponent, > 0; EDM uses 7. Larger rho spends more steps near sigma_min.
+
+    Returns:
+      (N,) levels in sampling order, descending.
+
+    Raises:
+      ValueError: rho is not finite and > 0.
+    """
+    num_steps = check_num_steps(num_steps)
+    rho_value = concrete_value("rho", rho)
+    if rho_value is not None and not (np.all(np.isfinite(rho_value)) and np.all(rho_value > 0)):
+        raise ValueError(f"rho must be finite and > 0, got {rho!r}.")
+    KarrasVeConfig(sigma_min=sigma_min, sigma_max=sigma_max)
+    xp, (lo, hi, r) = _backend(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
+    hi_r, lo_r = hi ** (1.0 / r), lo ** (1.0 / r)
+    levels = (hi_r + _ramp(xp, num_steps) * (lo_r - hi_r)) ** r
+    return jnp.asarray(levels, level_dtype())
+
+
+def custom_sigmas(sigmas: ArrayLike) -> jax.Array:
+    """Checks user-given levels and returns them in the level dtype.
+
+    Args:
+      sigmas: (N,) noise levels in sampling order: finite, > 0 and strictly descending.
+        Leave out the final 0; the sampler appends it.
+
+    Raises:
+      ValueError: the levels are not 1-D, empty, not finite, not positive or not strictly
+        descending.
+      TypeError: the levels are not real numbers.
+    """
+    shape = np.shape(sigmas)
+    if len(shape) != 1 or shape[0] == 0:
+        raise ValueError(f"sigmas must be a non-empty 1-D array of noise levels, got shape {shape}.")
+    values = concrete_value("sigmas", sigmas)
+    if values is not None:
+        if not np.all(np.isfinite(values)):
+            raise ValueError("sigmas must be finite, got non-finite entries.")
+        if not np.all(values > 0):
+            raise ValueError(
+                "sigmas must all be > 0 (leave out the final 0: it is appended), "
+                f"got {values.tolist()}."
+            )
+        if not np.all(np.diff(values) < 0):
+            raise ValueError(f"sigmas must be strictly descending, got {values.tolist()}.")
+    return jnp.asarray(sigmas, level_dtype())

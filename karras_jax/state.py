@@ -1,0 +1,131 @@
+"""The scheduler state: the noise levels of one sampling run, and ``set_timesteps`` to build it."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jax.typing import ArrayLike
+
+from karras_jax import schedules
+from karras_jax._validation import check_num_steps, level_dtype
+from karras_jax.config import KarrasVeConfig
+
+__all__ = ["KarrasVeState", "set_timesteps"]
+
+
+@struct.dataclass
+class KarrasVeState:
+    """Noise levels for ``num_inference_steps`` steps; immutable, a pytree.
+
+    ``num_inference_steps`` and ``schedule_name`` are static (they fix shapes and the
+    loop length); the arrays are leaves. An empty state (from ``KarrasVeState.create()``
+    or ``KarrasVeScheduler.create_state()``) has them all None until ``set_timesteps``.
+
+    Attributes:
+      num_inference_steps: N, a Python int.
+      timesteps: int32 (N,), ``[N-1, ..., 0]``: diffusers' loop order.
+      schedule: (N,) noise level at each timestep, ``schedule[t]`` for ``t in timesteps``
+        (so ascending in t: ``schedule[N-1]`` is the first, largest level).
+      sigmas: (N+1,) the levels in sampling order, descending, ending in 0.0:
+        ``sigmas[i] == schedule[N-1-i]``.
+      init_noise_sigma: scalar std of the starting noise, ``x_0 ~ N(0, init_noise_sigma^2 I)``.
+        ``sigmas[0]`` except for ``"diffusers"``, which starts at ``sigma_max``.
+      schedule_name: ``"ve"``, ``"karras"``, ``"diffusers"`` or ``"custom"``.
+    """
+
+    num_inference_steps: int | None = struct.field(pytree_node=False, default=None)
+    timesteps: jax.Array | None = None  # int32 (N,)
+    schedule: jax.Array | None = None  # (N,)
+    sigmas: jax.Array | None = None  # (N+1,)
+    init_noise_sigma: jax.Array | None = None  # ()
+    schedule_name: str = struct.field(pytree_node=False, default="ve")
+
+    @classmethod
+    def create(cls) -> KarrasVeState:
+        """An empty state, as diffusers' Flax schedulers return before ``set_timesteps``."""
+        return cls()
+
+    @property
+    def is_set(self) -> bool:
+        """Whether ``set_timesteps`` has filled this state."""
+        return self.num_inference_steps is not None
+
+
+def set_timesteps(
+    config: KarrasVeConfig,
+    num_inference_steps: int | None = None,
+    schedule: str | None = None,
+    *,
+    rho: ArrayLike = 7.0,
+    sigmas: ArrayLike | None = None,
+) -> KarrasVeState:
+    """Builds the state holding the noise levels for a sampling run.
+
+    Args:
+      config: The sampler's hyperparameters (``sigma_min`` and ``sigma_max`` are used here).
+      num_inference_steps: N, a positive Python int. May be left out when ``sigmas`` is given.
+      schedule: ``"ve"`` (default; the paper's VE column), ``"karras"`` (EDM, with ``rho``)
+        or ``"diffusers"`` (diffusers' KarrasVeScheduler exactly, t_i used as sigma).
+        See :mod:`karras_jax.schedules` for the formulas.
+      rho: The EDM exponent, only used by ``"karras"``.
+      sigmas: Custom (N,) levels instead of a named schedule: finite, > 0, strictly
+        descending, without the final 0.
+
+    Returns:
+      A :class:`KarrasVeState`.
+
+    Raises:
+      TypeError: config is not a KarrasVeConfig, or num_inference_steps is not an int.
+      ValueError: unknown schedule, bad rho, bad sigmas, or a step count that disagrees
+        with ``len(sigmas)``.
+
+    >>> import karras_jax as kj
+    >>> state = kj.set_timesteps(kj.KarrasVeConfig(), 5)
+    >>> state.timesteps.tolist()
+    [4, 3, 2, 1, 0]
+    >>> [round(s, 4) for s in state.sigmas.tolist()]
+    [100.0, 11.8921, 1.4142, 0.1682, 0.02, 0.0]
+    """
+    if not isinstance(config, KarrasVeConfig):
+        raise TypeError(f"config must be a KarrasVeConfig, got {type(config).__name__}.")
+    if sigmas is not None:
+        if schedule is not None:
+            raise ValueError(
+                f"pass either schedule={schedule!r} or sigmas=..., not both."
+            )
+        levels = schedules.custom_sigmas(sigmas)
+        if num_inference_steps is not None and check_num_steps(num_inference_steps) != levels.shape[0]:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} disagrees with len(sigmas)={levels.shape[0]}."
+            )
+        name = "custom"
+    else:
+        if num_inference_steps is None:
+            raise TypeError("num_inference_steps is required unless sigmas is given.")
+        name = "ve" if schedule is None else schedule
+        n = check_num_steps(num_inference_steps)
+        if name == "ve":
+            levels = schedules.ve_sigmas(config.sigma_min, config.sigma_max, n)
+        elif name == "karras":
+            levels = schedules.karras_sigmas(config.sigma_min, config.sigma_max, n, rho)
+        elif name == "diffusers":
+            levels = schedules.diffusers_sigmas(config.sigma_min, config.sigma_max, n)
+        else:
+            raise ValueError(
+                f"schedule must be one of {schedules.SCHEDULES} (or pass sigmas=...), got {schedule!r}."
+            )
+    n = levels.shape[0]
+    dtype = level_dtype()
+    if name == "diffusers":
+        init_noise_sigma = jnp.asarray(config.sigma_max, dtype)
+    else:
+        init_noise_sigma = levels[0]
+    return KarrasVeState(
+        num_inference_steps=n,
+        timesteps=jnp.arange(n - 1, -1, -1, dtype=jnp.int32),
+        schedule=levels[::-1],
+        sigmas=jnp.concatenate([levels, jnp.zeros((1,), dtype)]),
+        init_noise_sigma=init_noise_sigma,
+        schedule_name=name,
+    )
