@@ -135,6 +135,8 @@ def custom_sigmas(sigmas: ArrayLike) -> jax.Array:
         descending.
       TypeError: the levels are not real numbers.
     """
+    if isinstance(sigmas, (list, tuple)):
+        sigmas = jnp.asarray(sigmas)  # a Python sequence is checked like the array it becomes
     shape = np.shape(sigmas)
     if len(shape) != 1 or shape[0] == 0:
         raise ValueError(f"sigmas must be a non-empty 1-D array of noise levels, got shape {shape}.")

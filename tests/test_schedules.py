@@ -1,0 +1,153 @@
+"""Noise-level schedules against the float64 oracle (ALGORITHM.md, "Noise levels")."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import oracle
+import pytest
+
+import karras_jax as kj
+
+RTOL = 1e-6  # float32 levels, correctly rounded from float64
+
+NAMED = {
+    "ve": (kj.ve_sigmas, oracle.ve_sigmas),
+    "karras": (kj.karras_sigmas, oracle.karras_sigmas),
+    "diffusers": (kj.diffusers_sigmas, oracle.diffusers_sigmas),
+}
+
+
+@pytest.mark.parametrize("name", list(NAMED))
+@pytest.mark.parametrize("n", [1, 2, 5, 18, 50])
+@pytest.mark.parametrize("smin,smax", [(0.02, 100.0), (0.002, 80.0), (0.5, 3.0)])
+def test_named_schedule_matches_oracle(name, n, smin, smax):
+    ours, ref = NAMED[name]
+    levels = ours(smin, smax, n)
+    assert levels.shape == (n,)
+    assert levels.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(levels), ref(smin, smax, n), rtol=RTOL)
+
+
+@pytest.mark.parametrize("name", list(NAMED))
+@pytest.mark.parametrize("n", [2, 7])
+def test_schedules_run_from_max_to_min_strictly_descending(name, n):
+    ours, _ = NAMED[name]
+    levels = np.asarray(ours(0.02, 100.0, n), np.float64)
+    assert np.all(np.diff(levels) < 0)
+    power = 2 if name == "diffusers" else 1  # diffusers' levels are the paper's t = sigma^2
+    np.testing.assert_allclose([levels[0], levels[-1]], [100.0**power, 0.02**power], rtol=RTOL)
+
+
+def test_single_step_is_the_first_level():
+    # N == 1: one step from the first level to 0 (diffusers divides by zero here).
+    np.testing.assert_allclose(kj.ve_sigmas(0.02, 100.0, 1), [100.0])
+    np.testing.assert_allclose(kj.karras_sigmas(0.02, 100.0, 1), [100.0], rtol=RTOL)
+    np.testing.assert_allclose(kj.diffusers_sigmas(0.02, 100.0, 1), [1e4])
+
+
+def test_diffusers_levels_are_the_squared_ve_levels_as_in_algorithm_md():
+    # ALGORITHM.md: with the defaults and N = 5 diffusers' levels are [1e4, 141.4, 2, 0.0283, 4e-4].
+    levels = kj.diffusers_sigmas(0.02, 100.0, 5)
+    np.testing.assert_allclose(levels, [1e4, 141.42136, 2.0, 0.028284271, 4e-4], rtol=RTOL)
+    np.testing.assert_allclose(levels, np.asarray(kj.ve_sigmas(0.02, 100.0, 5), np.float64) ** 2,
+                               rtol=1e-6)
+
+
+def test_ve_levels_are_geometric():
+    levels = np.asarray(kj.ve_sigmas(0.02, 100.0, 6), np.float64)
+    ratios = levels[1:] / levels[:-1]
+    np.testing.assert_allclose(ratios, np.full(5, (0.02 / 100.0) ** 0.2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("rho", [1.0, 3.0, 7.0, 10.0])
+def test_karras_rho_matches_oracle(rho):
+    np.testing.assert_allclose(
+        kj.karras_sigmas(0.002, 80.0, 18, rho=rho), oracle.karras_sigmas(0.002, 80.0, 18, rho),
+        rtol=RTOL,
+    )
+
+
+def test_karras_rho_one_is_linear_in_sigma():
+    levels = np.asarray(kj.karras_sigmas(1.0, 5.0, 5, rho=1.0))
+    np.testing.assert_allclose(levels, [5.0, 4.0, 3.0, 2.0, 1.0], rtol=RTOL)
+
+
+def test_karras_edm_defaults_match_the_paper():
+    # EDM's own setting: sigma_min 0.002, sigma_max 80, N = 18, rho = 7.
+    levels = np.asarray(kj.karras_sigmas(0.002, 80.0, 18))
+    assert levels[0] == pytest.approx(80.0, rel=RTOL)
+    assert levels[-1] == pytest.approx(0.002, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", list(NAMED))
+def test_traced_sigma_max_uses_the_same_formula(name):
+    ours, ref = NAMED[name]
+    levels = jax.jit(lambda hi: ours(0.02, hi, 6))(jnp.float32(80.0))
+    np.testing.assert_allclose(levels, ref(0.02, 80.0, 6), rtol=1e-5)
+
+
+def test_levels_are_float64_under_x64():
+    with jax.enable_x64(True):
+        levels = kj.ve_sigmas(0.02, 100.0, 5)
+        assert levels.dtype == jnp.float64
+        np.testing.assert_allclose(levels, oracle.ve_sigmas(0.02, 100.0, 5), rtol=1e-14)
+
+
+# --- custom sigmas -----------------------------------------------------------------------
+
+
+def test_custom_sigmas_pass_through_as_float32():
+    levels = kj.custom_sigmas([3.0, 2.0, 0.5])
+    assert levels.dtype == jnp.float32
+    np.testing.assert_array_equal(levels, [3.0, 2.0, 0.5])
+    np.testing.assert_array_equal(kj.custom_sigmas(np.array([7.0])), [7.0])
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (np.ones((2, 2)), "1-D"),
+        (np.array(2.0), "1-D"),
+        (np.array([]), "non-empty"),
+        ([3.0, np.nan, 1.0], "finite"),
+        ([np.inf, 1.0], "finite"),
+        ([3.0, 1.0, 0.0], "> 0"),
+        ([3.0, -1.0], "> 0"),
+        ([1.0, 2.0, 3.0], "strictly descending"),
+        ([3.0, 2.0, 2.0], "strictly descending"),
+    ],
+)
+def test_bad_custom_sigmas_raise_value_error_naming_sigmas(bad, match):
+    with pytest.raises(ValueError, match=match) as info:
+        kj.custom_sigmas(bad)
+    assert "sigmas" in str(info.value)
+
+
+def test_non_numeric_custom_sigmas_raise_type_error():
+    with pytest.raises(TypeError, match="sigmas"):
+        kj.custom_sigmas(np.array([True, False]))
+
+
+# --- argument checks -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rho", [0.0, -7.0, np.nan, np.inf])
+def test_rho_must_be_finite_and_positive(rho):
+    with pytest.raises(ValueError, match="rho"):
+        kj.karras_sigmas(0.02, 100.0, 5, rho=rho)
+
+
+@pytest.mark.parametrize("fn", [kj.ve_sigmas, kj.karras_sigmas, kj.diffusers_sigmas])
+def test_schedules_check_sigma_range(fn):
+    with pytest.raises(ValueError, match="sigma_min"):
+        fn(0.0, 100.0, 5)
+    with pytest.raises(ValueError, match="sigma_max"):
+        fn(1.0, 0.5, 5)
+
+
+@pytest.mark.parametrize("fn", [kj.ve_sigmas, kj.karras_sigmas, kj.diffusers_sigmas])
+@pytest.mark.parametrize("bad,exc", [(0, ValueError), (-3, ValueError), (2.0, TypeError),
+                                     (True, TypeError), ("5", TypeError)])
+def test_schedules_check_num_steps(fn, bad, exc):
+    with pytest.raises(exc, match="num_inference_steps"):
+        fn(0.02, 100.0, bad)
