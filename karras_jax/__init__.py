@@ -6,8 +6,10 @@ and a whole-loop sampler that compiles to one XLA program.
 
 from karras_jax._io import load_config, save_config
 from karras_jax.config import KarrasVeConfig
-from karras_jax.schedules import custom_sigmas, diffusers_sigmas, karras_sigmas, ve_sigmas
+from karras_jax.sampler import SOLVERS, Trajectory, initial_noise, make_sampler, sample
 from karras_jax.scheduler import FlaxKarrasVeScheduler, KarrasVeScheduler
+from karras_jax.schedules import custom_sigmas, diffusers_sigmas, karras_sigmas, ve_sigmas
+from karras_jax.sharding import batch_sharding, make_sharded_sampler, sample_sharded
 from karras_jax.state import KarrasVeState, set_timesteps
 from karras_jax.steps import (
     KarrasVeOutput,
@@ -21,19 +23,27 @@ from karras_jax.steps import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "SOLVERS",
     "FlaxKarrasVeScheduler",
     "KarrasVeConfig",
     "KarrasVeOutput",
     "KarrasVeScheduler",
     "KarrasVeState",
+    "Trajectory",
     "__version__",
     "add_noise_to_input",
+    "batch_sharding",
     "churn_gamma",
     "custom_sigmas",
     "diffusers_sigmas",
     "karras_sigmas",
+    "initial_noise",
     "load_config",
+    "make_sampler",
+    "make_sharded_sampler",
     "save_config",
+    "sample",
+    "sample_sharded",
     "scale_model_input",
     "set_timesteps",
     "step",

@@ -46,7 +46,9 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> KarrasVe
       ValueError: a wrong ``_class_name`` or a value out of range.
     """
     if not isinstance(values, dict):
-        raise TypeError(f"{source}: expected a JSON object of scheduler settings, got {type(values).__name__}.")
+        raise TypeError(
+            f"{source}: expected a JSON object of scheduler settings, got {type(values).__name__}."
+        )
     class_name = values.get("_class_name")
     if class_name is not None and class_name not in CLASS_NAMES:
         raise ValueError(

@@ -57,6 +57,7 @@ class KarrasVeScheduler:
 
     @property
     def has_state(self) -> bool:
+        """True: this scheduler keeps its levels in an explicit state, as diffusers' Flax ones."""
         return True
 
     def __repr__(self) -> str:

@@ -43,7 +43,7 @@ SCHEDULES = ("ve", "karras", "diffusers")
 
 
 def _ramp(xp: Any, num_steps: int) -> Any:
-    """i / (N - 1) for i = 0..N-1, with the single step of N == 1 at 0."""
+    """I / (N - 1) for i = 0..N-1, with the single step of N == 1 at 0."""
     if num_steps == 1:
         return xp.zeros((1,))
     return xp.arange(num_steps) / (num_steps - 1)
@@ -84,7 +84,7 @@ def ve_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int) -> jax
 
 
 def diffusers_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int) -> jax.Array:
-    """diffusers' levels, t_i = sigma_max^2 (sigma_min^2 / sigma_max^2)^(i/(N-1)).
+    """Diffusers' levels, t_i = sigma_max^2 (sigma_min^2 / sigma_max^2)^(i/(N-1)).
 
     These are the paper's *times*, i.e. squared noise levels; diffusers feeds them to
     the sampler as if they were sigmas. Use only to reproduce diffusers' results.

@@ -307,7 +307,9 @@ def step_correct(
 def scale_model_input(
     state: KarrasVeState, sample: ArrayLike, timestep: ArrayLike | None = None
 ) -> jax.Array:
-    """Identity: the VE model takes the sample unscaled. Kept so loops written for other
-    schedulers run unchanged."""
+    """Identity: the VE model takes the sample unscaled.
+
+    Kept so that loops written for other schedulers run unchanged.
+    """
     del state, timestep
     return jnp.asarray(sample)
