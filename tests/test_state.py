@@ -1,0 +1,197 @@
+"""set_timesteps and KarrasVeState: layout of the levels, static fields, and argument checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import oracle
+import pytest
+
+import karras_jax as kj
+
+CFG = kj.KarrasVeConfig()
+RTOL = 1e-6
+ORACLE = {
+    "ve": oracle.ve_sigmas,
+    "karras": oracle.karras_sigmas,
+    "diffusers": oracle.diffusers_sigmas,
+}
+
+
+@pytest.mark.parametrize("name", list(ORACLE))
+@pytest.mark.parametrize("n", [1, 4, 10])
+def test_state_layout(name, n):
+    state = kj.set_timesteps(CFG, n, name)
+    levels = ORACLE[name](CFG.sigma_min, CFG.sigma_max, n)
+    assert state.num_inference_steps == n and type(state.num_inference_steps) is int
+    assert state.schedule_name == name
+    # timesteps: int32 [N-1, ..., 0], diffusers' loop order.
+    assert state.timesteps.dtype == jnp.int32
+    np.testing.assert_array_equal(state.timesteps, np.arange(n)[::-1])
+    # sigmas: sampling order with the trailing 0.
+    assert state.sigmas.dtype == jnp.float32 and state.sigmas.shape == (n + 1,)
+    np.testing.assert_allclose(state.sigmas, oracle.with_trailing_zero(levels), rtol=RTOL)
+    assert float(state.sigmas[-1]) == 0.0
+    # schedule[t] is the level at timestep t: ascending in t, schedule[N-1] the largest.
+    assert state.schedule.shape == (n,)
+    np.testing.assert_allclose(state.schedule, levels[::-1], rtol=RTOL)
+    for i, t in enumerate(np.asarray(state.timesteps)):
+        assert state.schedule[t] == state.sigmas[i]
+
+
+def test_default_schedule_is_ve():
+    state = kj.set_timesteps(CFG, 5)
+    assert state.schedule_name == "ve"
+    np.testing.assert_allclose(
+        state.sigmas, [100.0, 11.892071, 1.4142135, 0.16817929, 0.02, 0.0], rtol=RTOL
+    )
+
+
+@pytest.mark.parametrize("name", ["ve", "karras"])
+def test_init_noise_sigma_is_the_first_level(name):
+    state = kj.set_timesteps(CFG, 6, name)
+    assert state.init_noise_sigma.shape == ()
+    assert float(state.init_noise_sigma) == float(state.sigmas[0])
+
+
+def test_diffusers_init_noise_sigma_is_sigma_max_not_the_first_level():
+    # diffusers starts from randn * sigma_max = 100 while its first level is t_0 = 1e4.
+    state = kj.set_timesteps(CFG, 5, "diffusers")
+    assert float(state.init_noise_sigma) == pytest.approx(100.0)
+    assert float(state.sigmas[0]) == pytest.approx(1e4)
+
+
+def test_karras_rho_keyword():
+    state = kj.set_timesteps(CFG, 6, "karras", rho=3.0)
+    np.testing.assert_allclose(
+        state.sigmas[:-1], oracle.karras_sigmas(0.02, 100.0, 6, rho=3.0), rtol=RTOL
+    )
+
+
+def test_custom_sigmas():
+    state = kj.set_timesteps(CFG, sigmas=[5.0, 1.0, 0.1])
+    assert state.num_inference_steps == 3 and state.schedule_name == "custom"
+    np.testing.assert_allclose(state.sigmas, [5.0, 1.0, 0.1, 0.0], rtol=RTOL)
+    np.testing.assert_allclose(state.schedule, [0.1, 1.0, 5.0], rtol=RTOL)
+    assert float(state.init_noise_sigma) == 5.0
+    # A matching num_inference_steps is accepted.
+    assert kj.set_timesteps(CFG, 3, sigmas=np.array([5.0, 1.0, 0.1])).num_inference_steps == 3
+
+
+def test_single_custom_level():
+    state = kj.set_timesteps(CFG, sigmas=[2.5])
+    np.testing.assert_array_equal(state.sigmas, [2.5, 0.0])
+
+
+def test_levels_are_float64_under_x64():
+    with jax.enable_x64(True):
+        state = kj.set_timesteps(CFG, 4, "karras")
+        assert state.sigmas.dtype == jnp.float64
+        assert state.init_noise_sigma.dtype == jnp.float64
+        np.testing.assert_allclose(
+            state.sigmas[:-1], oracle.karras_sigmas(0.02, 100.0, 4), rtol=1e-13
+        )
+
+
+# --- pytree structure -------------------------------------------------------------------
+
+
+def test_num_inference_steps_and_name_are_static_arrays_are_leaves():
+    state = kj.set_timesteps(CFG, 4)
+    leaves = jax.tree_util.tree_leaves(state)
+    assert len(leaves) == 4  # timesteps, schedule, sigmas, init_noise_sigma
+    assert all(isinstance(leaf, jax.Array) for leaf in leaves)
+
+    @jax.jit
+    def count(s):
+        assert isinstance(s.num_inference_steps, int)  # static: a Python int while tracing
+        return s.sigmas.sum() * s.num_inference_steps
+
+    assert float(count(state)) == pytest.approx(float(state.sigmas.sum()) * 4, rel=1e-6)
+
+
+def test_states_with_different_step_counts_have_different_treedefs():
+    a = jax.tree_util.tree_structure(kj.set_timesteps(CFG, 4))
+    b = jax.tree_util.tree_structure(kj.set_timesteps(CFG, 5))
+    assert a != b
+
+
+def test_empty_state():
+    state = kj.KarrasVeState.create()
+    assert not state.is_set
+    assert state.num_inference_steps is None and state.sigmas is None
+    assert kj.set_timesteps(CFG, 3).is_set
+
+
+def test_set_timesteps_with_a_traced_config_under_jit():
+    @jax.jit
+    def levels(sigma_max):
+        return kj.set_timesteps(CFG.replace(sigma_max=sigma_max), 5).sigmas
+
+    np.testing.assert_allclose(
+        levels(jnp.float32(80.0)), oracle.with_trailing_zero(oracle.ve_sigmas(0.02, 80.0, 5)),
+        rtol=1e-5,
+    )
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad,exc",
+    [(True, TypeError), (False, TypeError), (5.0, TypeError), ("5", TypeError),
+     (np.float32(5), TypeError), (0, ValueError), (-2, ValueError)],
+)
+def test_num_inference_steps_must_be_a_positive_int(bad, exc):
+    with pytest.raises(exc, match="num_inference_steps"):
+        kj.set_timesteps(CFG, bad)
+
+
+def test_numpy_int_step_count_is_accepted():
+    state = kj.set_timesteps(CFG, np.int64(3))
+    assert state.num_inference_steps == 3 and type(state.num_inference_steps) is int
+
+
+def test_traced_num_inference_steps_raises_type_error():
+    with pytest.raises(TypeError, match="num_inference_steps"):
+        jax.jit(lambda n: kj.set_timesteps(CFG, n).sigmas)(5)
+
+
+def test_num_inference_steps_is_required_without_sigmas():
+    with pytest.raises(TypeError, match="num_inference_steps"):
+        kj.set_timesteps(CFG)
+
+
+@pytest.mark.parametrize("bad", ["VE", "euler", "", "edm"])
+def test_unknown_schedule_name(bad):
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        kj.set_timesteps(CFG, 5, bad)
+
+
+@pytest.mark.parametrize("rho", [0.0, -1.0, float("nan")])
+def test_rho_must_be_positive(rho):
+    with pytest.raises(ValueError, match="rho"):
+        kj.set_timesteps(CFG, 5, "karras", rho=rho)
+
+
+def test_schedule_and_sigmas_are_exclusive():
+    with pytest.raises(ValueError, match="schedule"):
+        kj.set_timesteps(CFG, schedule="ve", sigmas=[2.0, 1.0])
+
+
+def test_step_count_must_match_custom_sigmas():
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        kj.set_timesteps(CFG, 4, sigmas=[2.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [np.ones((2, 2)), np.array([]), [2.0, np.nan], [2.0, 0.0], [1.0, 2.0]],
+)
+def test_bad_custom_sigmas(bad):
+    with pytest.raises(ValueError, match="sigmas"):
+        kj.set_timesteps(CFG, sigmas=bad)
+
+
+def test_config_must_be_a_karras_ve_config():
+    with pytest.raises(TypeError, match="config"):
+        kj.set_timesteps({"sigma_min": 0.02}, 5)
