@@ -485,9 +485,8 @@ def _t(a):
 
 @pytest.mark.parametrize("sigma_hat,sigma_prev", [(1e4, 141.42136), (2.8, 0.028284), (1.0, 0.0)])
 def test_step_matches_diffusers(sigma_hat, sigma_prev):
+    ref = _diffusers_scheduler()  # skips cleanly without torch/diffusers
     import torch
-
-    ref = _diffusers_scheduler()
     x_hat, m = _x(1, scale=sigma_hat), _x(2)
     theirs = ref.step(_t(m), torch.tensor(sigma_hat), torch.tensor(sigma_prev), _t(x_hat))
     ours = kj.step(m, sigma_hat, sigma_prev, x_hat)
@@ -498,9 +497,8 @@ def test_step_matches_diffusers(sigma_hat, sigma_prev):
 
 @pytest.mark.parametrize("sigma_hat,sigma_prev", [(1e4, 141.42136), (2.8, 0.028284), (1.3, 0.9)])
 def test_step_correct_prev_sample_matches_diffusers(sigma_hat, sigma_prev):
+    ref = _diffusers_scheduler()  # skips cleanly without torch/diffusers
     import torch
-
-    ref = _diffusers_scheduler()
     x_hat, m1, m2 = _x(1, scale=sigma_hat), _x(2), _x(3)
     first = kj.step(m1, sigma_hat, sigma_prev, x_hat)
     theirs = ref.step_correct(_t(m2), torch.tensor(sigma_hat), torch.tensor(sigma_prev),
@@ -516,9 +514,8 @@ def test_step_correct_prev_sample_matches_diffusers(sigma_hat, sigma_prev):
 
 
 def test_diffusers_step_correct_is_nan_at_sigma_prev_zero_ours_is_not():
+    ref = _diffusers_scheduler()  # skips cleanly without torch/diffusers
     import torch
-
-    ref = _diffusers_scheduler()
     x_hat, m1 = _x(1), _x(2)
     first = kj.step(m1, 0.5, 0.0, x_hat)
     theirs = ref.step_correct(_t(_x(3)), 0.5, 0.0, _t(x_hat), _t(first.prev_sample),
