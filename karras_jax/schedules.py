@@ -142,6 +142,10 @@ def custom_sigmas(sigmas: ArrayLike) -> jax.Array:
         raise ValueError(f"sigmas must be a non-empty 1-D array of noise levels, got shape {shape}.")
     values = concrete_value("sigmas", sigmas)
     if values is not None:
+        # Check the levels the sampler will use: float64 input can overflow, underflow to 0
+        # or merge neighbours when rounded to the level dtype.
+        with np.errstate(over="ignore", under="ignore"):
+            values = values.astype(level_dtype()).astype(np.float64)
         if not np.all(np.isfinite(values)):
             raise ValueError("sigmas must be finite, got non-finite entries.")
         if not np.all(values > 0):

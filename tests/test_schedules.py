@@ -123,6 +123,17 @@ def test_bad_custom_sigmas_raise_value_error_naming_sigmas(bad, match):
     assert "sigmas" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "bad,match",
+    [([1.0, 1.0 - 1e-12], "strictly descending"),  # distinct in float64, equal in float32
+     ([1.0, 1e-50], "> 0"),  # underflows to a 0 level: sigma_hat = 0 would divide by zero
+     ([1e39, 1.0], "finite")],  # overflows float32
+)
+def test_custom_sigmas_are_checked_in_the_level_dtype(bad, match):
+    with pytest.raises(ValueError, match=match):
+        kj.custom_sigmas(np.array(bad, np.float64))
+
+
 def test_non_numeric_custom_sigmas_raise_type_error():
     with pytest.raises(TypeError, match="sigmas"):
         kj.custom_sigmas(np.array([True, False]))
