@@ -67,9 +67,13 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> KarrasVe
             raise TypeError(
                 f"{source}: {key} must be a number, got {type(value).__name__} {value!r}."
             )
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:  # a JSON integer too large for a float
+            number = math.inf
+        if not math.isfinite(number):
             raise ValueError(f"{source}: {key} must be finite, got {value!r}.")
-        kwargs[key] = float(value)
+        kwargs[key] = number
     try:
         return KarrasVeConfig(**kwargs)
     except (TypeError, ValueError) as err:

@@ -42,7 +42,10 @@ def concrete_value(name: str, value: Any) -> np.ndarray | None:
     if isinstance(value, jax.core.Tracer):
         return None
     if isinstance(value, numbers.Real):
-        return np.asarray(float(value))
+        try:
+            return np.asarray(float(value))
+        except OverflowError:  # an int too large for a float: report it as not finite
+            return np.asarray(np.inf if value > 0 else -np.inf)
     if isinstance(value, complex | numbers.Complex):
         raise TypeError(f"{name} must be a real number, got the complex number {value!r}.")
     if isinstance(value, (np.ndarray, np.generic, jax.Array)):

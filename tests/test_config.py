@@ -76,6 +76,12 @@ def test_non_finite_array_value_raises():
         kj.KarrasVeConfig(s_noise=np.array(np.nan))
 
 
+@pytest.mark.parametrize("bad", [10**400, -(10**400)])
+def test_ints_too_large_for_a_float_are_not_finite(bad):
+    with pytest.raises(ValueError, match="s_max must be finite"):
+        kj.KarrasVeConfig(s_max=bad)
+
+
 @pytest.mark.parametrize("bad", [0.0, -0.5])
 def test_sigma_min_must_be_positive(bad):
     with pytest.raises(ValueError, match=r"sigma_min must be > 0"):

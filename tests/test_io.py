@@ -168,6 +168,13 @@ def test_out_of_range_values_name_file_and_key(tmp_path, key, bad, match):
     assert "scheduler_config.json" in str(info.value)
 
 
+def test_integer_too_large_for_a_float_names_file_and_key(tmp_path):
+    _write(tmp_path, '{"sigma_max": 1' + "0" * 400 + "}")
+    with pytest.raises(ValueError, match="sigma_max must be finite") as info:
+        kj.KarrasVeScheduler.from_pretrained(tmp_path)
+    assert "scheduler_config.json" in str(info.value)
+
+
 def test_from_config_dict_errors_name_the_key():
     with pytest.raises(TypeError, match="s_noise"):
         kj.KarrasVeScheduler.from_config({"s_noise": "1.0"})
