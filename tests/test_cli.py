@@ -14,7 +14,8 @@ def test_demo_writes_samples_and_reports_a_distance_near_the_floor(tmp_path, cap
     out = tmp_path / "demo"
     assert main(["demo", "--seeds", "512", "--steps", "12", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    rows = {line.split()[0]: line.split() for line in text.splitlines() if line[:5] in ("heun ", "euler", "true ")}
+    rows = {line.split()[0]: line.split() for line in text.splitlines()
+            if line[:5] in ("heun ", "euler", "true ")}
     assert rows["heun"][1:3] == ["12", "23"]  # N and 2N - 1 network evaluations
     assert rows["euler"][1:3] == ["12", "12"]
     heun_dist, floor = float(rows["heun"][-1]), float(rows["true"][1])
