@@ -1,0 +1,126 @@
+"""Shared helpers for the sampler tests: the contract's noise stream and float64 denoisers.
+
+The noise stream is reproduced here from its definition (DESIGN.md), one key at a time,
+independently of the library's vectorised implementation:
+
+    k_init, k_churn = jax.random.split(keys[b])
+    x_0[b]   = init_noise_sigma * normal(k_init, sample_shape)
+    eps_i[b] = s_noise * normal(fold_in(k_churn, i), sample_shape)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import karras_jax as kj
+from karras_jax.testing import GaussianData, GaussianMixture
+
+
+def contract_noise(keys, init_noise_sigma, s_noise, sample_shape, num_steps, dtype=jnp.float32):
+    """(x0, eps) in float64: x0 (B, *shape) already scaled, eps (N, B, *shape) already times s_noise.
+
+    ``dtype`` is the sample dtype: the contract draws the normals in it.
+    """
+    x0, eps = [], []
+    for b in range(keys.shape[0]):
+        k_init, k_churn = jax.random.split(keys[b])
+        x0.append(np.asarray(jax.random.normal(k_init, sample_shape, dtype), np.float64))
+        eps.append([
+            np.asarray(jax.random.normal(jax.random.fold_in(k_churn, i), sample_shape, dtype),
+                       np.float64)
+            for i in range(num_steps)
+        ])
+    x0 = float(init_noise_sigma) * np.stack(x0)
+    eps = float(np.float32(s_noise)) * np.stack(eps, axis=1)
+    return x0, eps
+
+
+def standard_normals(keys, sample_shape, num_steps):
+    """The unscaled contract normals as float32 NumPy: z0 (B, *shape), z (N, B, *shape)."""
+    x0, eps = contract_noise(keys, 1.0, 1.0, sample_shape, num_steps)
+    return x0.astype(np.float32), eps.astype(np.float32)
+
+
+def numpy_gaussian_denoiser(data: GaussianData):
+    """Float64 D for N(mu, s^2 I), elementwise."""
+    mu = np.asarray(data.mean, np.float64)
+    s2 = float(data.std) ** 2
+
+    def denoise(x, sigma):
+        return (s2 * np.asarray(x, np.float64) + sigma**2 * mu) / (s2 + sigma**2)
+
+    return denoise
+
+
+def numpy_mixture_denoiser(mixture: GaussianMixture):
+    """Float64 posterior mean E[y | y + n = x] for a Gaussian mixture, by Bayes' rule.
+
+    r_k(x) = w_k N(x; mu_k, (s_k^2 + sigma^2) I) / sum_j w_j N(x; mu_j, (s_j^2 + sigma^2) I),
+    D(x) = sum_k r_k(x) E[y | x, k],  E[y | x, k] = mu_k + s_k^2 / (s_k^2 + sigma^2) (x - mu_k).
+    """
+    w = np.asarray(mixture.weights, np.float64)
+    mu = np.asarray(mixture.means, np.float64)
+    s2 = np.asarray(mixture.stds, np.float64) ** 2
+    dim = mu.shape[-1]
+
+    def denoise(x, sigma):
+        x = np.asarray(x, np.float64)[..., None, :]  # (..., 1, dim)
+        var = s2 + float(sigma) ** 2  # (K,)
+        log_dens = (np.log(w) - 0.5 * np.sum((x - mu) ** 2, axis=-1) / var
+                    - 0.5 * dim * np.log(2 * np.pi * var))
+        log_dens -= log_dens.max(axis=-1, keepdims=True)
+        r = np.exp(log_dens)
+        r /= r.sum(axis=-1, keepdims=True)
+        posterior_means = mu + (s2 / var)[:, None] * (x - mu)
+        return np.sum(r[..., None] * posterior_means, axis=-2)
+
+    return denoise
+
+
+def gaussian_data(dim: int = 3) -> GaussianData:
+    """A non-trivial Gaussian: non-zero, unequal mean, std != 1."""
+    return GaussianData(mean=jnp.linspace(-1.0, 2.0, dim), std=jnp.asarray(0.7))
+
+
+def small_mixture() -> GaussianMixture:
+    """A 3-component 2-D mixture with unequal weights and widths."""
+    return GaussianMixture(
+        weights=jnp.asarray([0.5, 0.3, 0.2]),
+        means=jnp.asarray([[1.0, 0.0], [-1.0, 1.0], [0.0, -1.5]]),
+        stds=jnp.asarray([0.3, 0.5, 0.2]),
+    )
+
+
+def edm_config(**overrides) -> kj.KarrasVeConfig:
+    """EDM-like levels (sigma 0.002 .. 80) with churn on inside [0.05, 50]."""
+    values = dict(sigma_min=0.002, sigma_max=80.0, s_noise=1.007, s_churn=10.0, s_min=0.05, s_max=50.0)
+    values.update(overrides)
+    return kj.KarrasVeConfig(**values)
+
+
+def keys_for(seed: int, batch: int) -> jax.Array:
+    return jax.random.split(jax.random.key(seed), batch)
+
+
+# --- jitted entry points shared by the tests (one compile per static signature) ---------------
+
+GAUSS = gaussian_data(3)
+MIX = small_mixture()
+
+
+def gauss_denoise(x, sigma, cond=None):
+    """D for GAUSS: elementwise, so bitwise batch-independent."""
+    return GAUSS.denoise(x, sigma)
+
+
+def mix_denoise(x, sigma, cond=None):
+    """D for MIX: has reductions over components and dims."""
+    return MIX.denoise(x, sigma)
+
+
+fast_sample = jax.jit(
+    kj.sample,
+    static_argnames=("denoise_fn", "sample_shape", "solver", "dtype", "return_trajectory", "progress"),
+)
