@@ -37,6 +37,15 @@ def contract_noise(keys, init_noise_sigma, s_noise, sample_shape, num_steps, dty
     return x0, eps
 
 
+def float32_tolerance(x0):
+    """Absolute tolerance for float32 results against float64 (or another compilation).
+
+    Round-off of the O(1) result plus that of the start noise (std up to 100-ish, and
+    diffusers' levels up to 1e4); observed differences are about 10x below it.
+    """
+    return 1e-5 + 1e-7 * float(np.max(np.abs(np.asarray(x0, np.float64))))
+
+
 def standard_normals(keys, sample_shape, num_steps):
     """The unscaled contract normals as float32 NumPy: z0 (B, *shape), z (N, B, *shape)."""
     x0, eps = contract_noise(keys, 1.0, 1.0, sample_shape, num_steps)

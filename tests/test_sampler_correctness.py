@@ -15,6 +15,7 @@ from sampler_utils import (
     contract_noise,
     edm_config,
     fast_sample,
+    float32_tolerance,
     gauss_denoise,
     keys_for,
     mix_denoise,
@@ -54,12 +55,6 @@ def _oracle(denoise64, keys, state, cfg, shape, solver):
     return ref, x0
 
 
-def _float32_tolerance(x0):
-    # float32 round-off of the O(1) result plus that of the start noise (std up to 100-ish,
-    # and diffusers' levels up to 1e4): observed errors are 10x below this.
-    return 1e-5 + 1e-7 * float(np.max(np.abs(x0)))
-
-
 @pytest.mark.parametrize("solver", ["heun", "euler"])
 @pytest.mark.parametrize("schedule", ["ve", "karras", "diffusers", "custom"])
 @pytest.mark.parametrize("churn", ["off", "window", "narrow", "clamped"])
@@ -70,7 +65,7 @@ def test_matches_float64_algorithm2_gaussian(churn, schedule, solver):
     out = fast_sample(gauss_denoise, keys, state, cfg, (3,), solver=solver)
     assert out.dtype == jnp.float32 and out.shape == (4, 3)
     ref, x0 = _oracle(numpy_gaussian_denoiser(GAUSS), keys, state, cfg, (3,), solver)
-    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=_float32_tolerance(x0))
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=float32_tolerance(x0))
 
 
 @pytest.mark.parametrize("solver", ["heun", "euler"])
@@ -82,7 +77,7 @@ def test_matches_float64_algorithm2_mixture(churn, schedule, solver):
     keys = keys_for(2, 4)
     out = fast_sample(mix_denoise, keys, state, cfg, (2,), solver=solver)
     ref, x0 = _oracle(numpy_mixture_denoiser(MIX), keys, state, cfg, (2,), solver)
-    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=_float32_tolerance(x0))
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=float32_tolerance(x0))
 
 
 def test_eager_equals_jit():
@@ -111,7 +106,7 @@ def test_single_step_matches_oracle(solver):
     keys = keys_for(3, 4)
     out = fast_sample(gauss_denoise, keys, state, cfg, (3,), solver=solver)
     ref, x0 = _oracle(numpy_gaussian_denoiser(GAUSS), keys, state, cfg, (3,), solver)
-    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=_float32_tolerance(x0))
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=float32_tolerance(x0))
 
 
 def test_raw_uint32_keys_equal_typed_keys():
@@ -298,7 +293,7 @@ def test_trajectory(solver, n):
             x_new = x + (nxt - sigma) * (d + d2) / 2
         x = x_new
         np.testing.assert_allclose(np.asarray(traj.samples[i + 1]), x, rtol=1e-5,
-                                   atol=_float32_tolerance(x0))
+                                   atol=float32_tolerance(x0))
 
 
 def test_trajectory_with_churn_records_denoised_at_sigma_hat():
@@ -315,7 +310,7 @@ def test_trajectory_with_churn_records_denoised_at_sigma_hat():
                                                      gamma, eps[i])
         np.testing.assert_allclose(np.asarray(traj.denoised[i]),
                                    numpy_gaussian_denoiser(GAUSS)(x_hat, sigma_hat),
-                                   rtol=1e-5, atol=_float32_tolerance(x0))
+                                   rtol=1e-5, atol=float32_tolerance(x0))
 
 
 def test_x_init_equal_to_initial_noise_gives_the_default():
@@ -336,7 +331,7 @@ def test_x_init_equal_to_initial_noise_gives_the_default():
     x0, eps = contract_noise(keys, state.init_noise_sigma, cfg.s_noise, (3,), 7)
     ref = oracle.algorithm2(numpy_gaussian_denoiser(GAUSS), x0 + 1.0,
                             np.asarray(state.sigmas, np.float64), cfg.s_churn, cfg.s_min, cfg.s_max, eps)
-    np.testing.assert_allclose(np.asarray(other), ref, rtol=1e-5, atol=_float32_tolerance(x0))
+    np.testing.assert_allclose(np.asarray(other), ref, rtol=1e-5, atol=float32_tolerance(x0))
 
 
 def test_x_init_wrong_shape():
@@ -426,7 +421,7 @@ def test_churn_never_nan(gamma, schedule):
     # contracts it: its effect on the O(1) result stays below 1e-2.
     np.testing.assert_allclose(np.asarray(out), np.asarray(no_churn), atol=1e-2)
     ref, x0 = _oracle(numpy_gaussian_denoiser(GAUSS), keys, state, cfg, (3,), "heun")
-    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=_float32_tolerance(x0))
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=float32_tolerance(x0))
 
 
 def test_churn_gradient_finite_at_gamma_zero():
