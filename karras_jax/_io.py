@@ -33,7 +33,9 @@ DIFFUSERS_VERSION = "0.42.1"
 _KEYS = ("sigma_min", "sigma_max", "s_noise", "s_churn", "s_min", "s_max")
 
 
-def config_from_dict(values: dict[str, Any], source: str = "config") -> KarrasVeConfig:
+def config_from_dict(
+    values: dict[str, Any], source: str = "config", stacklevel: int = 2
+) -> KarrasVeConfig:
     """Builds a config from a diffusers-style dict.
 
     Args:
@@ -57,7 +59,7 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> KarrasVe
         )
     unknown = sorted(k for k in values if k not in _KEYS and not str(k).startswith("_"))
     if unknown:
-        warnings.warn(f"{source}: ignoring unknown keys {unknown}.", UserWarning, stacklevel=3)
+        warnings.warn(f"{source}: ignoring unknown keys {unknown}.", UserWarning, stacklevel=stacklevel)
     kwargs = {}
     for key in _KEYS:
         if key not in values:
@@ -94,7 +96,9 @@ def _config_file(path: str | os.PathLike, subfolder: str | None) -> Path:
     return base
 
 
-def load_config(path: str | os.PathLike, subfolder: str | None = None) -> KarrasVeConfig:
+def load_config(
+    path: str | os.PathLike, subfolder: str | None = None, stacklevel: int = 2
+) -> KarrasVeConfig:
     """Reads a config from a directory holding ``scheduler_config.json`` (or the file itself).
 
     Raises:
@@ -108,7 +112,7 @@ def load_config(path: str | os.PathLike, subfolder: str | None = None) -> Karras
         values = json.loads(text, parse_constant=_reject_constant)
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
         raise ValueError(f"{file}: not valid JSON ({err}).") from None
-    return config_from_dict(values, source=str(file))
+    return config_from_dict(values, source=str(file), stacklevel=stacklevel + 1)
 
 
 def _reject_constant(name: str) -> float:

@@ -91,11 +91,12 @@ def check_key(name: str, key: Any) -> None:
         if shape != ():
             raise ValueError(f"{name} must be a single PRNG key (shape ()), got shape {shape}.")
         return
-    if dtype == jnp.uint32 and len(shape) == 1:
+    width = jax.random.key_data(jax.random.key(0)).shape[-1]
+    if dtype == jnp.uint32 and shape == (width,):
         return
     raise TypeError(
         f"{name} must be a PRNG key from jax.random.key(seed) (a typed key) or "
-        f"jax.random.PRNGKey(seed) (uint32 of shape (2,)), got dtype {dtype} and shape {shape}."
+        f"jax.random.PRNGKey(seed) (uint32 of shape ({width},)), got dtype {dtype} and shape {shape}."
     )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
+import jax
 import numpy as np
 from flax import struct
 
@@ -54,6 +56,13 @@ class KarrasVeConfig:
     s_max: Any = 50.0
 
     def __post_init__(self) -> None:
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple, dict, set)):
+                raise TypeError(
+                    f"{name} must be a real number or an array, got {type(value).__name__} {value!r}; "
+                    "wrap a sweep of values in jnp.asarray."
+                )
         values = {name: concrete_value(name, getattr(self, name)) for name in _FIELDS}
         for name, value in values.items():
             if value is not None and not np.all(np.isfinite(value)):
@@ -72,6 +81,34 @@ class KarrasVeConfig:
             raise ValueError(
                 f"s_min must be <= s_max, got s_min={self.s_min!r} and s_max={self.s_max!r}."
             )
+
+    def check_numeric(self) -> KarrasVeConfig:
+        """Returns self after checking every field is a number, an array or a tracer.
+
+        Placeholders such as None are allowed in a config used as a pytree spec (vmap
+        ``in_axes``, shardings); a config that enters the arithmetic must hold numbers.
+
+        Raises:
+          TypeError: a field holds None or another non-numeric object.
+        """
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, (numbers.Real, np.ndarray, np.generic, jax.Array)):
+                raise TypeError(
+                    f"config.{name} must be a real number or an array, got {type(value).__name__} "
+                    f"{value!r}."
+                )
+        return self
+
+    def __getitem__(self, name: str) -> Any:
+        """``config["sigma_max"]``, as diffusers' FrozenDict configs allow."""
+        if name not in _FIELDS:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def keys(self) -> tuple[str, ...]:
+        """The six field names, so ``dict(**config)`` and ``KarrasVeScheduler(**config)`` work."""
+        return _FIELDS
 
     def to_dict(self) -> dict[str, float]:
         """The six values as Python floats (the config must be concrete and scalar)."""

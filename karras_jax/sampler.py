@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from karras_jax._validation import check_num_steps, level_dtype
@@ -96,12 +97,25 @@ def normalize_keys(keys: Any) -> jax.Array:
     )
 
 
+def _check_state(state: Any) -> None:
+    if not isinstance(state, KarrasVeState):
+        raise TypeError(f"state must be a KarrasVeState, got {type(state).__name__}.")
+    if not state.is_set:
+        raise ValueError("state has no noise levels yet: call set_timesteps first.")
+
+
 def _check_shape(sample_shape: Any) -> tuple[int, ...]:
     if not isinstance(sample_shape, tuple) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in sample_shape
+        isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d > 0
+        for d in sample_shape
     ):
         raise ValueError(f"sample_shape must be a tuple of positive ints, got {sample_shape!r}.")
-    return sample_shape
+    return tuple(int(d) for d in sample_shape)
+
+
+def _check_solver(solver: Any) -> None:
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
 
 
 def _check_dtype(dtype: Any) -> jnp.dtype:
@@ -133,6 +147,7 @@ def initial_noise(
     Returns:
       (B, *sample_shape) in ``dtype``.
     """
+    _check_state(state)
     keys = normalize_keys(keys)
     sample_shape = _check_shape(sample_shape)
     dtype = _check_dtype(dtype)
@@ -223,12 +238,9 @@ def sample(
     """
     if not isinstance(config, KarrasVeConfig):
         raise TypeError(f"config must be a KarrasVeConfig, got {type(config).__name__}.")
-    if not isinstance(state, KarrasVeState):
-        raise TypeError(f"state must be a KarrasVeState, got {type(state).__name__}.")
-    if not state.is_set:
-        raise ValueError("state has no noise levels yet: call set_timesteps first.")
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
+    config.check_numeric()
+    _check_state(state)
+    _check_solver(solver)
     if not callable(denoise_fn):
         raise TypeError(f"denoise_fn must be callable, got {type(denoise_fn).__name__}.")
     n = check_num_steps(state.num_inference_steps)
@@ -344,9 +356,8 @@ def make_sampler(
     >>> sampler(1.0, jax.random.split(jax.random.key(0), 4)).shape
     (4, 2)
     """
-    _check_shape(sample_shape)
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
+    sample_shape = _check_shape(sample_shape)
+    _check_solver(solver)
     _check_dtype(dtype)
 
     @jax.jit

@@ -13,13 +13,42 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from flax import struct
 from jax.typing import ArrayLike
 
 from karras_jax import _io, steps
 from karras_jax.config import KarrasVeConfig
 from karras_jax.state import KarrasVeState, set_timesteps
 
-__all__ = ["FlaxKarrasVeScheduler", "KarrasVeScheduler"]
+__all__ = ["FlaxKarrasVeOutput", "FlaxKarrasVeScheduler", "KarrasVeScheduler"]
+
+
+@struct.dataclass
+class FlaxKarrasVeOutput:
+    """What the facade's ``step`` and ``step_correct`` return, as diffusers' Flax scheduler did.
+
+    Attributes:
+      prev_sample: The sample at ``sigma_prev``.
+      derivative: The slope used (see :class:`karras_jax.KarrasVeOutput`).
+      state: The scheduler state, passed through unchanged.
+      pred_original_sample: The denoised estimate.
+    """
+
+    prev_sample: jax.Array
+    derivative: jax.Array
+    state: KarrasVeState
+    pred_original_sample: jax.Array
+
+    def to_tuple(self) -> tuple[jax.Array, jax.Array, KarrasVeState]:
+        """``(prev_sample, derivative, state)``: diffusers' Flax ``return_dict=False`` form."""
+        return self.prev_sample, self.derivative, self.state
+
+
+def _with_state(out: steps.KarrasVeOutput, state: KarrasVeState,
+                return_dict: bool) -> FlaxKarrasVeOutput | tuple:
+    wrapped = FlaxKarrasVeOutput(prev_sample=out.prev_sample, derivative=out.derivative,
+                                 state=state, pred_original_sample=out.pred_original_sample)
+    return wrapped if return_dict else wrapped.to_tuple()
 
 
 class KarrasVeScheduler:
@@ -109,10 +138,15 @@ class KarrasVeScheduler:
         sigma_prev: ArrayLike,
         sample_hat: ArrayLike,
         return_dict: bool = True,
-    ) -> steps.KarrasVeOutput | tuple[jax.Array, jax.Array]:
-        """See :func:`karras_jax.step`."""
-        del state
-        return steps.step(model_output, sigma_hat, sigma_prev, sample_hat, return_dict)
+    ) -> FlaxKarrasVeOutput | tuple[jax.Array, jax.Array, KarrasVeState]:
+        """Euler step (see :func:`karras_jax.step`), returning the state as diffusers' Flax did.
+
+        Returns:
+          :class:`FlaxKarrasVeOutput` ``(prev_sample, derivative, state, pred_original_sample)``,
+          or with ``return_dict=False`` the tuple ``(prev_sample, derivative, state)``.
+        """
+        out = steps.step(model_output, sigma_hat, sigma_prev, sample_hat)
+        return _with_state(out, state, return_dict)
 
     def step_correct(
         self,
@@ -124,12 +158,16 @@ class KarrasVeScheduler:
         sample_prev: ArrayLike,
         derivative: ArrayLike,
         return_dict: bool = True,
-    ) -> steps.KarrasVeOutput | tuple[jax.Array, jax.Array]:
-        """See :func:`karras_jax.step_correct`."""
-        del state
-        return steps.step_correct(
-            model_output, sigma_hat, sigma_prev, sample_hat, sample_prev, derivative, return_dict
+    ) -> FlaxKarrasVeOutput | tuple[jax.Array, jax.Array, KarrasVeState]:
+        """Heun correction (see :func:`karras_jax.step_correct`), returning the state too.
+
+        Returns:
+          As :meth:`step`; ``derivative`` is the averaged slope actually used.
+        """
+        out = steps.step_correct(
+            model_output, sigma_hat, sigma_prev, sample_hat, sample_prev, derivative
         )
+        return _with_state(out, state, return_dict)
 
     def scale_model_input(
         self, state: KarrasVeState, sample: ArrayLike, timestep: ArrayLike | None = None
@@ -140,14 +178,17 @@ class KarrasVeScheduler:
     # --- config files ------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, config: dict[str, Any] | KarrasVeConfig) -> KarrasVeScheduler:
+    def from_config(
+        cls, config: dict[str, Any] | KarrasVeConfig, **overrides: Any
+    ) -> KarrasVeScheduler:
         """Builds a scheduler from a diffusers-style dict (or a :class:`KarrasVeConfig`).
 
-        Unknown keys give a warning naming them and are ignored.
+        Keyword ``overrides`` replace values of the config, as in diffusers. Unknown keys
+        give a warning naming them and are ignored.
         """
-        if isinstance(config, KarrasVeConfig):
-            return cls(**config.to_dict())
-        return cls(**_io.config_from_dict(config).to_dict())
+        values = config.to_dict() if isinstance(config, KarrasVeConfig) else dict(config)
+        values.update(overrides)
+        return cls(**_io.config_from_dict(values, stacklevel=3).to_dict())
 
     @classmethod
     def from_pretrained(
@@ -157,11 +198,16 @@ class KarrasVeScheduler:
 
         Nothing is downloaded: a Hub id that is not a local path raises FileNotFoundError.
         """
-        scheduler = cls(**_io.load_config(pretrained_model_name_or_path, subfolder).to_dict())
+        config = _io.load_config(pretrained_model_name_or_path, subfolder, stacklevel=3)
+        scheduler = cls(**config.to_dict())
         return scheduler, scheduler.create_state()
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Writes ``scheduler_config.json`` (diffusers' format) into ``save_directory``."""
+        return _io.save_config(self._config, save_directory)
+
+    def save_config(self, save_directory: str | os.PathLike) -> Path:
+        """The same as :meth:`save_pretrained` (diffusers' ``ConfigMixin`` name)."""
         return _io.save_config(self._config, save_directory)
 
 

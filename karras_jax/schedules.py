@@ -57,12 +57,37 @@ def _backend(**values: ArrayLike) -> tuple[Any, list]:
     return jnp, [jnp.asarray(v, level_dtype()) for v in values.values()]
 
 
+def _pin_ends(xp: Any, levels: Any, hi: Any, lo: Any) -> Any:
+    """Sets the first level to sigma_max and the last (N > 1) to sigma_min exactly.
+
+    Powers and roots leave them an ulp off in float64 (``(100**(1/7))**7``), which shows
+    under x64 and at a churn-window edge placed at sigma_min.
+    """
+    if xp is np:
+        levels = np.array(levels, dtype=np.float64)
+        levels[0] = hi
+        if levels.shape[0] > 1:
+            levels[-1] = lo
+        return levels
+    levels = levels.at[0].set(hi)
+    return levels.at[-1].set(lo) if levels.shape[0] > 1 else levels
+
+
+def check_rho(rho: ArrayLike) -> None:
+    """Raises ValueError unless a concrete rho is finite and > 0."""
+    rho_value = concrete_value("rho", rho)
+    if rho_value is not None and not (np.all(np.isfinite(rho_value)) and np.all(rho_value > 0)):
+        raise ValueError(f"rho must be finite and > 0, got {rho!r}.")
+
+
 def _geometric(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int, power: int) -> jax.Array:
     num_steps = check_num_steps(num_steps)
     KarrasVeConfig(sigma_min=sigma_min, sigma_max=sigma_max)  # range checks on concrete values
     xp, (lo, hi) = _backend(sigma_min=sigma_min, sigma_max=sigma_max)
     hi_p, lo_p = hi**power, lo**power
     levels = hi_p * (lo_p / hi_p) ** _ramp(xp, num_steps)
+    if power == 1:  # diffusers' own levels are left exactly as its formula rounds them
+        levels = _pin_ends(xp, levels, hi, lo)
     return jnp.asarray(levels, level_dtype())
 
 
@@ -113,14 +138,12 @@ def karras_sigmas(
       ValueError: rho is not finite and > 0.
     """
     num_steps = check_num_steps(num_steps)
-    rho_value = concrete_value("rho", rho)
-    if rho_value is not None and not (np.all(np.isfinite(rho_value)) and np.all(rho_value > 0)):
-        raise ValueError(f"rho must be finite and > 0, got {rho!r}.")
+    check_rho(rho)
     KarrasVeConfig(sigma_min=sigma_min, sigma_max=sigma_max)
     xp, (lo, hi, r) = _backend(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
     hi_r, lo_r = hi ** (1.0 / r), lo ** (1.0 / r)
     levels = (hi_r + _ramp(xp, num_steps) * (lo_r - hi_r)) ** r
-    return jnp.asarray(levels, level_dtype())
+    return jnp.asarray(_pin_ends(xp, levels, hi, lo), level_dtype())
 
 
 def custom_sigmas(sigmas: ArrayLike) -> jax.Array:
@@ -136,7 +159,10 @@ def custom_sigmas(sigmas: ArrayLike) -> jax.Array:
       TypeError: the levels are not real numbers.
     """
     if isinstance(sigmas, (list, tuple)):
-        sigmas = jnp.asarray(sigmas)  # a Python sequence is checked like the array it becomes
+        try:  # a Python sequence is checked like the array it becomes
+            sigmas = np.asarray(sigmas, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"sigmas must be a sequence of real numbers, got {sigmas!r}.") from None
     shape = np.shape(sigmas)
     if len(shape) != 1 or shape[0] == 0:
         raise ValueError(f"sigmas must be a non-empty 1-D array of noise levels, got shape {shape}.")

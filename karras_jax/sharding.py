@@ -16,7 +16,14 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from karras_jax.config import KarrasVeConfig
-from karras_jax.sampler import _check_cond, _check_shape, normalize_keys, sample
+from karras_jax.sampler import (
+    _check_cond,
+    _check_dtype,
+    _check_shape,
+    _check_solver,
+    normalize_keys,
+    sample,
+)
 from karras_jax.state import KarrasVeState
 
 __all__ = ["batch_sharding", "make_sharded_sampler", "sample_sharded"]
@@ -51,7 +58,9 @@ def make_sharded_sampler(
       mesh: A ``jax.sharding.Mesh``, e.g. ``jax.make_mesh((jax.device_count(),), ("data",))``.
       axis_name: The mesh axis (or axes) the batch is split over.
     """
-    _check_shape(sample_shape)
+    sample_shape = _check_shape(sample_shape)
+    _check_solver(solver)
+    _check_dtype(dtype)
     spec = PartitionSpec(axis_name)
     sharding = NamedSharding(mesh, spec)
 
@@ -81,15 +90,23 @@ def make_sharded_sampler(
         keys = normalize_keys(keys)
         _check_divisible(keys.shape[0], mesh, axis_name)
         _check_cond(cond, keys.shape[0])
-        if not isinstance(keys.sharding, NamedSharding) or keys.sharding.spec != spec:
-            if getattr(keys, "is_fully_addressable", True):
-                keys = jax.device_put(keys, sharding)
+        keys = _place(keys, sharding)
+        cond = jax.tree_util.tree_map(lambda leaf: _place(leaf, sharding), cond)
         return run(params, keys, cond, default_config if config is None else config,
                    default_state if state is None else state)
 
     default_config, default_state = config, state
     sampler.jitted = run  # type: ignore[attr-defined]
     return sampler
+
+
+def _place(array: Any, sharding: NamedSharding) -> Any:
+    """Puts a local array on the batch sharding; global (multi-host) arrays stay as they are."""
+    if isinstance(array, jax.Array) and not array.is_fully_addressable:
+        return array
+    if isinstance(array, jax.Array) and array.sharding.is_equivalent_to(sharding, array.ndim):
+        return array
+    return jax.device_put(array, sharding)
 
 
 def _check_divisible(batch: int, mesh: Mesh, axis_name: str | tuple[str, ...]) -> None:

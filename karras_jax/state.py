@@ -89,6 +89,8 @@ def set_timesteps(
     """
     if not isinstance(config, KarrasVeConfig):
         raise TypeError(f"config must be a KarrasVeConfig, got {type(config).__name__}.")
+    config.check_numeric()
+    schedules.check_rho(rho)  # checked whatever the schedule, so a typo never passes silently
     if sigmas is not None:
         if schedule is not None:
             raise ValueError(

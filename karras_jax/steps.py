@@ -115,6 +115,7 @@ def churn_gamma(config: KarrasVeConfig, num_inference_steps: int, sigma: ArrayLi
     Returns:
       gamma_i in the level dtype (an array of the broadcast shape of sigma and the config).
     """
+    config.check_numeric()
     dtype = level_dtype()
     sigma = jnp.asarray(sigma, dtype)
     s_churn = jnp.asarray(config.s_churn, dtype)

@@ -72,17 +72,25 @@ def test_methods_agree_with_the_functional_api():
     np.testing.assert_array_equal(x_hat, want_hat)
     assert float(sigma_hat) == float(want_sigma) == pytest.approx(1.1)  # gamma = 1/10
     m1, m2 = _x(2), _x(3)
+    # Like diffusers' FlaxKarrasVeScheduler, the facade's step outputs carry the state along.
     out = scheduler.step(state, m1, sigma_hat, 0.5, x_hat)
     want = kj.step(m1, sigma_hat, 0.5, x_hat)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, out, want)
+    assert out.state is state
+    for name in ("prev_sample", "derivative", "pred_original_sample"):
+        np.testing.assert_array_equal(getattr(out, name), getattr(want, name))
     corr = scheduler.step_correct(state, m2, sigma_hat, 0.5, x_hat, out.prev_sample,
                                   out.derivative)
     want = kj.step_correct(m2, sigma_hat, 0.5, x_hat, out.prev_sample, out.derivative)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, corr, want)
-    prev, d = scheduler.step_correct(state, m2, sigma_hat, 0.5, x_hat, out.prev_sample,
-                                     out.derivative, return_dict=False)
+    assert corr.state is state
+    for name in ("prev_sample", "derivative", "pred_original_sample"):
+        np.testing.assert_array_equal(getattr(corr, name), getattr(want, name))
+    prev, d, same_state = scheduler.step_correct(state, m2, sigma_hat, 0.5, x_hat,
+                                                 out.prev_sample, out.derivative, return_dict=False)
+    assert same_state is state
     np.testing.assert_array_equal(prev, want.prev_sample)
     np.testing.assert_array_equal(d, want.derivative)
+    prev, d, _ = scheduler.step(state, m1, sigma_hat, 0.5, x_hat, return_dict=False)
+    np.testing.assert_array_equal(prev, out.prev_sample)
     np.testing.assert_array_equal(scheduler.scale_model_input(state, x, timestep=3), x)
 
 
