@@ -116,3 +116,31 @@ def test_s_min_must_not_exceed_s_max():
 def test_non_real_values_raise_type_error_naming_the_field(bad):
     with pytest.raises(TypeError, match="s_churn"):
         kj.KarrasVeConfig(s_churn=bad)
+
+
+@pytest.mark.parametrize("bad", [[80.0, -5.0], (1.0,), {"a": 1.0}])
+def test_python_containers_are_rejected_naming_the_field(bad):
+    # A list would otherwise slip past the range checks (s_churn=[80, -5] has a negative entry).
+    with pytest.raises(TypeError, match="s_churn"):
+        kj.KarrasVeConfig(s_churn=bad)
+
+
+def test_placeholder_leaves_are_allowed_in_specs_but_not_in_arithmetic():
+    # None leaves make a config usable as a vmap in_axes / sharding spec ...
+    spec = kj.KarrasVeConfig(None, None, None, 0, None, None)
+    grid = kj.KarrasVeConfig().replace(s_churn=jnp.asarray([0.0, 40.0]))
+    out = jax.vmap(lambda c: kj.churn_gamma(c, 10, 1.0), in_axes=(spec,))(grid)
+    np.testing.assert_allclose(out, [0.0, math.sqrt(2) - 1], rtol=1e-6)
+    # ... but a config whose values enter the arithmetic must hold numbers.
+    with pytest.raises(TypeError, match="config.sigma_min"):
+        kj.set_timesteps(kj.KarrasVeConfig(sigma_min=None), 5)
+    with pytest.raises(TypeError, match="config.s_max"):
+        kj.churn_gamma(kj.KarrasVeConfig(s_max=None), 5, 1.0)
+
+
+def test_config_reads_like_diffusers_frozen_dict():
+    cfg = kj.KarrasVeConfig(sigma_max=80.0)
+    assert cfg["sigma_max"] == 80.0 == cfg.sigma_max
+    assert dict(**cfg) == cfg.to_dict()
+    with pytest.raises(KeyError):
+        cfg["num_train_timesteps"]

@@ -180,3 +180,21 @@ def test_from_config_dict_errors_name_the_key():
         kj.KarrasVeScheduler.from_config({"s_noise": "1.0"})
     with pytest.raises(ValueError, match="_class_name"):
         kj.KarrasVeScheduler.from_config({"_class_name": "EulerDiscreteScheduler"})
+
+
+def test_from_config_accepts_overrides_like_diffusers():
+    scheduler = kj.KarrasVeScheduler.from_config({"sigma_max": 80.0}, s_noise=1.0)
+    assert scheduler.config.sigma_max == 80.0 and scheduler.config.s_noise == 1.0
+
+
+def test_save_config_is_save_pretrained(tmp_path):
+    path = kj.KarrasVeScheduler(s_churn=3.0).save_config(tmp_path)
+    scheduler, _ = kj.KarrasVeScheduler.from_pretrained(path.parent)
+    assert scheduler.config.s_churn == 3.0
+
+
+def test_unknown_key_warning_points_at_the_callers_line(tmp_path):
+    (tmp_path / "scheduler_config.json").write_text('{"beta_start": 0.1}')
+    with pytest.warns(UserWarning, match="beta_start") as record:
+        kj.KarrasVeScheduler.from_pretrained(tmp_path)
+    assert record[0].filename == __file__

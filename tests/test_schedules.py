@@ -162,3 +162,18 @@ def test_schedules_check_sigma_range(fn):
 def test_schedules_check_num_steps(fn, bad, exc):
     with pytest.raises(exc, match="num_inference_steps"):
         fn(0.02, 100.0, bad)
+
+
+@pytest.mark.parametrize("schedule", ["ve", "karras"])
+def test_first_and_last_levels_are_exactly_sigma_max_and_sigma_min(schedule):
+    # (100 ** (1/7)) ** 7 is 99.99999999999997 in float64: the ends are pinned, not recomputed.
+    state = kj.set_timesteps(kj.KarrasVeConfig(sigma_min=0.05, sigma_max=100.0), 7, schedule)
+    assert float(state.sigmas[0]) == np.float32(100.0)
+    assert float(state.sigmas[-2]) == np.float32(0.05)
+    assert float(state.init_noise_sigma) == np.float32(100.0)
+
+
+@pytest.mark.parametrize("schedule", ["ve", "diffusers"])
+def test_rho_is_checked_whatever_the_schedule(schedule):
+    with pytest.raises(ValueError, match="rho"):
+        kj.set_timesteps(kj.KarrasVeConfig(), 3, schedule, rho=-1.0)

@@ -396,7 +396,8 @@ def test_scale_model_input_is_the_identity():
 
 
 @pytest.mark.parametrize("bad_key", [0, 3.5, jnp.array([1.0, 2.0]), jnp.zeros((2,), jnp.int32),
-                                     "key", None])
+                                     "key", None, jnp.zeros((3,), jnp.uint32),
+                                     jnp.zeros((2, 2), jnp.uint32)])
 def test_a_key_that_is_not_a_key_raises_type_error(bad_key):
     state = kj.set_timesteps(CFG, 10)
     with pytest.raises(TypeError, match="key"):
