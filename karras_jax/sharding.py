@@ -61,6 +61,7 @@ def make_sharded_sampler(
     sample_shape = _check_shape(sample_shape)
     _check_solver(solver)
     _check_dtype(dtype)
+    _check_axis(mesh, axis_name)
     spec = PartitionSpec(axis_name)
     sharding = NamedSharding(mesh, spec)
 
@@ -109,11 +110,16 @@ def _place(array: Any, sharding: NamedSharding) -> Any:
     return jax.device_put(array, sharding)
 
 
-def _check_divisible(batch: int, mesh: Mesh, axis_name: str | tuple[str, ...]) -> None:
+def _check_axis(mesh: Mesh, axis_name: str | tuple[str, ...]) -> tuple[str, ...]:
     names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
     for name in names:
         if name not in mesh.shape:
             raise ValueError(f"axis_name {name!r} is not an axis of the mesh {dict(mesh.shape)}.")
+    return names
+
+
+def _check_divisible(batch: int, mesh: Mesh, axis_name: str | tuple[str, ...]) -> None:
+    names = _check_axis(mesh, axis_name)
     parts = 1
     for name in names:
         parts *= mesh.shape[name]
