@@ -113,10 +113,9 @@ def test_make_sampler_program_has_no_host_callbacks():
     params = (GAUSS.mean, GAUSS.std)
     lowered = sampler.jitted.lower(params, keys_for(0, 4), None, None, cfg, state)
     assert not _host_calls(lowered.as_text())
-    assert not _host_calls(lowered.compile().as_text())
 
 
-@pytest.mark.parametrize("n", [1, 5])
+@pytest.mark.parametrize("n", [1, 7])
 def test_progress_callable_called_once_per_step(n):
     cfg = edm_config()
     state = kj.set_timesteps(cfg, n, "karras")
@@ -126,7 +125,8 @@ def test_progress_callable_called_once_per_step(n):
     out.block_until_ready()
     jax.effects_barrier()
     assert steps == list(range(n))
-    # The program with progress is the same computation (to float32 round-off: another program).
+    # Eager kj.sample with progress is the same computation as the jitted one without
+    # (to float32 round-off: another program).
     x0 = kj.initial_noise(keys_for(0, 4), state, (3,))
     np.testing.assert_allclose(np.asarray(out),
                                np.asarray(fast_sample(gauss_denoise, keys_for(0, 4), state, cfg, (3,))),
@@ -185,7 +185,7 @@ def test_make_sampler_does_not_retrace_for_new_weights_keys_cond_config_state():
 
 def test_make_sampler_with_x_init_does_not_retrace():
     cfg = edm_config()
-    state = kj.set_timesteps(cfg, 3, "karras")
+    state = kj.set_timesteps(cfg, 7, "karras")
     sampler = kj.make_sampler(lambda p, x, s, c: GaussianData(*p).denoise(x, s), state, cfg, (3,))
     keys = keys_for(0, 4)
     params = (GAUSS.mean, GAUSS.std)
@@ -204,7 +204,7 @@ def test_make_sampler_with_x_init_does_not_retrace():
 
 def test_vmap_over_hyperparameter_grid_is_one_program():
     cfg = edm_config()
-    state = kj.set_timesteps(cfg, 6, "karras")
+    state = kj.set_timesteps(cfg, 7, "karras")
     keys = keys_for(5, 4)
     grid = np.array(np.meshgrid([0.0, 5.0, 40.0], [1.0, 1.007], [0.05, 0.5], [1.0, 50.0],
                                 indexing="ij")).reshape(4, -1).T.astype(np.float32)  # (24, 4)
@@ -244,6 +244,7 @@ def test_vmap_over_hyperparameter_grid_is_one_program():
 @pytest.mark.parametrize("n", [1, 5])
 @pytest.mark.parametrize("s_churn", [0.0, 40.0])
 def test_gradients_finite(s_churn, n):
+    # n = 1 is the peeled final step alone (to sigma = 0); n = 5 adds the loop.
     cfg = edm_config(s_churn=s_churn)
     state = kj.set_timesteps(cfg, n, "karras")
     keys = keys_for(6, 4)
@@ -256,37 +257,33 @@ def test_gradients_finite(s_churn, n):
         return jnp.sum(weights * out**2)
 
     params = {"mean": GAUSS.mean, "std": GAUSS.std}
-    grad_fn = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    g_params, g_x = grad_fn(params, x_init)
+    g_params, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x_init)
     for leaf in jax.tree_util.tree_leaves((g_params, g_x)):
         assert np.all(np.isfinite(np.asarray(leaf)))
-    assert np.any(np.asarray(g_params["mean"]) != 0) and float(g_params["std"]) != 0
-    assert np.any(np.asarray(g_x) != 0)
-
-    # The sampler is affine in x_init for this denoiser (churn noise is additive): the
-    # gradient of a linear functional matches a finite difference exactly up to round-off.
-    def linear(x0):
-        data = GaussianData(mean=params["mean"], std=params["std"])
-        return jnp.sum(weights * kj.sample(data.denoise, keys, state, cfg, (3,), x_init=x0))
-
-    g_lin = jax.jit(jax.grad(linear))(x_init)
-    direction = jax.random.normal(jax.random.key(1), x_init.shape)
-    fd = (jax.jit(linear)(x_init + direction) - jax.jit(linear)(x_init - direction)) / 2
-    np.testing.assert_allclose(float(jnp.sum(g_lin * direction)), float(fd), rtol=1e-3, atol=1e-4)
+    assert np.all(np.asarray(g_params["mean"]) != 0) and float(g_params["std"]) != 0
+    assert np.all(np.asarray(g_x) != 0)
 
 
-def test_gradient_wrt_mean_matches_finite_difference_with_churn():
+def test_gradients_match_finite_differences_with_churn():
     cfg = edm_config(s_churn=40.0)
     state = kj.set_timesteps(cfg, 5, "karras")
     keys = keys_for(7, 4)
+    x_init = kj.initial_noise(keys, state, (3,))
+    weights = jnp.linspace(0.5, 1.5, 12).reshape(4, 3)
 
-    def f(mean):
-        return jnp.sum(kj.sample(GaussianData(mean, GAUSS.std).denoise, keys, state, cfg, (3,)))
+    @jax.jit
+    def f(mean, x0):
+        out = kj.sample(GaussianData(mean, GAUSS.std).denoise, keys, state, cfg, (3,), x_init=x0)
+        return jnp.sum(weights * out)
 
-    g = jax.jit(jax.grad(f))(GAUSS.mean)
-    h = 1e-2
-    f_jit = jax.jit(f)
+    g_mean, g_x = jax.jit(jax.grad(f, argnums=(0, 1)))(GAUSS.mean, x_init)
+    # The sampler is affine in x_init for this denoiser (the churn noise is additive): a
+    # central difference with a large step is exact up to round-off.
+    direction = jax.random.normal(jax.random.key(1), x_init.shape)
+    fd = (f(GAUSS.mean, x_init + direction) - f(GAUSS.mean, x_init - direction)) / 2
+    np.testing.assert_allclose(float(jnp.sum(g_x * direction)), float(fd), rtol=1e-3, atol=1e-4)
+    # It is affine in the mean too (D is linear in mu): same check per coordinate.
     for j in range(3):
-        e = jnp.zeros(3).at[j].set(h)
-        fd = (f_jit(GAUSS.mean + e) - f_jit(GAUSS.mean - e)) / (2 * h)
-        np.testing.assert_allclose(float(g[j]), float(fd), rtol=2e-2, atol=2e-2)
+        e = jnp.zeros(3).at[j].set(1.0)
+        fd = (f(GAUSS.mean + e, x_init) - f(GAUSS.mean - e, x_init)) / 2
+        np.testing.assert_allclose(float(g_mean[j]), float(fd), rtol=1e-3, atol=1e-4)
