@@ -1,0 +1,89 @@
+"""Problem sizes for ``--quick`` (2 CPU cores, < 5 min), ``--full`` and ``--gpu`` (one H100/H200)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Every size the suite uses; stored in the results JSON."""
+
+    name: str
+    mlp_batches: tuple[int, ...]
+    conv_batches: tuple[int, ...]
+    steps: tuple[int, ...]  # N for measurements 1, 2, 5
+    torch_batches: tuple[int, ...]
+    scaling_steps: tuple[int, ...] = (10, 100, 1000)
+    scaling_batch: int = 16
+    seeds_batch: int = 256  # measurements 4a, 4b
+    shard_batch: int = 256  # measurement 4c (per call, split over 8 devices)
+    shard_devices: int = 8
+    memory_batch: int = 16  # measurement 6: memory_batch x memory_dim floats
+    memory_dim: int = 1 << 20
+    memory_steps: tuple[int, int] = (2, 6)  # per-step time = difference / (N2 - N1)
+    memory_key_impls: tuple[str, ...] = ("threefry2x32", "rbg", "philox4x32")
+    budget_s: float = 1.0  # timed seconds per variant (repeats adapt to it)
+    min_repeats: int = 3
+    conv_channels: int = 32
+    # (model, B, N) measured in measurement 1/5 on top of the product above
+    extra_cases: tuple[tuple[str, int, int], ...] = ()
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def memory_floats(self) -> int:
+        return self.memory_batch * self.memory_dim
+
+
+QUICK = Preset(
+    name="quick",
+    mlp_batches=(1, 16, 256, 4096),
+    conv_batches=(1, 16),
+    steps=(18,),
+    torch_batches=(1, 16, 256, 4096),
+    scaling_batch=16,
+    seeds_batch=256,
+    shard_batch=256,
+    memory_batch=4,  # 4M floats (16M in --full) to stay under 5 minutes on 2 cores
+    memory_dim=1 << 20,
+    budget_s=0.6,
+    extra_cases=(("mlp", 1, 50),),
+)
+
+FULL = Preset(
+    name="full",
+    mlp_batches=(1, 16, 256, 4096),
+    conv_batches=(1, 16, 64),
+    steps=(18, 50),
+    torch_batches=(1, 16, 256, 4096),
+    scaling_batch=256,
+    seeds_batch=256,
+    shard_batch=1024,
+    memory_batch=16,
+    memory_dim=1 << 20,
+    memory_steps=(2, 10),
+    budget_s=2.0,
+    min_repeats=5,
+)
+
+# One H100/H200 within 5 minutes (benchmarks/gpu.sh adds a time budget as a safety net).
+GPU = Preset(
+    name="gpu",
+    mlp_batches=(1, 256, 4096, 65536),
+    conv_batches=(1, 64),
+    steps=(18,),
+    torch_batches=(1, 256, 4096, 65536),
+    scaling_batch=256,
+    seeds_batch=256,
+    shard_batch=1024,
+    memory_batch=64,
+    memory_dim=1 << 22,  # 256M floats (1 GiB): a read-write pass takes ~0.5 ms on HBM3
+    memory_steps=(4, 20),
+    budget_s=0.5,
+    min_repeats=5,
+    extra_cases=(("mlp", 1, 50), ("mlp", 4096, 50)),
+)
+
+PRESETS = {p.name: p for p in (QUICK, FULL, GPU)}
