@@ -1,0 +1,56 @@
+"""Measurement 5: ``kj.sample`` against its floor at large batch, the same 2N - 1 network
+evaluations back to back in one ``fori_loop`` with nothing else. Also ``kj.sample`` with
+s_churn = 0 (no noise drawn), which separates the cost of the churn noise from the rest, and
+with ``philox4x32`` keys, whose noise XLA:CPU generates ~3x faster than the default
+threefry (JAX lowers threefry to a rolled 5-iteration loop on CPU)."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+
+import karras_jax as kj
+from benchmarks.cases import model_cases
+from benchmarks.loops import ApplyFn, network_loop
+from benchmarks.suite import Suite, batch_keys, ratio, row
+
+
+def network_only(apply_fn: ApplyFn) -> Any:
+    """``f(params, x0, state)``: :func:`benchmarks.loops.network_loop`, jitted."""
+
+    def run(params: Any, x0: jax.Array, state: kj.KarrasVeState) -> jax.Array:
+        return network_loop(lambda x, s: apply_fn(params, x, s, None), x0, state)
+
+    return jax.jit(run)
+
+
+def run(suite: Suite) -> list[dict[str, Any]]:
+    rows = []
+    no_churn = suite.config.replace(s_churn=0.0)
+    for name, batch, n in model_cases(suite.preset):
+        apply_fn, params, shape = suite.model(name)
+        state = suite.state(n)
+        keys = batch_keys(batch)
+        sampler = suite.sampler(name, n)
+        x0 = kj.initial_noise(keys, state, shape)
+        times = suite.compare(
+            {
+                "kj.sample": partial(sampler, params, keys),
+                "kj.sample_no_churn": partial(sampler, params, keys, config=no_churn),
+                "kj.sample_philox_keys": partial(sampler, params, batch_keys(batch, impl="philox4x32")),
+                "network_only": partial(network_only(apply_fn), params, x0, state),
+            }
+        )
+        rows.append(
+            row(
+                "5_overhead_over_network",
+                {"model": name, "B": batch, "N": n, "network_evals": 2 * n - 1},
+                times,
+                overhead_ratio=ratio(times["kj.sample"], times["network_only"]),
+                overhead_ratio_no_churn=ratio(times["kj.sample_no_churn"], times["network_only"]),
+                overhead_ratio_philox=ratio(times["kj.sample_philox_keys"], times["network_only"]),
+            )
+        )
+    return rows

@@ -1,0 +1,62 @@
+"""Measurement 3: compile time, compiled temporary memory and run time per step against N.
+
+Each compile uses a fresh ``jax.jit`` of a fresh closure so that no cache is hit: the
+figure is what a user pays on the first call (trace + lower, then XLA compile).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+
+import karras_jax as kj
+from benchmarks.suite import Suite, batch_keys, row
+from benchmarks.timing import summarise, timed_once
+
+COMPILE_REPEATS = 3
+
+
+def _fresh(apply_fn: Any, shape: tuple[int, ...], config: kj.KarrasVeConfig) -> Any:
+    def run(params: Any, keys: jax.Array, state: kj.KarrasVeState) -> jax.Array:
+        return kj.sample(lambda x, s, c: apply_fn(params, x, s, c), keys, state, config, shape)
+
+    return jax.jit(run)
+
+
+def run(suite: Suite) -> list[dict[str, Any]]:
+    apply_fn, params, shape = suite.model("mlp")
+    batch = suite.preset.scaling_batch
+    keys = batch_keys(batch)
+    rows = []
+    for n in suite.preset.scaling_steps:
+        state = suite.state(n)
+        lower_s, compile_s = [], []
+        for _ in range(COMPILE_REPEATS):
+            jitted = _fresh(apply_fn, shape, suite.config)
+            lowered, t_lower = timed_once(partial(jitted.lower, params, keys, state))
+            compiled, t_compile = timed_once(lowered.compile)
+            lower_s.append(t_lower)
+            compile_s.append(t_compile)
+        memory = compiled.memory_analysis()
+        total = [a + b for a, b in zip(lower_s, compile_s, strict=True)]
+        times = suite.compare({"kj.sample": partial(compiled, params, keys, state)})
+        rows.append(
+            row(
+                "3_scaling_with_n",
+                {"model": "mlp", "B": batch, "N": n},
+                {
+                    "trace_and_lower": summarise(lower_s),
+                    "xla_compile": summarise(compile_s),
+                    "lower_plus_compile": summarise(total),
+                    **times,
+                },
+                temp_bytes=int(memory.temp_size_in_bytes),
+                argument_bytes=int(memory.argument_size_in_bytes),
+                output_bytes=int(memory.output_size_in_bytes),
+                seconds_per_step=times["kj.sample"].median / n,
+                network_evals=2 * n - 1,
+            )
+        )
+    return rows

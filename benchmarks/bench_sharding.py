@@ -1,0 +1,86 @@
+"""Measurement 4c: the batch sharded over 8 CPU devices against 1 device, total throughput.
+
+The 8 devices are host-platform CPU devices, which exist only if
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` is set before JAX starts, so the
+measurement runs in a child process (``python -m benchmarks.bench_sharding``) with that
+flag and ``JAX_PLATFORMS=cpu``; the child prints its row as JSON. On a GPU machine this
+still measures CPU devices (the parent's backend is irrelevant to it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(suite: Any) -> list[dict[str, Any]]:
+    """Parent side: spawn the child and return its row."""
+    preset = suite.preset
+    env = dict(os.environ)
+    flag = f"--xla_force_host_platform_device_count={preset.shard_devices}"
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "benchmarks.bench_sharding", "--preset", preset.name]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"sharding child failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return [json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+def _child(preset_name: str) -> dict[str, Any]:
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    import karras_jax as kj
+    from benchmarks.presets import PRESETS
+    from benchmarks.suite import Suite, batch_keys, ratio, row
+
+    suite = Suite(PRESETS[preset_name])
+    devices = suite.preset.shard_devices
+    if jax.device_count() < devices:
+        raise RuntimeError(f"expected {devices} CPU devices, got {jax.devices()}")
+    apply_fn, params, shape = suite.model("mlp")
+    n, batch = suite.preset.steps[0], suite.preset.shard_batch
+    state = suite.state(n)
+    keys = batch_keys(batch)
+    fns = {}
+    for count in (devices, 1):
+        mesh = Mesh(np.asarray(jax.devices()[:count]), ("data",))
+        sampler = kj.make_sharded_sampler(apply_fn, state, suite.config, shape, mesh)
+        fns[f"{count}_devices"] = partial(sampler, params, jax.device_put(keys, kj.batch_sharding(mesh)))
+    fns["kj.sample_unsharded"] = partial(suite.sampler("mlp", n), params, keys)
+    times = suite.compare(fns)
+    return row(
+        "4c_sharding",
+        {
+            "model": "mlp",
+            "B": batch,
+            "N": n,
+            "devices": devices,
+            "platform": jax.devices()[0].platform,
+            "host_cores": os.cpu_count(),
+        },
+        times,
+        throughput_ratio=ratio(times["1_devices"], times[f"{devices}_devices"]),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default="quick")
+    args = parser.parse_args()
+    print(json.dumps(_child(args.preset)))
+
+
+if __name__ == "__main__":
+    main()
