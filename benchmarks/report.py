@@ -1,0 +1,210 @@
+"""Markdown tables of one run: targets, then one table per group of measurements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1e3:.3g}" if seconds * 1e3 < 100 else f"{seconds * 1e3:.0f}"
+
+
+def _x(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _table(header: list[str], lines: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def _median(r: Row | None, name: str) -> float | None:
+    return None if r is None or name not in r["times"] else r["times"][name]["median"]
+
+
+def targets_table(targets: list[dict[str, Any]]) -> str:
+    lines = []
+    for t in targets:
+        sign = ">=" if t["at_least"] else "<="
+        met = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
+        lines.append([t["target"], _x(t["value"], 3), f"{sign} {t['limit']:g}", met, t["where"]])
+    return _table(["target", "measured", "limit", "", "where"], lines)
+
+
+def _cases(rows: list[Row], measurements: tuple[str, ...]) -> list[tuple[tuple, dict[str, Row]]]:
+    by_case: dict[tuple, dict[str, Row]] = {}
+    for r in rows:
+        if r["measurement"] in measurements:
+            c = r["case"]
+            by_case.setdefault((c["model"], c["B"], c["N"]), {})[r["measurement"][0]] = r
+    return sorted(by_case.items(), key=lambda kv: (kv[0][0] != "mlp", kv[0][2], kv[0][1]))
+
+
+def peers_table(rows: list[Row]) -> str:
+    """Measurements 1 and 2, one line per (model, B, N): median ms and speedups."""
+    lines = []
+    for (model, batch, n), group in _cases(rows, ("1_fused_vs_loop", "2_vs_pytorch")):
+        m1, m2 = group.get("1"), group.get("2")
+        lines.append(
+            [
+                model,
+                str(batch),
+                str(n),
+                _ms(_median(m1 or m2, "kj.sample")),
+                _ms(_median(m1, "python_loop")),
+                _x(m1 and m1["speedup"], 1),
+                _ms(_median(m2, "diffusers_loop")),
+                _x(m2 and m2["speedup_vs_diffusers"], 1),
+                _ms(_median(m2, "torch_heun_loop")),
+                _x(m2 and m2["speedup_vs_torch_heun"], 1),
+                _x(m2 and m2["network_speedup_vs_torch"]),
+            ]
+        )
+    header = ["model", "B", "N", "kj.sample ms", "JAX Python loop ms", "x", "diffusers loop ms", "x"]
+    header += ["PyTorch Heun loop ms", "x", "networks alone: PyTorch / Flax"]
+    return _table(header, lines)
+
+
+def overhead_table(rows: list[Row]) -> str:
+    """Measurement 5: kj.sample over the 2N - 1 network evaluations alone."""
+    lines = []
+    for (model, batch, n), group in _cases(rows, ("5_overhead_over_network",)):
+        r = group["5"]
+        lines.append(
+            [
+                model,
+                str(batch),
+                str(n),
+                _ms(_median(r, "kj.sample")),
+                _ms(_median(r, "network_only")),
+                _x(r["overhead_ratio"]),
+                _x(r["overhead_ratio_no_churn"]),
+                _x(r.get("overhead_ratio_philox")),
+            ]
+        )
+    header = ["model", "B", "N", "kj.sample ms", "network alone ms", "ratio", "ratio, s_churn=0"]
+    header += ["ratio, philox4x32 keys"]
+    return _table(header, lines)
+
+
+def scaling_table(rows: list[Row]) -> str:
+    lines = [
+        [
+            str(r["case"]["N"]),
+            _x(r["times"]["trace_and_lower"]["median"]),
+            _x(r["times"]["xla_compile"]["median"]),
+            f"{r['temp_bytes']:,}",
+            _x(r["seconds_per_step"] * 1e6, 1),
+        ]
+        for r in rows
+        if r["measurement"] == "3_scaling_with_n"
+    ]
+    return _table(["N", "trace+lower s", "XLA compile s", "temp bytes", "us/step"], lines)
+
+
+def seeds_table(rows: list[Row]) -> str:
+    lines = []
+    for r in rows:
+        c = r["case"]
+        if r["measurement"] == "4ab_seeds":
+            lines.append(
+                [
+                    "(a) vmap of single-seed calls / one call",
+                    f"B={c['B']}, N={c['N']}",
+                    _ms(_median(r, "vmap_single_seed")),
+                    _ms(_median(r, "kj.sample")),
+                    f"throughput x{r['vmap_throughput_ratio']:.2f}",
+                ]
+            )
+            lines.append(
+                [
+                    "(b) per-sample keys / batch-wide noise",
+                    f"B={c['B']}, N={c['N']}",
+                    _ms(_median(r, "kj.sample")),
+                    _ms(_median(r, "batch_wide_noise")),
+                    f"cost {r['per_sample_key_cost'] * 100:+.1f}%",
+                ]
+            )
+        elif r["measurement"] == "4c_sharding":
+            d = c["devices"]
+            lines.append(
+                [
+                    f"(c) {d} CPU devices / 1",
+                    f"B={c['B']}, N={c['N']}",
+                    _ms(_median(r, f"{d}_devices")),
+                    _ms(_median(r, "1_devices")),
+                    f"throughput x{r['throughput_ratio']:.2f}",
+                ]
+            )
+    return _table(["comparison", "case", "ms", "vs ms", "figure"], lines)
+
+
+def memory_table(rows: list[Row]) -> str:
+    lines = [
+        [
+            r["case"]["key_impl"],
+            f"{r['case']['floats'] / 2**20:g}M",
+            _ms(r["seconds_per_step"]),
+            _ms(r["seconds_per_normal_draw"]),
+            _ms(r["seconds_per_read_write"]),
+            _ms(r["floor_seconds"]),
+            _x(r["ratio_to_floor"]),
+            _x(r["read_write_passes_per_step"], 1),
+            _ms(r.get("fused_churn_seconds_per_step")),
+            _x(r.get("fused_churn_ratio_to_floor")),
+            _x(r.get("fused_churn_read_write_passes_per_step"), 1),
+        ]
+        for r in rows
+        if r["measurement"] == "6_memory_bound"
+    ]
+    header = [
+        "keys",
+        "floats",
+        "ms/Heun step",
+        "ms/normal draw",
+        "ms/read-write",
+        "floor ms",
+        "step/floor",
+        "read-write passes/step",
+        "fused churn: ms/step",
+        "step/floor",
+        "passes/step",
+    ]
+    return _table(header, lines)
+
+
+def render(result: dict[str, Any]) -> str:
+    """The whole report: machine line, targets, and the measurement tables."""
+    m, v = result["machine"], result["versions"]
+    head = (
+        f"{m['cpu_model']} ({m['cpu_count']} cores), JAX {v['jax']} on {m['jax_backend']} "
+        f"({m['device_kind']}), torch {v['torch']}, diffusers {v['diffusers']}; preset "
+        f"`{result['preset']['name']}`, {result['started']}, load average at start "
+        f"{', '.join(f'{x:.1f}' for x in m['load_average_at_start'] or [])}"
+    )
+    rows = result["rows"]
+    parts = [
+        head,
+        "**Targets**",
+        targets_table(result["targets"]),
+        "**Against the Python loops (measurements 1, 2; median ms, speedup x)**",
+        peers_table(rows),
+        "**Overhead over the network alone (measurement 5; median ms)**",
+        overhead_table(rows),
+        "**Scaling with N (measurement 3)**",
+        scaling_table(rows),
+        "**Seeds and devices (measurement 4)**",
+        seeds_table(rows),
+        "**Memory-bound limit (measurement 6)**",
+        memory_table(rows),
+    ]
+    if result.get("errors"):
+        parts.append("**Errors**\n" + "\n".join(f"- {k}: {e}" for k, e in result["errors"].items()))
+    if result.get("skipped"):
+        parts.append("**Skipped (time budget)**: " + ", ".join(result["skipped"]))
+    return "\n\n".join(parts)

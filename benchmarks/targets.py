@@ -1,0 +1,195 @@
+"""The targets of the benchmark issue, evaluated on one run's rows (ratios from that run)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def _rows(rows: list[Row], measurement: str) -> list[Row]:
+    return [r for r in rows if r["measurement"] == measurement]
+
+
+def _target(name: str, value: float | None, limit: float, at_least: bool, where: str) -> dict[str, Any]:
+    met = None if value is None else (value >= limit if at_least else value <= limit)
+    return {"target": name, "value": value, "limit": limit, "at_least": at_least, "met": met, "where": where}
+
+
+def _fused(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
+    found = _rows(rows, "1_fused_vs_loop")
+    out = []
+    at = [r for r in found if r["case"]["model"] == "mlp" and r["case"]["B"] == 1 and r["case"]["N"] == 50]
+    if not gpu:
+        out.append(
+            _target(
+                "fused vs Python loop, MLP B=1 N=50 (CPU)",
+                at[0]["speedup"] if at else None,
+                15.0,
+                True,
+                "speedup (loop / kj.sample)",
+            )
+        )
+    worst = min(found, key=lambda r: r["speedup"], default=None)
+    out.append(
+        _target(
+            "fused vs Python loop, never slower", worst["speedup"] if worst else None, 1.0, True, _case(worst)
+        )
+    )
+    return out
+
+
+def _torch(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
+    found = _rows(rows, "2_vs_pytorch")
+
+    def speed(r: Row) -> float:
+        return min(v for v in (r["speedup_vs_diffusers"], r["speedup_vs_torch_heun"]) if v is not None)
+
+    out = []
+    if found and found[0]["case"]["torch_device"] == "cpu":
+        at = [r for r in found if r["case"]["B"] == 1]
+        out.append(
+            _target(
+                "vs PyTorch loops (diffusers, k-diffusion style), B=1 (CPU)",
+                min(map(speed, at)) if at else None,
+                10.0,
+                True,
+                "slower of the two peers",
+            )
+        )
+    worst = min(found, key=speed, default=None)
+    out.append(
+        _target("vs PyTorch loops, never slower", speed(worst) if worst else None, 1.0, True, _case(worst))
+    )
+    return out
+
+
+def _overhead(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
+    found = _rows(rows, "5_overhead_over_network")
+    out = []
+    for model in ("mlp", "conv"):
+        mine = [r for r in found if r["case"]["model"] == model]
+        if not mine:
+            continue
+        big = max(b["case"]["B"] for b in mine)
+        at = [r for r in mine if r["case"]["B"] == big]
+        worst = max(at, key=lambda r: r["overhead_ratio"])
+        limit = 1.05 if gpu else 1.10
+        out.append(
+            _target(
+                f"kj.sample / network alone, {model} at its largest B ({'GPU' if gpu else 'CPU'})",
+                worst["overhead_ratio"],
+                limit,
+                False,
+                _case(worst),
+            )
+        )
+    return out
+
+
+def _scaling(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
+    found = {r["case"]["N"]: r for r in _rows(rows, "3_scaling_with_n")}
+    if not found:
+        return []
+    low, high = found[min(found)], found[max(found)]
+    where = f"N={max(found)} vs N={min(found)}"
+    return [
+        _target(
+            "compile time (trace+lower+compile)",
+            high["times"]["lower_plus_compile"]["median"] / low["times"]["lower_plus_compile"]["median"],
+            1.3,
+            False,
+            where,
+        ),
+        _target(
+            "compiled temporary memory", high["temp_bytes"] / max(low["temp_bytes"], 1), 1.05, False, where
+        ),
+    ]
+
+
+def _seeds(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
+    out = []
+    for r in _rows(rows, "4ab_seeds"):
+        out.append(
+            _target(
+                "vmapped single-seed calls, throughput vs one call with B keys",
+                r["vmap_throughput_ratio"],
+                0.95,
+                True,
+                _case(r),
+            )
+        )
+        if not gpu:
+            out.append(
+                _target(
+                    "per-sample keys, extra cost vs batch-wide noise (CPU)",
+                    r["per_sample_key_cost"],
+                    0.10,
+                    False,
+                    _case(r),
+                )
+            )
+    for r in _rows(rows, "4c_sharding"):
+        out.append(
+            _target("8 CPU devices, total throughput vs 1", r["throughput_ratio"], 0.8, True, _case(r))
+        )
+    return out
+
+
+def _memory(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
+    out = []
+    for r in _rows(rows, "6_memory_bound"):
+        impl = r["case"]["key_impl"]
+        if gpu:
+            out.append(
+                _target(
+                    f"memory-bound Heun step, read-write passes ({impl} keys, GPU)",
+                    r["read_write_passes_per_step"],
+                    1.5,
+                    False,
+                    _case(r),
+                )
+            )
+        else:
+            out.append(
+                _target(
+                    f"memory-bound Heun step / CPU floor ({impl} keys)",
+                    r["ratio_to_floor"],
+                    1.25,
+                    False,
+                    _case(r),
+                )
+            )
+    return out
+
+
+def _case(r: Row | None) -> str:
+    if r is None:
+        return "not measured"
+    return ", ".join(
+        f"{k}={v}" for k, v in r["case"].items() if k in ("model", "B", "N", "floats", "key_impl")
+    )
+
+
+CHECKS: list[Callable[[list[Row], bool], list[dict[str, Any]]]] = [
+    _fused,
+    _torch,
+    _overhead,
+    _scaling,
+    _seeds,
+    _memory,
+]
+
+
+def evaluate(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
+    """Every target that the rows allow to check; ``met`` is None when not measured."""
+    out = []
+    for check in CHECKS:
+        try:
+            out += check(rows, gpu)
+        except (KeyError, ValueError, ZeroDivisionError) as err:
+            out.append(
+                _target(f"{check.__name__.strip('_')}: could not evaluate ({err})", None, 0.0, True, "")
+            )
+    return out
