@@ -49,6 +49,14 @@ def has_diffusers() -> bool:
     return True
 
 
+def _cpu_generator() -> Any:
+    """diffusers' scheduler draws its noise with ``randn_tensor`` on the generator's device and
+    moves it to the sample's: it refuses a CUDA generator, so the pipeline passed a CPU one."""
+    import torch
+
+    return torch.Generator().manual_seed(0)
+
+
 @contextlib.contextmanager
 def _full_precision() -> Any:
     import torch
@@ -79,7 +87,7 @@ def _check_agreement(suite: Suite, model: Any, device: str, batch: int, n: int) 
         theirs = {"torch_heun": heun_loop(model, sigmas, x0_t, config, gen).cpu().numpy()}
         if has_diffusers():
             sched = diffusers_scheduler(config, np.asarray(state.schedule), device)
-            theirs["diffusers"] = diffusers_loop(model, sched, x0_t, gen).cpu().numpy()
+            theirs["diffusers"] = diffusers_loop(model, sched, x0_t, _cpu_generator()).cpu().numpy()
     scale = float(np.abs(ours).max())
     diffs = {f"max_abs_diff_vs_{k}": float(np.abs(ours - v).max()) for k, v in theirs.items()}
     if max(diffs.values()) > AGREE_RTOL * scale:
@@ -144,7 +152,7 @@ def run(suite: Suite) -> list[dict[str, Any]]:
                 "torch_network_only": partial(network_loop, model, sigmas, x0_t),
             }
             if sched is not None:
-                loops["diffusers_loop"] = partial(diffusers_loop, model, sched, x0_t, gen)
+                loops["diffusers_loop"] = partial(diffusers_loop, model, sched, x0_t, _cpu_generator())
             fns: dict[str, Callable[[], Any]] = {
                 "kj.sample": partial(suite.sampler("mlp", n), params, keys),
                 "jax_network_only": partial(jax_network, params, kj.initial_noise(keys, state, shape), state),

@@ -28,6 +28,8 @@ class Preset:
     conv_channels: int = 32
     # (model, B, N) measured in measurement 1/5 on top of the product above
     extra_cases: tuple[tuple[str, int, int], ...] = ()
+    # measurement ids in run order (a time budget skips the tail); empty: run.py's order
+    order: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -83,7 +85,8 @@ GPU = Preset(
     memory_steps=(4, 20),
     budget_s=0.5,
     min_repeats=5,
-    extra_cases=(("mlp", 1, 50), ("mlp", 4096, 50)),
+    extra_cases=(("mlp", 1, 50),),
+    order=("6", "1", "5", "2", "3", "4ab", "4c"),
 )
 
 PRESETS = {p.name: p for p in (QUICK, FULL, GPU)}

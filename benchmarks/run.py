@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     suite = Suite(preset)
     start = time.perf_counter()
-    for mid in MEASUREMENTS:
+    for mid in preset.order or tuple(MEASUREMENTS):
         if mid not in chosen:
             continue
         module, what = MEASUREMENTS[mid]
