@@ -93,9 +93,8 @@ for b in (0, 17, 63):
     alone = np.asarray(fast_sample(gauss_denoise, keys[b:b + 1], state, cfg, (3,)))
     np.testing.assert_array_equal(alone[0], full[b])
 mesh = jax.make_mesh((8,), ("data",))
-for batch in (8, 16):
-    out = kj.sample_sharded(gauss_denoise, keys[:batch], state, cfg, (3,), mesh)
-    np.testing.assert_array_equal(np.asarray(out), full[:batch])
+out = kj.sample_sharded(gauss_denoise, keys[:16], state, cfg, (3,), mesh)  # 2 per device
+np.testing.assert_array_equal(np.asarray(out), full[:16])
 print("BITWISE OK")
 """
 
