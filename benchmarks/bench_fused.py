@@ -14,6 +14,7 @@ from benchmarks.suite import Suite, batch_keys, ratio, row
 
 
 def run(suite: Suite) -> list[dict[str, Any]]:
+    """Rows of measurement 1: every (model, B, N) of the preset, both timed interleaved."""
     rows = []
     for name, batch, n in model_cases(suite.preset):
         apply_fn, params, shape = suite.model(name)

@@ -15,7 +15,8 @@ ratio is the median over rounds of its per-round value.
   (a loop whose body is ``x = 0.5 x + 0.25``); the draw dominates;
 - GPU floor per step: one read-write pass (the noise can be generated inside the fused step).
 
-Also timed: the same loop with the churn fused into the Euler/Heun update (no ``lax.cond``
+Also timed: ``kj.sample`` with s_churn = 0 (no noise: the Heun step alone, in read-write
+passes), and the same loop with the churn fused into the Euler/Heun update (no ``lax.cond``
 around the noise, :func:`benchmarks.loops.sample_variant`), to show what the ``lax.cond``
 in ``kj.sample`` costs where the noise could be generated inside the step (GPU).
 
@@ -41,6 +42,8 @@ from benchmarks.suite import Suite, row
 
 # Churn at every step: the window covers all levels (sigma_max = 100), gamma = min(1/N, sqrt(2)-1).
 CHURN_EVERYWHERE = kj.KarrasVeConfig(s_churn=1.0, s_min=0.0, s_max=1000.0)
+# The deterministic sampler (no noise drawn): the step is then one elementwise pass.
+NO_CHURN = CHURN_EVERYWHERE.replace(s_churn=0.0)
 
 
 def shrink(scale: Any, x: jax.Array, sigma: jax.Array, cond: Any = None) -> jax.Array:
@@ -81,6 +84,7 @@ def read_write(i: jax.Array, x: jax.Array, key: jax.Array) -> jax.Array:
 
 
 def run(suite: Suite) -> list[dict[str, Any]]:
+    """Rows of measurement 6: one per key implementation in ``memory_key_impls``."""
     preset = suite.preset
     shape = (preset.memory_dim,)
     counts = preset.memory_steps
@@ -97,11 +101,17 @@ def run(suite: Suite) -> list[dict[str, Any]]:
             state = kj.set_timesteps(CHURN_EVERYWHERE, n)
             sampler = kj.make_sampler(shrink, state, CHURN_EVERYWHERE, shape)
             fns[f"kj.sample_N{n}"] = partial(sampler, 1.0, keys)
-            fns[f"fused_churn_N{n}"] = partial(fused_churn(state), keys, x)
+            if impl == preset.memory_key_impls[0] or not on_cpu:
+                fns[f"fused_churn_N{n}"] = partial(fused_churn(state), keys, x)
             fns[f"draw_x{n}"] = partial(repeat(draw, n), x, key)
             fns[f"draw_per_sample_x{n}"] = partial(repeat(draw_per_sample, n), x, keys)
         for n in rw_counts:
             fns[f"read_write_x{n}"] = partial(repeat(read_write, n), x, key)
+        if impl == preset.memory_key_impls[0]:  # no noise drawn: the key impl does not matter
+            for n in rw_counts:  # a cheap step: as many iterations as the read-write pass
+                state = kj.set_timesteps(NO_CHURN, n)
+                sampler = kj.make_sampler(shrink, state, NO_CHURN, shape)
+                fns[f"kj.sample_no_churn_N{n}"] = partial(sampler, 1.0, keys)
         times = suite.compare(fns, budget_s=preset.budget_s * len(fns), max_repeats=10)
 
         def per_iteration(prefix: str, counts: tuple[int, int] = counts, times: Any = times) -> np.ndarray:
@@ -109,7 +119,7 @@ def run(suite: Suite) -> list[dict[str, Any]]:
             return (high - low) / (counts[1] - counts[0])
 
         # Per round (the variants of one round ran back to back), then the median over rounds.
-        step, step_fused = per_iteration("kj.sample_N"), per_iteration("fused_churn_N")
+        step = per_iteration("kj.sample_N")
         one_key, per_sample = per_iteration("draw_x"), per_iteration("draw_per_sample_x")
         normal = np.minimum(one_key, per_sample)
         rw = per_iteration("read_write_x", rw_counts)
@@ -117,6 +127,22 @@ def run(suite: Suite) -> list[dict[str, Any]]:
 
         def med(values: np.ndarray) -> float:
             return float(np.median(values))
+
+        fused = {}
+        if f"fused_churn_N{counts[0]}" in times:
+            step_fused = per_iteration("fused_churn_N")
+            fused = {
+                "fused_churn_seconds_per_step": med(step_fused),
+                "fused_churn_ratio_to_floor": med(step_fused / floor),
+                "fused_churn_read_write_passes_per_step": med(step_fused / rw),
+            }
+        no_churn = {}
+        if f"kj.sample_no_churn_N{counts[0]}" in times:
+            step_still = per_iteration("kj.sample_no_churn_N", rw_counts)
+            no_churn = {
+                "no_churn_seconds_per_step": med(step_still),
+                "no_churn_read_write_passes_per_step": med(step_still / rw),
+            }
 
         rows.append(
             row(
@@ -139,9 +165,8 @@ def run(suite: Suite) -> list[dict[str, Any]]:
                 floor_seconds=med(floor),
                 ratio_to_floor=med(step / floor),
                 read_write_passes_per_step=med(step / rw),
-                fused_churn_seconds_per_step=med(step_fused),
-                fused_churn_ratio_to_floor=med(step_fused / floor),
-                fused_churn_read_write_passes_per_step=med(step_fused / rw),
+                **fused,
+                **no_churn,
             )
         )
     return rows

@@ -27,6 +27,7 @@ def network_only(apply_fn: ApplyFn) -> Any:
 
 
 def run(suite: Suite) -> list[dict[str, Any]]:
+    """Rows of measurement 5: every (model, B, N) of the preset."""
     rows = []
     no_churn = suite.config.replace(s_churn=0.0)
     for name, batch, n in model_cases(suite.preset):

@@ -26,6 +26,7 @@ def _fresh(apply_fn: Any, shape: tuple[int, ...], config: kj.KarrasVeConfig) -> 
 
 
 def run(suite: Suite) -> list[dict[str, Any]]:
+    """Rows of measurement 3: one per N in ``scaling_steps``, MLP at ``scaling_batch``."""
     apply_fn, params, shape = suite.model("mlp")
     batch = suite.preset.scaling_batch
     keys = batch_keys(batch)

@@ -39,6 +39,7 @@ def batch_noise_sampler(apply_fn: ApplyFn) -> Any:
 
 
 def run(suite: Suite) -> list[dict[str, Any]]:
+    """Rows of measurement 4 (a, b): MLP at ``seeds_batch``, every N of the preset."""
     apply_fn, params, shape = suite.model("mlp")
     batch = suite.preset.seeds_batch
     keys = batch_keys(batch)

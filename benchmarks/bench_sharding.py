@@ -37,6 +37,7 @@ def run(suite: Any) -> list[dict[str, Any]]:
 
 
 def _child(preset_name: str) -> dict[str, Any]:
+    """Child side: the row, timed on this process's 8 CPU devices (and on 1 of them)."""
     import jax
     import numpy as np
     from jax.sharding import Mesh
@@ -76,6 +77,7 @@ def _child(preset_name: str) -> dict[str, Any]:
 
 
 def main() -> None:
+    """``python -m benchmarks.bench_sharding --preset quick``: print the row as JSON."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="quick")
     args = parser.parse_args()

@@ -123,6 +123,7 @@ def _fastest_threads(counts: list[int], fn: Callable[[], Any], sync: Callable[[A
 
 
 def run(suite: Suite) -> list[dict[str, Any]]:
+    """Rows of measurement 2: the MLP at every ``torch_batches`` size and N of the preset."""
     import torch
 
     cores = os.cpu_count() or 1

@@ -104,11 +104,11 @@ def sample_variant(
 
         x_hat = add_noise(x) if fused_churn else jax.lax.cond(gamma > 0, add_noise, lambda x: x, x)
         sigma_next = levels[i + 1]
-        slope = (x_hat - denoise_fn(x_hat, sigma_hat)) / sigma_hat
+        slope = (x_hat - denoise_fn(x_hat, sigma_hat)) * (1.0 / sigma_hat)
         h = sigma_next - sigma_hat
         x_next = x_hat + h * slope
         if heun:
-            slope_2 = (x_next - denoise_fn(x_next, sigma_next)) / sigma_next
+            slope_2 = (x_next - denoise_fn(x_next, sigma_next)) * (1.0 / sigma_next)
             x_next = x_hat + h * (0.5 * slope + 0.5 * slope_2)
         return x_next
 

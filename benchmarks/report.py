@@ -175,6 +175,7 @@ def memory_table(rows: list[Row]) -> str:
             _ms(r.get("fused_churn_seconds_per_step")),
             _x(r.get("fused_churn_ratio_to_floor")),
             _x(r.get("fused_churn_read_write_passes_per_step"), 1),
+            _x(r.get("no_churn_read_write_passes_per_step"), 1),
         ]
         for r in rows
         if r["measurement"] == "6_memory_bound"
@@ -191,6 +192,7 @@ def memory_table(rows: list[Row]) -> str:
         "fused churn: ms/step",
         "step/floor",
         "passes/step",
+        "s_churn=0: passes/step",
     ]
     return _table(header, lines)
 
