@@ -47,7 +47,7 @@ def main(process_id: int, port: int, out_path: str) -> None:
     import jax
 
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
-                               process_id=process_id)
+                               process_id=process_id, initialization_timeout=60)
     import jax.numpy as jnp
     import numpy as np
 
