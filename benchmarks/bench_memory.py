@@ -112,7 +112,8 @@ def run(suite: Suite) -> list[dict[str, Any]]:
                 state = kj.set_timesteps(NO_CHURN, n)
                 sampler = kj.make_sampler(shrink, state, NO_CHURN, shape)
                 fns[f"kj.sample_no_churn_N{n}"] = partial(sampler, 1.0, keys)
-        times = suite.compare(fns, budget_s=preset.budget_s * len(fns), max_repeats=10)
+        # Figures are differences: many rounds (each a paired estimate) beat long ones.
+        times = suite.compare(fns, budget_s=2 * preset.budget_s * len(fns), min_repeats=5, max_repeats=12)
 
         def per_iteration(prefix: str, counts: tuple[int, int] = counts, times: Any = times) -> np.ndarray:
             low, high = (np.asarray(times[f"{prefix}{n}"].samples) for n in counts)

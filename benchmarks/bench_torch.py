@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -111,15 +112,18 @@ def _threads(count: int, fn: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def _fastest_threads(counts: list[int], fn: Callable[[], Any], sync: Callable[[Any], Any]) -> int:
-    """The thread count with the fastest of two calls (after one warm-up call each)."""
-    best, best_s = counts[0], float("inf")
-    for count in counts:
-        timed = _threads(count, fn)
+    """The thread count with the lowest median of 3 interleaved calls (after a warm-up call
+    each); a count 4x slower than another on its first call is dropped at once."""
+    runs = {count: _threads(count, fn) for count in counts}
+    seconds: dict[int, list[float]] = {count: [] for count in counts}
+    for timed in runs.values():
         sync(timed())
-        seconds = min(once(timed, sync) for _ in range(2))
-        if seconds < best_s:
-            best, best_s = count, seconds
-    return best
+    for _ in range(3):
+        for count in list(runs):
+            seconds[count].append(once(runs[count], sync))
+        fastest = min(min(seconds[c]) for c in runs)
+        runs = {c: f for c, f in runs.items() if min(seconds[c]) <= 4 * fastest}
+    return min(runs, key=lambda c: statistics.median(seconds[c]))
 
 
 def run(suite: Suite) -> list[dict[str, Any]]:

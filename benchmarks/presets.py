@@ -50,7 +50,6 @@ QUICK = Preset(
     shard_batch=256,
     memory_batch=4,  # 4M floats (16M in --full) to stay under 5 minutes on 2 cores
     memory_dim=1 << 20,
-    memory_steps=(2, 10),
     budget_s=0.6,
     extra_cases=(("mlp", 1, 50),),
 )
