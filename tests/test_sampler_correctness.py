@@ -90,13 +90,14 @@ def test_churn_window_really_excludes_some_levels(schedule, churn):
     assert any(g > 0 for g in gammas) and any(g == 0 for g in gammas)
 
 
-@pytest.mark.parametrize("solver", ["heun"])  # Euler's N = 1: test_trajectory and NFE tests
-def test_single_step_matches_oracle(solver):
+def test_single_step_matches_oracle():
+    # N = 1: only the peeled final step (Euler for both solvers; Euler's own program with
+    # N = 1 runs in test_network_evaluations).
     cfg = _config("karras", "clamped")
     state = kj.set_timesteps(cfg, 1, "karras")
     keys = keys_for(3, 4)
-    out = fast_sample(gauss_denoise, keys, state, cfg, (3,), solver=solver)
-    ref, x0 = _oracle(numpy_gaussian_denoiser(GAUSS), keys, state, cfg, (3,), solver)
+    out = fast_sample(gauss_denoise, keys, state, cfg, (3,))
+    ref, x0 = _oracle(numpy_gaussian_denoiser(GAUSS), keys, state, cfg, (3,), "heun")
     np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=float32_tolerance(x0))
 
 
@@ -262,7 +263,9 @@ def test_trajectory(solver, n):
     assert traj.denoised.shape == (n, 4, *shape)
     assert traj.sigmas.shape == (n + 1,) and traj.sigmas.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(traj.sigmas), np.asarray(state.sigmas))
-    np.testing.assert_allclose(np.asarray(out), np.asarray(plain), rtol=1e-6, atol=1e-6)
+    # Another compiled program than the plain one: equal to float32 round-off.
+    x0, _ = contract_noise(keys, state.init_noise_sigma, cfg.s_noise, shape, n)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(plain), rtol=1e-5, atol=float32_tolerance(x0))
     np.testing.assert_array_equal(np.asarray(traj.samples[-1]), np.asarray(out))
     _assert_same_start(traj.samples[0], keys, state, shape)
     # Without churn sigma_hat_i = sigma_i, so denoised[i] = D(x_i; sigma_i).
@@ -271,7 +274,6 @@ def test_trajectory(solver, n):
                                    np.asarray(GAUSS.denoise(traj.samples[i], state.sigmas[i])),
                                    rtol=1e-5, atol=1e-5)
     # The trajectory follows a float64 transcription of Algorithm 2 step by step (no churn).
-    x0, _ = contract_noise(keys, state.init_noise_sigma, cfg.s_noise, shape, n)
     sigmas = np.asarray(state.sigmas, np.float64)
     den = numpy_gaussian_denoiser(GAUSS)
     x = x0
@@ -315,7 +317,8 @@ def test_x_init_equal_to_initial_noise_gives_the_default():
     given = fast_sample(gauss_denoise, keys, state, cfg, (3,), x_init=x_init)
     np.testing.assert_array_equal(np.asarray(given), np.asarray(default))
     eager = fast_sample(gauss_denoise, keys, state, cfg, (3,), x_init=kj.initial_noise(keys, state, (3,)))
-    np.testing.assert_allclose(np.asarray(eager), np.asarray(default), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(eager), np.asarray(default), rtol=1e-5,
+                               atol=float32_tolerance(x_init))
     # A different start changes the result, but the churn noise still comes from the keys.
     other = fast_sample(gauss_denoise, keys, state, cfg, (3,), x_init=np.asarray(x_init) + 1.0)
     assert not np.allclose(np.asarray(other), np.asarray(default))
@@ -323,14 +326,6 @@ def test_x_init_equal_to_initial_noise_gives_the_default():
     ref = oracle.algorithm2(numpy_gaussian_denoiser(GAUSS), x0 + 1.0,
                             np.asarray(state.sigmas, np.float64), cfg.s_churn, cfg.s_min, cfg.s_max, eps)
     np.testing.assert_allclose(np.asarray(other), ref, rtol=1e-5, atol=float32_tolerance(x0))
-
-
-def test_x_init_wrong_shape():
-    cfg = edm_config()
-    state = kj.set_timesteps(cfg, 3, "karras")
-    for bad in [jnp.zeros((4, 2)), jnp.zeros((3,)), jnp.zeros((1, 3)), jnp.zeros((4, 3, 1))]:
-        with pytest.raises(ValueError, match="x_init"):
-            kj.sample(gauss_denoise, keys_for(0, 4), state, cfg, (3,), x_init=bad)
 
 
 # --- dtypes -------------------------------------------------------------------------------
