@@ -1,7 +1,16 @@
-"""Markdown tables of one run: targets, then one table per group of measurements."""
+"""Markdown tables of one run: targets, then one table per group of measurements.
+
+Re-render a saved run: ``python benchmarks/report.py RESULTS.json [--summary]``
+(``--summary``: the machine line, the targets and the headline speedups only, the form
+pasted into the README's "Performance" section).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 Row = dict[str, Any]
@@ -187,7 +196,7 @@ def memory_table(rows: list[Row]) -> str:
         "ms/normal draw",
         "ms/read-write",
         "floor ms",
-        "step/floor",
+        "step/floor (median of rounds)",
         "read-write passes/step",
         "fused churn: ms/step",
         "step/floor",
@@ -197,15 +206,67 @@ def memory_table(rows: list[Row]) -> str:
     return _table(header, lines)
 
 
-def render(result: dict[str, Any]) -> str:
-    """The whole report: machine line, targets, and the measurement tables."""
+def headline_table(rows: list[Row]) -> str:
+    """One line per MLP batch size at the first N: kj.sample and its speedups."""
+    loop = {
+        (c["B"], c["N"]): r
+        for r in rows
+        if r["measurement"] == "1_fused_vs_loop"
+        for c in [r["case"]]
+        if c["model"] == "mlp"
+    }
+    torch = {(r["case"]["B"], r["case"]["N"]): r for r in rows if r["measurement"] == "2_vs_pytorch"}
+    net = {
+        (c["B"], c["N"]): r
+        for r in rows
+        if r["measurement"] == "5_overhead_over_network"
+        for c in [r["case"]]
+        if c["model"] == "mlp"
+    }
+    lines = []
+    for batch, n in sorted(set(loop) | set(torch)):
+        m1, m2, m5 = loop.get((batch, n)), torch.get((batch, n)), net.get((batch, n))
+        lines.append(
+            [
+                str(batch),
+                str(n),
+                _ms(_median(m1 or m2, "kj.sample")),
+                _x(m1 and m1["speedup"], 1),
+                _x(m2 and m2["speedup_vs_diffusers"], 1),
+                _x(m2 and m2["speedup_vs_torch_heun"], 1),
+                _x(m5 and m5["overhead_ratio"]),
+            ]
+        )
+    header = ["B", "N", "kj.sample ms", "vs JAX Python loop", "vs diffusers loop", "vs PyTorch Heun loop"]
+    header += ["kj.sample / network alone"]
+    return _table(header, lines)
+
+
+def machine_line(result: dict[str, Any]) -> str:
     m, v = result["machine"], result["versions"]
-    head = (
+    return (
         f"{m['cpu_model']} ({m['cpu_count']} cores), JAX {v['jax']} on {m['jax_backend']} "
         f"({m['device_kind']}), torch {v['torch']}, diffusers {v['diffusers']}; preset "
         f"`{result['preset']['name']}`, {result['started']}, load average at start "
         f"{', '.join(f'{x:.1f}' for x in m['load_average_at_start'] or [])}"
     )
+
+
+def summary(result: dict[str, Any]) -> str:
+    """Machine line, targets, and the MLP headline speedups (for the README)."""
+    return "\n\n".join(
+        [
+            machine_line(result),
+            targets_table(result["targets"]),
+            "MLP denoiser (d=64, hidden 256), Heun, churn on; median times, speedups from the same run:",
+            headline_table(result["rows"]),
+        ]
+    )
+
+
+def render(result: dict[str, Any]) -> str:
+    """The whole report: machine line, targets, and the measurement tables."""
+    head = machine_line(result)
     rows = result["rows"]
     parts = [
         head,
@@ -229,3 +290,17 @@ def render(result: dict[str, Any]) -> str:
     if result.get("skipped"):
         parts.append("**Skipped (time budget)**: " + ", ".join(result["skipped"]))
     return "\n\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--summary", action="store_true")
+    args = parser.parse_args(argv)
+    result = json.loads(args.results.read_text())
+    print(summary(result) if args.summary else render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
