@@ -14,7 +14,7 @@ import jax
 import karras_jax as kj
 from benchmarks.cases import model_cases
 from benchmarks.loops import ApplyFn, network_loop
-from benchmarks.suite import Suite, batch_keys, ratio, row
+from benchmarks.suite import Suite, batch_keys, key_impl_works, ratio, row
 
 
 def network_only(apply_fn: ApplyFn) -> Any:
@@ -30,20 +30,21 @@ def run(suite: Suite) -> list[dict[str, Any]]:
     """Rows of measurement 5: every (model, B, N) of the preset."""
     rows = []
     no_churn = suite.config.replace(s_churn=0.0)
+    philox = key_impl_works("philox4x32")
     for name, batch, n in model_cases(suite.preset):
         apply_fn, params, shape = suite.model(name)
         state = suite.state(n)
         keys = batch_keys(batch)
         sampler = suite.sampler(name, n)
         x0 = kj.initial_noise(keys, state, shape)
-        times = suite.compare(
-            {
-                "kj.sample": partial(sampler, params, keys),
-                "kj.sample_no_churn": partial(sampler, params, keys, config=no_churn),
-                "kj.sample_philox_keys": partial(sampler, params, batch_keys(batch, impl="philox4x32")),
-                "network_only": partial(network_only(apply_fn), params, x0, state),
-            }
-        )
+        fns = {
+            "kj.sample": partial(sampler, params, keys),
+            "kj.sample_no_churn": partial(sampler, params, keys, config=no_churn),
+            "network_only": partial(network_only(apply_fn), params, x0, state),
+        }
+        if philox:
+            fns["kj.sample_philox_keys"] = partial(sampler, params, batch_keys(batch, impl="philox4x32"))
+        times = suite.compare(fns)
         rows.append(
             row(
                 "5_overhead_over_network",
@@ -51,7 +52,9 @@ def run(suite: Suite) -> list[dict[str, Any]]:
                 times,
                 overhead_ratio=ratio(times["kj.sample"], times["network_only"]),
                 overhead_ratio_no_churn=ratio(times["kj.sample_no_churn"], times["network_only"]),
-                overhead_ratio_philox=ratio(times["kj.sample_philox_keys"], times["network_only"]),
+                overhead_ratio_philox=ratio(times["kj.sample_philox_keys"], times["network_only"])
+                if philox
+                else None,
             )
         )
     return rows

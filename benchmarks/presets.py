@@ -23,6 +23,7 @@ class Preset:
     memory_dim: int = 1 << 20
     memory_steps: tuple[int, int] = (2, 6)  # per-step time = difference / (N2 - N1)
     memory_key_impls: tuple[str, ...] = ("threefry2x32", "rbg", "philox4x32")
+    memory_rw_factor: int = 10  # the read-write loop runs this many times more iterations
     budget_s: float = 1.0  # timed seconds per variant (repeats adapt to it)
     min_repeats: int = 3
     conv_channels: int = 32
@@ -83,6 +84,7 @@ GPU = Preset(
     memory_batch=64,
     memory_dim=1 << 22,  # 256M floats (1 GiB): a read-write pass takes ~0.5 ms on HBM3
     memory_steps=(4, 20),
+    memory_rw_factor=4,
     budget_s=0.5,
     min_repeats=5,
     extra_cases=(("mlp", 1, 50),),

@@ -51,6 +51,15 @@ class Suite:
         return compare(fns, **kwargs)
 
 
+def key_impl_works(impl: str) -> bool:
+    """Whether this JAX has the PRNG implementation ``impl`` and can draw with it here."""
+    try:
+        jax.block_until_ready(jax.random.normal(jax.random.key(0, impl=impl), (2,)))
+    except Exception:  # noqa: BLE001 - unknown name, or no lowering on this backend
+        return False
+    return True
+
+
 def batch_keys(batch: int, seed: int = 0, impl: str | None = None) -> jax.Array:
     """(B,) typed keys, one per sample."""
     return jax.random.split(jax.random.key(seed, impl=impl), batch)
