@@ -1,7 +1,7 @@
 """Measurement 5: ``kj.sample`` against its floor at large batch, the same 2N - 1 network
 evaluations back to back in one ``fori_loop`` with nothing else. Also ``kj.sample`` with
 s_churn = 0 (no noise drawn), which separates the cost of the churn noise from the rest, and
-with ``philox4x32`` keys, whose noise XLA:CPU generates ~3x faster than the default
+with ``philox4x32`` keys, whose noise XLA:CPU generates ~2x faster than the default
 threefry (JAX lowers threefry to a rolled 5-iteration loop on CPU)."""
 
 from __future__ import annotations
