@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from karras_jax._noise import fast_keys, normal_per_key
 from karras_jax._validation import check_num_steps, level_dtype
 from karras_jax.config import KarrasVeConfig
 from karras_jax.state import KarrasVeState
@@ -134,7 +135,7 @@ def _split(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _normal(keys: jax.Array, sample_shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
-    return jax.vmap(lambda k: jax.random.normal(k, sample_shape, dtype))(keys)
+    return normal_per_key(keys, sample_shape, dtype)
 
 
 def initial_noise(
@@ -152,7 +153,7 @@ def initial_noise(
     sample_shape = _check_shape(sample_shape)
     dtype = _check_dtype(dtype)
     k_init, _ = _split(keys)
-    z = _normal(k_init, sample_shape, dtype)
+    z = _normal(fast_keys(k_init, sample_shape), sample_shape, dtype)
     work = jnp.promote_types(dtype, level_dtype())
     return (state.init_noise_sigma.astype(work) * z.astype(work)).astype(dtype)
 
@@ -251,7 +252,8 @@ def sample(
     full_shape = (batch, *sample_shape)
     _check_cond(cond, batch)
 
-    k_init, k_churn = _split(keys)
+    _, k_churn = _split(keys)
+    k_churn = fast_keys(k_churn, sample_shape)
     if x_init is None:
         x0 = initial_noise(keys, state, sample_shape, dtype)
     else:
@@ -263,7 +265,7 @@ def sample(
 
     levels = state.sigmas.astype(level_dtype())
     work = jnp.promote_types(dtype, level_dtype())
-    s_noise = jnp.asarray(config.s_noise, level_dtype())
+    table = _step_table(config, n, levels)
 
     def denoise(x: jax.Array, sigma: jax.Array) -> jax.Array:
         out = denoise_fn(x, sigma, cond)
@@ -274,35 +276,40 @@ def sample(
             )
         return jnp.asarray(out).astype(dtype).astype(work)
 
-    def churn(i: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        sigma = levels[i]
-        gamma = churn_gamma(config, n, sigma)
-        sigma_hat = sigma * (1.0 + gamma)
-        std = churn_std(sigma, gamma) * s_noise
-
+    def churn(i: jax.Array, x: jax.Array, std: jax.Array) -> jax.Array:
         def add_noise(x: jax.Array) -> jax.Array:
             keys_i = jax.vmap(jax.random.fold_in, in_axes=(0, None))(k_churn, i)
             eps = _normal(keys_i, sample_shape, dtype)
             return (x.astype(work) + std.astype(work) * eps.astype(work)).astype(dtype)
 
-        # No churn (gamma == 0: s_churn = 0 or sigma outside [s_min, s_max]) draws no noise.
-        x_hat = jax.lax.cond(gamma > 0, add_noise, lambda x: x, x)
-        return x_hat, sigma_hat
+        def skip_when_idle(x: jax.Array) -> jax.Array:
+            # On CPU the draw dominates a memory-bound step: steps without churn (std == 0:
+            # s_churn = 0 or sigma outside [s_min, s_max]) draw nothing.
+            return jax.lax.cond(std > 0, add_noise, lambda x: x, x)
+
+        # On accelerators the draw is cheap arithmetic that XLA fuses into the step's single
+        # pass over memory, which a cond boundary would split into two: always draw there
+        # (std == 0 adds exactly 0).
+        if _FUSED_CHURN is None:
+            return jax.lax.platform_dependent(x, cpu=skip_when_idle, default=add_noise)
+        return add_noise(x) if _FUSED_CHURN else skip_when_idle(x)
 
     def iteration(i: jax.Array, x: jax.Array, heun: bool) -> tuple[jax.Array, jax.Array]:
-        x_hat, sigma_hat = churn(i, x)
-        sigma_next = levels[i + 1]
+        column = jax.lax.dynamic_index_in_dim(table, i, axis=1, keepdims=False)
+        sigma_hat, std, inv_sigma_hat, h, sigma_next, inv_sigma_next = (
+            column[j] for j in range(_TABLE_ROWS))
+        x_hat = churn(i, x, std)
         xw = x_hat.astype(work)
         denoised = denoise(x_hat, sigma_hat)
         # Multiply by the scalar 1/sigma: an elementwise division is several times dearer on
         # CPU (XLA keeps it exact) and made the memory-bound Heun update compute-bound.
-        slope = (xw - denoised) * (1.0 / sigma_hat).astype(work)
-        h = (sigma_next - sigma_hat).astype(work)
-        x_next = xw + h * slope
+        slope = (xw - denoised) * inv_sigma_hat.astype(work)
+        hw = h.astype(work)
+        x_next = xw + hw * slope
         if heun:
             denoised_2 = denoise(x_next.astype(dtype), sigma_next)
-            slope_2 = (x_next - denoised_2) * (1.0 / sigma_next).astype(work)
-            x_next = xw + h * (0.5 * slope + 0.5 * slope_2)
+            slope_2 = (x_next - denoised_2) * inv_sigma_next.astype(work)
+            x_next = xw + hw * (0.5 * slope + 0.5 * slope_2)
         if progress:
             report = _progress_printer(n) if progress is True else progress
             jax.debug.callback(report, i, ordered=True)
@@ -330,6 +337,28 @@ def sample(
         sigmas=levels,
     )
     return x_last, trajectory
+
+
+_TABLE_ROWS = 6
+# None: skip idle churn draws on CPU, always draw (fused) elsewhere. Tests set True / False
+# to check on CPU that both forms give the same samples.
+_FUSED_CHURN: bool | None = None
+
+
+def _step_table(config: KarrasVeConfig, n: int, levels: jax.Array) -> jax.Array:
+    """Every per-step scalar of the loop, computed once before it: (6, N).
+
+    Rows: sigma_hat_i, the churn noise std sqrt(sigma_hat^2 - sigma_i^2) * s_noise,
+    1/sigma_hat_i, h_i = sigma_{i+1} - sigma_hat_i, sigma_{i+1}, and 1/sigma_{i+1} (1 where
+    sigma_{i+1} = 0, a value the loop never uses). The loop body then only reads a column.
+    """
+    sigma, sigma_next = levels[:-1], levels[1:]
+    gamma = churn_gamma(config, n, sigma)
+    sigma_hat = sigma * (1.0 + gamma)
+    std = churn_std(sigma, gamma) * jnp.asarray(config.s_noise, levels.dtype)
+    safe_next = jnp.where(sigma_next > 0, sigma_next, jnp.ones_like(sigma_next))
+    rows = (sigma_hat, std, 1.0 / sigma_hat, sigma_next - sigma_hat, sigma_next, 1.0 / safe_next)
+    return jnp.stack([jnp.broadcast_to(r, sigma.shape) for r in rows])
 
 
 def make_sampler(

@@ -1,0 +1,123 @@
+"""Per-key normal draws for a batch of keys: the noise stream of the sampler.
+
+``normal_per_key(keys, shape, dtype)[b] == jax.random.normal(keys[b], shape, dtype)``
+bitwise, for every key implementation, at the lowest cost we know of:
+
+* default ``threefry2x32`` keys: JAX lowers the Threefry hash on CPU as a rolled loop of
+  five iterations that copies its state every round and cannot fuse with what consumes
+  the bits; on a large sample that draw costs more than the rest of a Heun step. Here the
+  same hash is written out unrolled in ``jax.numpy`` and handed to ``jax.random.normal``
+  through a PRNG implementation of our own, so the bits, and the bits-to-normal transform
+  (JAX's own), are unchanged while XLA fuses the whole draw into one elementwise loop.
+  Used only where the bits are provably JAX's: with ``jax_threefry_partitionable`` on
+  (JAX's default) and fewer than 2**32 numbers per key.
+* ``rbg`` / ``unsafe_rbg`` keys: under ``vmap`` JAX draws a whole batch of these from the
+  first key, which would make a sample depend on its neighbours; they are drawn one key at
+  a time with ``lax.map`` instead.
+* anything else: ``vmap`` of ``jax.random.normal``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import random as jex_random
+
+__all__ = ["fast_keys", "normal_per_key"]
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_PARITY = np.uint32(0x1BD11BDA)
+
+
+def _rotl(x: jax.Array, d: int) -> jax.Array:
+    return (x << np.uint32(d)) | (x >> np.uint32(32 - d))
+
+
+def _threefry2x32(k1: jax.Array, k2: jax.Array, x1: jax.Array,
+                  x2: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Threefry-2x32 with 20 rounds (Salmon et al. 2011), unrolled."""
+    ks = (k1, k2, k1 ^ k2 ^ _PARITY)
+    x1, x2 = x1 + ks[0], x2 + ks[1]
+    for group in range(5):
+        for rot in _ROTATIONS[group % 2]:
+            x1 = x1 + x2
+            x2 = _rotl(x2, rot) ^ x1
+        x1 = x1 + ks[(group + 1) % 3]
+        x2 = x2 + ks[(group + 2) % 3] + np.uint32(group + 1)
+    return x1, x2
+
+
+def _random_bits(key: jax.Array, bit_width: int, shape: tuple[int, ...]) -> jax.Array:
+    # The partitionable Threefry stream: hash the (hi, lo) words of a row-major 64-bit
+    # counter; with fewer than 2**32 numbers the high word is 0.
+    size = math.prod(shape)
+    lo = jax.lax.iota(np.uint32, size).reshape(shape)
+    hi = jnp.zeros(shape, np.uint32)
+    bits1, bits2 = _threefry2x32(key[0], key[1], hi, lo)
+    if bit_width == 64:
+        wide = np.dtype(np.uint64)
+        return (bits1.astype(wide) << wide.type(32)) | bits2.astype(wide)
+    bits = bits1 ^ bits2
+    return bits if bit_width == 32 else bits.astype(np.dtype(f"uint{bit_width}"))
+
+
+def _delegate_split(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    return jax.random.key_data(jax.random.split(jax.random.wrap_key_data(key), shape))
+
+
+def _fold_in(key: jax.Array, data: Any) -> jax.Array:
+    # JAX's Threefry fold_in: hash the counter pair (0, data) under the key.
+    out1, out2 = _threefry2x32(key[0], key[1], jnp.zeros((), np.uint32),
+                               jnp.asarray(data, np.uint32))
+    return jnp.stack([out1, out2])
+
+
+def _seed(seed: jax.Array) -> jax.Array:
+    return jax.random.key_data(jax.random.key(seed))
+
+
+_UNROLLED = jex_random.define_prng_impl(
+    key_shape=(2,),
+    seed=_seed,
+    split=_delegate_split,
+    random_bits=_random_bits,
+    fold_in=_fold_in,
+    name="karras_jax_threefry2x32_unrolled",
+    tag="kjt",
+)
+
+
+def _impl_name(keys: jax.Array) -> str:
+    return str(jax.random.key_impl(keys))
+
+
+def fast_keys(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """The same keys, re-typed so that ``fold_in`` and draws of ``shape`` use the unrolled hash.
+
+    Keys of other implementations, or draws JAX would make differently (the
+    non-partitionable Threefry stream, 2**32 numbers or more), come back unchanged.
+    """
+    if (_impl_name(keys) == "threefry2x32" and jax.config.jax_threefry_partitionable
+            and math.prod(shape) < 2**32):
+        return jax.random.wrap_key_data(jax.random.key_data(keys), impl=_UNROLLED)
+    return keys
+
+
+def normal_per_key(keys: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    """``stack([jax.random.normal(k, shape, dtype) for k in keys])``, bitwise, fast.
+
+    Args:
+      keys: (B,) typed PRNG keys (pass them through :func:`fast_keys` once, outside loops).
+      shape: Shape of one draw.
+      dtype: Floating dtype of the draw.
+
+    Returns:
+      (B, *shape) standard normals.
+    """
+    if _impl_name(keys) in ("rbg", "unsafe_rbg"):
+        return jax.lax.map(lambda k: jax.random.normal(k, shape, dtype), keys)
+    return jax.vmap(lambda k: jax.random.normal(k, shape, dtype))(keys)

@@ -1,0 +1,73 @@
+"""The sampler's noise draws are exactly jax.random's, however they are computed."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import karras_jax as kj
+from karras_jax import sampler as sampler_module
+from karras_jax._noise import fast_keys, normal_per_key
+from karras_jax.testing import GaussianData
+
+KEYS = jax.random.split(jax.random.key(11), 5)
+
+
+def _reference(keys, shape, dtype, step=None):
+    keys = keys if step is None else [jax.random.fold_in(k, step) for k in keys]
+    return np.stack([np.asarray(jax.random.normal(k, shape, dtype)) for k in keys])
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (2,), (3, 5), (4, 4, 3), (1000,)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_unrolled_threefry_draws_are_bitwise_jax_random_normal(shape, dtype):
+    fast = jax.jit(lambda k: normal_per_key(fast_keys(k, shape), shape, dtype))(KEYS)
+    np.testing.assert_array_equal(np.asarray(fast), _reference(KEYS, shape, dtype))
+
+
+@pytest.mark.parametrize("step", [0, 1, 17, 2**31 - 1])
+def test_unrolled_fold_in_is_bitwise_jax_random_fold_in(step):
+    shape = (3, 2)
+    fast = jax.jit(lambda k: normal_per_key(
+        jax.vmap(jax.random.fold_in, in_axes=(0, None))(fast_keys(k, shape), step), shape,
+        jnp.float32))(KEYS)
+    np.testing.assert_array_equal(np.asarray(fast), _reference(KEYS, shape, jnp.float32, step))
+
+
+@pytest.mark.parametrize("impl", ["rbg", "unsafe_rbg", "philox4x32"])
+def test_other_key_implementations_draw_per_key(impl):
+    # Under vmap JAX draws a batch of rbg keys from the first key alone; per-key draws keep
+    # every sample a function of its own key.
+    keys = jax.random.split(jax.random.key(3, impl=impl), 4)
+    fast = normal_per_key(fast_keys(keys, (6,)), (6,), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(fast), _reference(keys, (6,), jnp.float32))
+
+
+@pytest.mark.parametrize("impl", ["rbg", "philox4x32"])
+def test_sample_with_other_key_implementations_depends_only_on_its_own_key(impl):
+    data = GaussianData(mean=jnp.float32(0.5), std=jnp.float32(0.3))
+    cfg = kj.KarrasVeConfig(s_churn=40.0)
+    state = kj.set_timesteps(cfg, 6)
+    keys = jax.random.split(jax.random.key(5, impl=impl), 8)
+    run = jax.jit(lambda k: kj.sample(data.denoise, k, state, cfg, (4,)))
+    batch = run(keys)
+    for b in (0, 5):
+        np.testing.assert_allclose(run(keys[b:b + 1])[0], batch[b], rtol=1e-6, atol=1e-6)
+
+
+def test_fused_and_skipping_churn_forms_give_the_same_samples(monkeypatch):
+    # On CPU idle churn steps skip the draw (lax.cond); accelerators always draw and add
+    # std = 0. Both forms must agree, with churn active at some steps and idle at others.
+    data = GaussianData(mean=jnp.float32(0.5), std=jnp.float32(0.3))
+    cfg = kj.KarrasVeConfig(s_churn=20.0, s_min=0.1, s_max=10.0)
+    state = kj.set_timesteps(cfg, 9)
+    keys = jax.random.split(jax.random.key(2), 4)
+    results, jaxprs = {}, {}
+    for fused in (True, False):
+        monkeypatch.setattr(sampler_module, "_FUSED_CHURN", fused)
+        results[fused] = kj.sample(data.denoise, keys, state, cfg, (3,))
+        jaxprs[fused] = str(jax.make_jaxpr(
+            lambda k: kj.sample(data.denoise, k, state, cfg, (3,)))(keys))
+    np.testing.assert_allclose(results[True], results[False], rtol=1e-6, atol=1e-6)
+    assert "cond[" not in jaxprs[True]  # the fused form has no branch in the loop
+    assert "cond[" in jaxprs[False]
