@@ -265,7 +265,7 @@ def sample(
 
     levels = state.sigmas.astype(level_dtype())
     work = jnp.promote_types(dtype, level_dtype())
-    table = _step_table(config, n, levels)
+    s_noise = jnp.asarray(config.s_noise, levels.dtype)
 
     def denoise(x: jax.Array, sigma: jax.Array) -> jax.Array:
         out = denoise_fn(x, sigma, cond)
@@ -295,9 +295,8 @@ def sample(
         return add_noise(x) if _FUSED_CHURN else skip_when_idle(x)
 
     def iteration(i: jax.Array, x: jax.Array, heun: bool) -> tuple[jax.Array, jax.Array]:
-        column = jax.lax.dynamic_index_in_dim(table, i, axis=1, keepdims=False)
-        sigma_hat, std, inv_sigma_hat, h, sigma_next, inv_sigma_next = (
-            column[j] for j in range(_TABLE_ROWS))
+        sigma_hat, std, inv_sigma_hat, h, sigma_next, inv_sigma_next = _step_scalars(
+            config, n, levels[i], levels[i + 1], s_noise)
         x_hat = churn(i, x, std)
         xw = x_hat.astype(work)
         denoised = denoise(x_hat, sigma_hat)
@@ -339,26 +338,25 @@ def sample(
     return x_last, trajectory
 
 
-_TABLE_ROWS = 6
 # None: skip idle churn draws on CPU, always draw (fused) elsewhere. Tests set True / False
 # to check on CPU that both forms give the same samples.
 _FUSED_CHURN: bool | None = None
 
 
-def _step_table(config: KarrasVeConfig, n: int, levels: jax.Array) -> jax.Array:
-    """Every per-step scalar of the loop, computed once before it: (6, N).
+def _step_scalars(config: KarrasVeConfig, n: int, sigma: jax.Array, sigma_next: jax.Array,
+                  s_noise: jax.Array) -> tuple[jax.Array, ...]:
+    """The per-step scalars of the loop, from sigma_i and sigma_{i+1}.
 
-    Rows: sigma_hat_i, the churn noise std sqrt(sigma_hat^2 - sigma_i^2) * s_noise,
+    Returns sigma_hat_i, the churn noise std sqrt(sigma_hat^2 - sigma_i^2) * s_noise,
     1/sigma_hat_i, h_i = sigma_{i+1} - sigma_hat_i, sigma_{i+1}, and 1/sigma_{i+1} (1 where
-    sigma_{i+1} = 0, a value the loop never uses). The loop body then only reads a column.
+    sigma_{i+1} = 0, a value the loop never uses). Computed inside the loop, not tabulated
+    before it, so that compiled memory does not grow with N.
     """
-    sigma, sigma_next = levels[:-1], levels[1:]
     gamma = churn_gamma(config, n, sigma)
     sigma_hat = sigma * (1.0 + gamma)
-    std = churn_std(sigma, gamma) * jnp.asarray(config.s_noise, levels.dtype)
+    std = churn_std(sigma, gamma) * s_noise
     safe_next = jnp.where(sigma_next > 0, sigma_next, jnp.ones_like(sigma_next))
-    rows = (sigma_hat, std, 1.0 / sigma_hat, sigma_next - sigma_hat, sigma_next, 1.0 / safe_next)
-    return jnp.stack([jnp.broadcast_to(r, sigma.shape) for r in rows])
+    return sigma_hat, std, 1.0 / sigma_hat, sigma_next - sigma_hat, sigma_next, 1.0 / safe_next
 
 
 def make_sampler(
