@@ -105,7 +105,11 @@ def _place(array: Any, sharding: NamedSharding) -> Any:
     """Puts a local array on the batch sharding; global (multi-host) arrays stay as they are."""
     if isinstance(array, jax.Array) and not array.is_fully_addressable:
         return array
-    if isinstance(array, jax.Array) and array.sharding.is_equivalent_to(sharding, array.ndim):
+    # Equivalent placements are not enough: with explicit mesh axes shard_map compares specs,
+    # and a 1-device array is "equivalent" to any sharding over a 1-device mesh.
+    current = getattr(array, "sharding", None)
+    if (isinstance(current, NamedSharding) and current.mesh == sharding.mesh
+            and current.spec[:1] == sharding.spec[:1]):
         return array
     return jax.device_put(array, sharding)
 

@@ -319,3 +319,16 @@ def test_two_processes_equal_single_process(tmp_path):
             np.testing.assert_allclose(block, whole[start:stop], rtol=1e-5, atol=tol)
             covered += range(start, stop)
     assert sorted(covered) == list(range(worker.GLOBAL_BATCH))
+
+
+def test_one_device_mesh_and_unsharded_inputs_are_placed_for_the_user():
+    # A single-device array counts as "equivalent" to any sharding over a 1-device mesh, but
+    # shard_map with explicit mesh axes compares specs: the helper must place keys and cond.
+    mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+    data = GaussianData(mean=jnp.float32(0.2), std=jnp.float32(0.4))
+    sampler = kj.make_sharded_sampler(lambda p, x, s, c: data.denoise(x, s) + 0 * c, STATE, CFG,
+                                      (3,), mesh)
+    keys = jax.random.split(jax.random.key(4), 4)
+    out = sampler(None, keys, jnp.zeros((4, 1)))
+    want = kj.sample(lambda x, s, c: data.denoise(x, s), keys, STATE, CFG, (3,))
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
