@@ -11,9 +11,11 @@ bitwise, for every key implementation, at the lowest cost we know of:
   (JAX's own), are unchanged while XLA fuses the whole draw into one elementwise loop.
   Used only where the bits are provably JAX's: with ``jax_threefry_partitionable`` on
   (JAX's default) and fewer than 2**32 numbers per key.
-* ``rbg`` / ``unsafe_rbg`` keys: under ``vmap`` JAX draws a whole batch of these from the
-  first key, which would make a sample depend on its neighbours; they are drawn one key at
-  a time with ``lax.map`` instead.
+* ``rbg`` / ``unsafe_rbg`` keys: under ``vmap`` JAX draws (and, for ``unsafe_rbg``, splits)
+  a whole batch of these from the first key, which would make a sample depend on its
+  neighbours; they are split, folded and drawn one key at a time with ``lax.map`` instead.
+  A ``vmap`` the caller puts *around* the sampler batches that ``lax.map`` again, so with
+  rbg keys pass the batch of keys to one call rather than vmapping single-seed calls.
 * anything else: ``vmap`` of ``jax.random.normal``.
 """
 
@@ -27,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import random as jex_random
 
-__all__ = ["fast_keys", "normal_per_key"]
+__all__ = ["fast_keys", "fold_in_per_key", "normal_per_key", "split_per_key"]
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
@@ -107,6 +109,24 @@ def fast_keys(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return keys
 
 
+def _per_key(fn: Any, keys: jax.Array, *args: Any) -> Any:
+    """``fn`` applied to each key: ``lax.map`` for rbg keys (their batched forms mix keys)."""
+    if _impl_name(keys) in ("rbg", "unsafe_rbg"):
+        return jax.lax.map(lambda k: fn(k, *args), keys)
+    return jax.vmap(fn, in_axes=(0, *([None] * len(args))))(keys, *args)
+
+
+def split_per_key(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``jax.random.split`` of each key of a batch: (B,) keys -> two (B,) halves."""
+    pairs = _per_key(jax.random.split, keys)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def fold_in_per_key(keys: jax.Array, data: Any) -> jax.Array:
+    """``jax.random.fold_in(k, data)`` for each key ``k`` of a batch."""
+    return _per_key(jax.random.fold_in, keys, data)
+
+
 def normal_per_key(keys: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
     """``stack([jax.random.normal(k, shape, dtype) for k in keys])``, bitwise, fast.
 
@@ -118,6 +138,4 @@ def normal_per_key(keys: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.A
     Returns:
       (B, *shape) standard normals.
     """
-    if _impl_name(keys) in ("rbg", "unsafe_rbg"):
-        return jax.lax.map(lambda k: jax.random.normal(k, shape, dtype), keys)
-    return jax.vmap(lambda k: jax.random.normal(k, shape, dtype))(keys)
+    return _per_key(lambda k: jax.random.normal(k, shape, dtype), keys)

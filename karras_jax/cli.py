@@ -103,7 +103,8 @@ def _demo(args: argparse.Namespace) -> int:
     floor = float(energy_distance(mixture.sample(k_floor, args.seeds), truth))
 
     print(f"karras_jax {kj.__version__} demo on {jax.devices()[0].platform.upper()} "
-          f"({jax.device_count()} device): {args.seeds} seeds, 2-D Gaussian mixture, "
+          f"({jax.device_count()} device{'s' if jax.device_count() > 1 else ''}): {args.seeds} "
+          f"seeds, 2-D Gaussian mixture, "
           f"schedule={args.schedule}, s_churn={args.s_churn:g}")
     header = (f"{'solver':<7}{'N':>5}{'NFE':>6}{'compile s':>11}{'run s':>9}"
               f"{'samples/s':>12}{'energy dist':>13}")
@@ -170,6 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "demo":
+        try:  # before any sampling, so a bad folder costs nothing and reads as one line
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            parser.exit(2, f"karras-jax: error: argument --out: cannot create {args.out} "
+                           f"({err.strerror or err})\n")
         return _demo(args)
     parser.error(f"unknown command {args.command!r}")
 

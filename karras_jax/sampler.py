@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from karras_jax._noise import fast_keys, normal_per_key
+from karras_jax._noise import fast_keys, fold_in_per_key, normal_per_key, split_per_key
 from karras_jax._validation import check_num_steps, level_dtype
 from karras_jax.config import KarrasVeConfig
 from karras_jax.state import KarrasVeState
@@ -130,8 +130,7 @@ def _check_dtype(dtype: Any) -> jnp.dtype:
 
 
 def _split(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
-    pairs = jax.vmap(jax.random.split)(keys)
-    return pairs[:, 0], pairs[:, 1]
+    return split_per_key(keys)
 
 
 def _normal(keys: jax.Array, sample_shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
@@ -269,6 +268,11 @@ def sample(
 
     def denoise(x: jax.Array, sigma: jax.Array) -> jax.Array:
         out = denoise_fn(x, sigma, cond)
+        if not hasattr(out, "shape") or not hasattr(out, "dtype"):
+            raise TypeError(
+                f"denoise_fn must return one array shaped like its input {full_shape}, got "
+                f"{type(out).__name__}."
+            )
         if jnp.shape(out) != full_shape:
             raise ValueError(
                 f"denoise_fn must return an array shaped like its input {full_shape}, "
@@ -278,7 +282,7 @@ def sample(
 
     def churn(i: jax.Array, x: jax.Array, std: jax.Array) -> jax.Array:
         def add_noise(x: jax.Array) -> jax.Array:
-            keys_i = jax.vmap(jax.random.fold_in, in_axes=(0, None))(k_churn, i)
+            keys_i = fold_in_per_key(k_churn, i)
             eps = _normal(keys_i, sample_shape, dtype)
             return (x.astype(work) + std.astype(work) * eps.astype(work)).astype(dtype)
 
@@ -359,6 +363,21 @@ def _step_scalars(config: KarrasVeConfig, n: int, sigma: jax.Array, sigma_next: 
     return sigma_hat, std, 1.0 / sigma_hat, sigma_next - sigma_hat, sigma_next, 1.0 / safe_next
 
 
+def as_traced_config(config: KarrasVeConfig) -> KarrasVeConfig:
+    """The config with Python and NumPy scalars as level-dtype NumPy arrays.
+
+    A jitted function sees ``1`` (int), ``1.0`` (weakly typed float) and ``np.float32(1)``
+    as different argument types and would compile once per kind; after this all three are
+    the same float32 scalar argument.
+    """
+    def cast(value: Any) -> Any:
+        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            return np.asarray(value, level_dtype())
+        return value
+
+    return jax.tree_util.tree_map(cast, config)
+
+
 def make_sampler(
     apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array],
     state: KarrasVeState,
@@ -375,8 +394,10 @@ def make_sampler(
     ``apply_fn(params, x, sigma, cond) -> D(x; sigma)``, e.g. ``lambda p, x, s, c:
     model.apply(p, x, s)`` for a Flax linen module. Weights, keys, cond, x_init, the
     config and the state's levels are all traced arguments: new weights, seeds,
-    conditioning or hyperparameters reuse the compiled program. Only a new batch size,
-    step count or ``cond`` structure compiles again.
+    conditioning or hyperparameters reuse the compiled program (config values are passed as
+    float32 scalars, so ``s_churn=1`` and ``s_churn=1.0`` share it). What compiles again:
+    new shapes or dtypes of the arguments (batch size, weights), a new step count or
+    schedule name (static fields of the state), a new ``cond`` structure.
 
     >>> import jax, jax.numpy as jnp, karras_jax as kj
     >>> cfg = kj.KarrasVeConfig(s_churn=0.0)
@@ -408,7 +429,7 @@ def make_sampler(
                 state: KarrasVeState | None = None) -> Any:
         keys = normalize_keys(keys)
         return run(params, keys, cond, x_init,
-                   default_config if config is None else config,
+                   as_traced_config(default_config if config is None else config),
                    default_state if state is None else state)
 
     sampler.jitted = run  # type: ignore[attr-defined]

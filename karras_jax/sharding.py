@@ -21,6 +21,7 @@ from karras_jax.sampler import (
     _check_dtype,
     _check_shape,
     _check_solver,
+    as_traced_config,
     normalize_keys,
     sample,
 )
@@ -93,7 +94,8 @@ def make_sharded_sampler(
         _check_cond(cond, keys.shape[0])
         keys = _place(keys, sharding)
         cond = jax.tree_util.tree_map(lambda leaf: _place(leaf, sharding), cond)
-        return run(params, keys, cond, default_config if config is None else config,
+        return run(params, keys, cond,
+                   as_traced_config(default_config if config is None else config),
                    default_state if state is None else state)
 
     default_config, default_state = config, state
@@ -103,6 +105,11 @@ def make_sharded_sampler(
 
 def _place(array: Any, sharding: NamedSharding) -> Any:
     """Puts a local array on the batch sharding; global (multi-host) arrays stay as they are."""
+    if isinstance(array, jax.core.Tracer):  # inside the caller's jit: constrain, don't move
+        explicit = any(t == jax.sharding.AxisType.Explicit for t in sharding.mesh.axis_types)
+        if explicit:
+            return jax.sharding.reshard(array, sharding)
+        return jax.lax.with_sharding_constraint(array, sharding)
     if isinstance(array, jax.Array) and not array.is_fully_addressable:
         return array
     # Equivalent placements are not enough: with explicit mesh axes shard_map compares specs,

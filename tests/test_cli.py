@@ -67,3 +67,13 @@ def test_python_dash_m_runs_the_same_command():
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--steps" in result.stderr
+
+
+def test_an_output_folder_that_cannot_be_created_is_one_line_and_exit_2(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(blocker / "inside")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out" in err

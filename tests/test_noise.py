@@ -43,7 +43,7 @@ def test_other_key_implementations_draw_per_key(impl):
     np.testing.assert_array_equal(np.asarray(fast), _reference(keys, (6,), jnp.float32))
 
 
-@pytest.mark.parametrize("impl", ["rbg", "philox4x32"])
+@pytest.mark.parametrize("impl", ["rbg", "unsafe_rbg", "philox4x32"])
 def test_sample_with_other_key_implementations_depends_only_on_its_own_key(impl):
     data = GaussianData(mean=jnp.float32(0.5), std=jnp.float32(0.3))
     cfg = kj.KarrasVeConfig(s_churn=40.0)
@@ -53,6 +53,11 @@ def test_sample_with_other_key_implementations_depends_only_on_its_own_key(impl)
     batch = run(keys)
     for b in (0, 5):
         np.testing.assert_allclose(run(keys[b:b + 1])[0], batch[b], rtol=1e-6, atol=1e-6)
+    # ... and follows the contract's split / fold_in / normal for its key exactly.
+    k_init, _ = jax.random.split(keys[3])
+    x0 = kj.initial_noise(keys, state, (4,))[3]
+    np.testing.assert_allclose(x0, state.init_noise_sigma * jax.random.normal(k_init, (4,)),
+                               rtol=1e-6)
 
 
 def test_fused_and_skipping_churn_forms_give_the_same_samples(monkeypatch):

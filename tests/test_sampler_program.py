@@ -293,3 +293,22 @@ def test_gradients_match_finite_differences_with_churn():
         e = jnp.zeros(3).at[j].set(1.0)
         fd = (f(GAUSS.mean + e, x_init) - f(GAUSS.mean - e, x_init)) / 2
         np.testing.assert_allclose(float(g_mean[j]), float(fd), rtol=1e-3, atol=1e-4)
+
+
+def test_int_and_float_config_values_share_one_compiled_sampler():
+    traces = []
+    data = kj.testing.GaussianData(mean=jnp.float32(0.0), std=jnp.float32(1.0))
+
+    def apply_fn(params, x, sigma, cond):
+        traces.append(1)
+        return data.denoise(x, sigma) * params
+
+    cfg = kj.KarrasVeConfig(s_churn=1.0)
+    state = kj.set_timesteps(cfg, 4)
+    sampler = kj.make_sampler(apply_fn, state, cfg, (2,))
+    keys = jax.random.split(jax.random.key(0), 3)
+    sampler(jnp.float32(1.0), keys)
+    first = len(traces)
+    sampler(jnp.float32(1.0), keys, config=cfg.replace(s_churn=2))
+    sampler(jnp.float32(1.0), keys, config=cfg.replace(s_noise=np.float32(1.0)))
+    assert len(traces) == first

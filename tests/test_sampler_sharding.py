@@ -332,3 +332,13 @@ def test_one_device_mesh_and_unsharded_inputs_are_placed_for_the_user():
     out = sampler(None, keys, jnp.zeros((4, 1)))
     want = kj.sample(lambda x, s, c: data.denoise(x, s), keys, STATE, CFG, (3,))
     np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+
+
+def test_sharded_sampler_inside_the_callers_jit(mesh):
+    data = GaussianData(mean=jnp.float32(0.2), std=jnp.float32(0.4))
+    sampler = kj.make_sharded_sampler(lambda p, x, s, c: data.denoise(x, s) + p * c, STATE, CFG,
+                                      (3,), mesh)
+    keys = jax.random.split(jax.random.key(4), 16)
+    cond = jnp.zeros((16, 1))
+    inside = jax.jit(lambda p, k, c: sampler(p, k, c))(jnp.float32(1.0), keys, cond)
+    np.testing.assert_allclose(inside, sampler(jnp.float32(1.0), keys, cond), rtol=1e-6, atol=1e-6)
