@@ -1,15 +1,22 @@
 """karras_jax: Karras et al. (2022) stochastic sampling (EDM Algorithm 2) in JAX.
 
 Pure step functions with diffusers' ``KarrasVeScheduler`` shape, immutable pytree state,
-and a whole-loop sampler that compiles to one XLA program.
+pluggable solvers, and a whole-loop sampler that compiles to one XLA program.
 """
 
-from karras_jax._io import load_config, save_config
+from karras_jax._noise import initial_noise
+from karras_jax.compat import (
+    FlaxKarrasVeOutput,
+    FlaxKarrasVeScheduler,
+    KarrasVeScheduler,
+    load_config,
+    save_config,
+)
 from karras_jax.config import KarrasVeConfig
-from karras_jax.sampler import SOLVERS, Trajectory, initial_noise, make_sampler, sample
-from karras_jax.scheduler import FlaxKarrasVeScheduler, KarrasVeScheduler
-from karras_jax.schedules import custom_sigmas, diffusers_sigmas, karras_sigmas, ve_sigmas
+from karras_jax.sampler import Trajectory, make_sampler, sample
+from karras_jax.schedules import SCHEDULES, custom_sigmas, diffusers_sigmas, karras_sigmas, ve_sigmas
 from karras_jax.sharding import batch_sharding, make_sharded_sampler, sample_sharded
+from karras_jax.solvers import SOLVERS, Levels, Solver, dpmpp_2m, euler, get_solver, heun
 from karras_jax.state import KarrasVeState, set_timesteps
 from karras_jax.steps import (
     KarrasVeOutput,
@@ -23,12 +30,16 @@ from karras_jax.steps import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "SCHEDULES",
     "SOLVERS",
+    "FlaxKarrasVeOutput",
     "FlaxKarrasVeScheduler",
     "KarrasVeConfig",
     "KarrasVeOutput",
     "KarrasVeScheduler",
     "KarrasVeState",
+    "Levels",
+    "Solver",
     "Trajectory",
     "__version__",
     "add_noise_to_input",
@@ -36,14 +47,18 @@ __all__ = [
     "churn_gamma",
     "custom_sigmas",
     "diffusers_sigmas",
-    "karras_sigmas",
+    "dpmpp_2m",
+    "euler",
+    "get_solver",
+    "heun",
     "initial_noise",
+    "karras_sigmas",
     "load_config",
     "make_sampler",
     "make_sharded_sampler",
-    "save_config",
     "sample",
     "sample_sharded",
+    "save_config",
     "scale_model_input",
     "set_timesteps",
     "step",

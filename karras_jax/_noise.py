@@ -28,8 +28,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend import random as jex_random
+from jax.typing import DTypeLike
 
-__all__ = ["fast_keys", "fold_in_per_key", "normal_per_key", "split_per_key"]
+from karras_jax._validation import check_dtype, check_sample_shape, level_dtype
+from karras_jax.state import KarrasVeState, check_state
+
+__all__ = [
+    "churn_noise",
+    "churn_keys",
+    "fast_keys",
+    "fold_in_per_key",
+    "initial_noise",
+    "normal_per_key",
+    "normalize_keys",
+    "split_per_key",
+    "start_sample",
+]
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
@@ -139,3 +153,86 @@ def normal_per_key(keys: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.A
       (B, *shape) standard normals.
     """
     return _per_key(lambda k: jax.random.normal(k, shape, dtype), keys)
+
+
+def normalize_keys(keys: Any) -> jax.Array:
+    """Returns a (B,) batch of typed keys from typed (B,) or raw uint32 (B, 2) keys.
+
+    Works on tracers too (only dtypes and shapes are looked at), so a jitted sampler can
+    take either form.
+
+    Raises:
+      TypeError: ``keys`` is not an array of PRNG keys.
+      ValueError: ``keys`` is a single key or has the wrong number of dimensions.
+    """
+    dtype, shape = getattr(keys, "dtype", None), getattr(keys, "shape", None)
+    if dtype is None or shape is None:
+        raise TypeError(
+            "keys must be a (B,) array of PRNG keys, e.g. jax.random.split(jax.random.key(0), B); "
+            f"got {type(keys).__name__}."
+        )
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        if len(shape) != 1:
+            raise ValueError(
+                f"keys must be a 1-D batch of keys of shape (B,), got shape {shape}; for one "
+                "sample pass key[None] or jax.random.split(key, 1)."
+            )
+        return keys
+    if dtype == jnp.uint32:
+        width = jax.random.key_data(jax.random.key(0)).shape[-1]
+        if len(shape) != 2 or shape[1] != width:
+            raise ValueError(
+                f"raw uint32 keys must have shape (B, {width}) (a batch of jax.random.PRNGKey), got "
+                f"shape {shape}; for one sample pass key[None]."
+            )
+        return jax.random.wrap_key_data(keys)
+    raise TypeError(
+        "keys must be typed PRNG keys (jax.random.key / jax.random.split) or raw uint32 keys of "
+        f"shape (B, 2), got dtype {dtype}."
+    )
+
+
+def start_sample(keys: jax.Array, init_noise_sigma: jax.Array, sample_shape: tuple[int, ...],
+                 dtype: jnp.dtype) -> jax.Array:
+    """x_0 of the noise stream in the carry dtype (the wider of ``dtype`` and the level dtype).
+
+    The normals are drawn in ``dtype`` (the contract) and scaled without rounding back.
+    """
+    k_init, _ = split_per_key(keys)
+    z = normal_per_key(fast_keys(k_init, sample_shape), sample_shape, dtype)
+    carry = jnp.promote_types(dtype, level_dtype())
+    return init_noise_sigma.astype(carry) * z.astype(carry)
+
+
+def churn_keys(keys: jax.Array, sample_shape: tuple[int, ...]) -> jax.Array:
+    """The per-sample churn keys ``split(k_b)[1]``, ready for :func:`churn_noise`."""
+    _, k_churn = split_per_key(keys)
+    return fast_keys(k_churn, sample_shape)
+
+
+def churn_noise(k_churn: jax.Array, step: Any, sample_shape: tuple[int, ...],
+                dtype: jnp.dtype) -> jax.Array:
+    """The unscaled churn normals of step ``step``: ``normal(fold_in(k_churn_b, step))`` per sample."""
+    return normal_per_key(fold_in_per_key(k_churn, step), sample_shape, dtype)
+
+
+def initial_noise(keys: jax.Array, state: KarrasVeState, sample_shape: tuple[int, ...],
+                  dtype: DTypeLike = jnp.float32) -> jax.Array:
+    """x_0 of the noise stream: ``init_noise_sigma * normal(split(k_b)[0], sample_shape)``.
+
+    Useful to inspect or reuse the start noise (pass it back as ``x_init``).
+
+    Args:
+      keys: (B,) typed keys or (B, 2) raw uint32 keys, one per sample.
+      state: From :func:`karras_jax.set_timesteps` (supplies ``init_noise_sigma``).
+      sample_shape: Shape of one sample.
+      dtype: The sample dtype the normals are drawn in, and the dtype returned.
+
+    Returns:
+      (B, *sample_shape) in ``dtype``.
+    """
+    check_state(state)
+    keys = normalize_keys(keys)
+    sample_shape = check_sample_shape(sample_shape)
+    dtype = check_dtype(dtype)
+    return start_sample(keys, state.init_noise_sigma, sample_shape, dtype).astype(dtype)

@@ -7,6 +7,7 @@ forces a host round-trip; the same call made eagerly gets the full check.
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 from typing import Any
@@ -14,11 +15,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike, DTypeLike
 
 __all__ = [
+    "check_cond",
+    "check_dtype",
+    "check_float_array",
     "check_key",
+    "check_level",
     "check_num_steps",
     "check_same_shape",
+    "check_sample_shape",
     "concrete_value",
     "level_dtype",
 ]
@@ -107,3 +114,60 @@ def check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
         raise ValueError(
             f"{name_a} and {name_b} must have the same shape, got {shape_a} and {shape_b}."
         )
+
+
+def check_float_array(name: str, value: ArrayLike) -> jax.Array:
+    """``value`` as an array, which must have a floating-point dtype."""
+    array = jnp.asarray(value)
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        raise TypeError(f"{name} must be a floating-point array, got dtype {array.dtype}.")
+    return array
+
+
+def check_level(name: str, value: ArrayLike, *, positive: bool) -> jax.Array:
+    """A scalar noise level in the level dtype: finite and > 0 (or >= 0), when concrete."""
+    concrete = concrete_value(name, value)
+    if concrete is not None:
+        if concrete.shape != ():
+            raise ValueError(f"{name} must be a scalar noise level, got shape {concrete.shape}.")
+        if not math.isfinite(float(concrete)):
+            raise ValueError(f"{name} must be finite, got {float(concrete)!r}.")
+        if float(concrete) <= 0 if positive else float(concrete) < 0:
+            allowed = "> 0" if positive else ">= 0"
+            raise ValueError(f"{name} must be {allowed}, got {float(concrete)!r}.")
+    elif jnp.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar noise level, got shape {jnp.shape(value)}.")
+    return jnp.asarray(value, level_dtype())
+
+
+def check_sample_shape(sample_shape: Any) -> tuple[int, ...]:
+    """Checks that ``sample_shape`` is a tuple of positive ints and returns it as one."""
+    if not isinstance(sample_shape, tuple) or not all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d > 0
+        for d in sample_shape
+    ):
+        raise ValueError(f"sample_shape must be a tuple of positive ints, got {sample_shape!r}.")
+    return tuple(int(d) for d in sample_shape)
+
+
+def check_dtype(dtype: DTypeLike) -> jnp.dtype:
+    """Checks that ``dtype`` names a floating-point dtype and returns it."""
+    try:
+        dtype = jnp.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}.") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}.")
+    return dtype
+
+
+def check_cond(cond: Any, batch: int) -> None:
+    """Checks that every leaf of ``cond`` has leading dimension ``batch``."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(cond):
+        shape = jnp.shape(leaf)
+        if not shape or shape[0] != batch:
+            where = jax.tree_util.keystr(path) or "cond"
+            raise ValueError(
+                f"cond{'' if where == 'cond' else where} must have leading dimension B={batch} "
+                f"(one entry per key), got shape {shape}."
+            )

@@ -1,26 +1,29 @@
-"""The six hyperparameters of the Karras VE stochastic sampler."""
+r"""The six hyperparameters of the Karras VE stochastic sampler."""
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from typing import Any
 
 import jax
 import numpy as np
-from flax import struct
+from jax.typing import ArrayLike
 
 from karras_jax._validation import concrete_value
 
 __all__ = ["KarrasVeConfig"]
 
+FIELDS = ("sigma_min", "sigma_max", "s_noise", "s_churn", "s_min", "s_max")
 
-@struct.dataclass
+
+@dataclasses.dataclass(frozen=True)
 class KarrasVeConfig:
-    """Hyperparameters of Algorithm 2 of Karras et al. (2022), diffusers' defaults.
+    r"""Hyperparameters of Algorithm 2 of Karras et al. (2022), diffusers' defaults.
 
-    Every field is a pytree leaf, so a config can be passed to a jitted function
-    and any field swept with ``jax.vmap`` without recompiling, for example the
-    paper's Table 5 grid over ``s_churn``::
+    An immutable pytree whose six fields are all leaves, so a config can be passed to a
+    jitted function and any field swept with ``jax.vmap`` without recompiling, for
+    example the paper's Table 5 grid over ``s_churn``::
 
         jax.vmap(lambda c: run(cfg.replace(s_churn=c)))(jnp.linspace(0., 80., 9))
 
@@ -28,8 +31,8 @@ class KarrasVeConfig:
 
     .. math::
 
-        \\gamma = \\min(S_{churn} / N, \\sqrt{2} - 1) \\text{ if } S_{min} \\le \\sigma \\le S_{max}
-        \\text{ else } 0
+        \gamma = \min(S_{churn} / N, \sqrt{2} - 1) \text{ if } S_{min} \le \sigma \le S_{max}
+        \text{ else } 0
 
     and the added noise is ``eps ~ N(0, S_noise^2 I)``.
 
@@ -41,79 +44,45 @@ class KarrasVeConfig:
       s_min: Lower end of the noise-level window where churn is applied.
       s_max: Upper end of that window, >= s_min.
 
-    Concrete values are checked when the config is built; traced values pass through.
+    Concrete values are checked where a user builds a config (the constructor and
+    :meth:`replace`); traced values pass through, and JAX's own rebuilding of the pytree
+    (``tree_map``, ``vmap``, ``jit``) checks nothing. ``None`` is allowed as a placeholder
+    for configs used as ``vmap``/sharding specs; functions that compute with a config
+    refuse it.
 
     Raises:
       ValueError: a value is not finite or out of its range (the message names it).
       TypeError: a value is not a real number.
     """
 
-    sigma_min: Any = 0.02
-    sigma_max: Any = 100.0
-    s_noise: Any = 1.007
-    s_churn: Any = 80.0
-    s_min: Any = 0.05
-    s_max: Any = 50.0
+    sigma_min: ArrayLike = 0.02
+    sigma_max: ArrayLike = 100.0
+    s_noise: ArrayLike = 1.007
+    s_churn: ArrayLike = 80.0
+    s_min: ArrayLike = 0.05
+    s_max: ArrayLike = 50.0
 
     def __post_init__(self) -> None:
-        for name in _FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, (list, tuple, dict, set)):
-                raise TypeError(
-                    f"{name} must be a real number or an array, got {type(value).__name__} {value!r}; "
-                    "wrap a sweep of values in jnp.asarray."
-                )
-        values = {name: concrete_value(name, getattr(self, name)) for name in _FIELDS}
-        for name, value in values.items():
-            if value is not None and not np.all(np.isfinite(value)):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}.")
-        _require(values, "sigma_min", lambda v: v > 0, "must be > 0")
-        _require(values, "s_churn", lambda v: v >= 0, "must be >= 0")
-        _require(values, "s_noise", lambda v: v >= 0, "must be >= 0")
-        lo, hi = values["sigma_min"], values["sigma_max"]
-        if lo is not None and hi is not None and not np.all(hi > lo):
-            raise ValueError(
-                f"sigma_max must be > sigma_min, got sigma_max={self.sigma_max!r} and "
-                f"sigma_min={self.sigma_min!r}."
-            )
-        lo, hi = values["s_min"], values["s_max"]
-        if lo is not None and hi is not None and not np.all(lo <= hi):
-            raise ValueError(
-                f"s_min must be <= s_max, got s_min={self.s_min!r} and s_max={self.s_max!r}."
-            )
+        _check_values(self)
 
-    def check_numeric(self) -> KarrasVeConfig:
-        """Returns self after checking every field is a number, an array or a tracer.
-
-        Placeholders such as None are allowed in a config used as a pytree spec (vmap
-        ``in_axes``, shardings); a config that enters the arithmetic must hold numbers.
-
-        Raises:
-          TypeError: a field holds None or another non-numeric object.
-        """
-        for name in _FIELDS:
-            value = getattr(self, name)
-            if not isinstance(value, (numbers.Real, np.ndarray, np.generic, jax.Array)):
-                raise TypeError(
-                    f"config.{name} must be a real number or an array, got {type(value).__name__} "
-                    f"{value!r}."
-                )
-        return self
+    def replace(self, **updates: Any) -> KarrasVeConfig:
+        """A new config with the given fields replaced (checked like the constructor)."""
+        return dataclasses.replace(self, **updates)
 
     def __getitem__(self, name: str) -> Any:
         """``config["sigma_max"]``, as diffusers' FrozenDict configs allow."""
-        if name not in _FIELDS:
+        if name not in FIELDS:
             raise KeyError(name)
         return getattr(self, name)
 
     def keys(self) -> tuple[str, ...]:
         """The six field names, so ``dict(**config)`` and ``KarrasVeScheduler(**config)`` work."""
-        return _FIELDS
+        return FIELDS
 
     def to_dict(self) -> dict[str, float]:
         """The six values as Python floats (the config must be concrete and scalar)."""
         out = {}
-        for name in _FIELDS:
+        for name in FIELDS:
             value = concrete_value(name, getattr(self, name))
             if value is None or value.shape != ():
                 raise ValueError(
@@ -123,10 +92,77 @@ class KarrasVeConfig:
         return out
 
 
-_FIELDS = ("sigma_min", "sigma_max", "s_noise", "s_churn", "s_min", "s_max")
+def _flatten(config: KarrasVeConfig) -> tuple[tuple[Any, ...], None]:
+    return tuple(getattr(config, name) for name in FIELDS), None
 
 
-def _require(values: dict, name: str, ok, what: str) -> None:
+def _flatten_with_keys(config: KarrasVeConfig) -> tuple[tuple[Any, ...], None]:
+    return tuple((jax.tree_util.GetAttrKey(name), getattr(config, name)) for name in FIELDS), None
+
+
+def _unflatten(_: None, leaves: Any) -> KarrasVeConfig:
+    # JAX rebuilds configs with tracers, placeholders and batched values on every tree_map,
+    # vmap and jit: those were checked where the user built the config, not again here.
+    config = object.__new__(KarrasVeConfig)
+    for name, leaf in zip(FIELDS, leaves, strict=True):
+        object.__setattr__(config, name, leaf)
+    return config
+
+
+jax.tree_util.register_pytree_with_keys(KarrasVeConfig, _flatten_with_keys, _unflatten, _flatten)
+
+
+def check_config(config: Any) -> KarrasVeConfig:
+    """Returns ``config`` after checking it is a config whose fields hold numbers or arrays.
+
+    For functions that compute with a config: placeholders (None) are allowed only in
+    configs used as pytree specs.
+
+    Raises:
+      TypeError: ``config`` is not a :class:`KarrasVeConfig`, or a field holds None or
+        another non-numeric object.
+    """
+    if not isinstance(config, KarrasVeConfig):
+        raise TypeError(f"config must be a KarrasVeConfig, got {type(config).__name__}.")
+    for name in FIELDS:
+        value = getattr(config, name)
+        if not isinstance(value, (numbers.Real, np.ndarray, np.generic, jax.Array)):
+            raise TypeError(
+                f"config.{name} must be a real number or an array, got {type(value).__name__} "
+                f"{value!r}."
+            )
+    return config
+
+
+def _check_values(config: KarrasVeConfig) -> None:
+    for name in FIELDS:
+        value = getattr(config, name)
+        if isinstance(value, (list, tuple, dict, set)):
+            raise TypeError(
+                f"{name} must be a real number or an array, got {type(value).__name__} {value!r}; "
+                "wrap a sweep of values in jnp.asarray."
+            )
+    values = {name: concrete_value(name, getattr(config, name)) for name in FIELDS}
+    for name, value in values.items():
+        if value is not None and not np.all(np.isfinite(value)):
+            raise ValueError(f"{name} must be finite, got {getattr(config, name)!r}.")
+    _require(values, "sigma_min", lambda v: v > 0, "must be > 0")
+    _require(values, "s_churn", lambda v: v >= 0, "must be >= 0")
+    _require(values, "s_noise", lambda v: v >= 0, "must be >= 0")
+    lo, hi = values["sigma_min"], values["sigma_max"]
+    if lo is not None and hi is not None and not np.all(hi > lo):
+        raise ValueError(
+            f"sigma_max must be > sigma_min, got sigma_max={config.sigma_max!r} and "
+            f"sigma_min={config.sigma_min!r}."
+        )
+    lo, hi = values["s_min"], values["s_max"]
+    if lo is not None and hi is not None and not np.all(lo <= hi):
+        raise ValueError(
+            f"s_min must be <= s_max, got s_min={config.s_min!r} and s_max={config.s_max!r}."
+        )
+
+
+def _require(values: dict[str, np.ndarray | None], name: str, ok: Any, what: str) -> None:
     value = values[name]
     if value is not None and not np.all(ok(value)):
         raise ValueError(f"{name} {what}, got {_show(value)}.")
@@ -134,4 +170,3 @@ def _require(values: dict, name: str, ok, what: str) -> None:
 
 def _show(value: np.ndarray) -> str:
     return repr(float(value)) if value.shape == () else repr(value.tolist())
-

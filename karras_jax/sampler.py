@@ -1,11 +1,17 @@
-"""The whole of Algorithm 2 as one XLA program: ``sample`` and ``make_sampler``.
+r"""The whole of Algorithm 2 as one XLA program: ``sample`` and ``make_sampler``.
 
 The loop over noise levels is a ``lax.fori_loop`` (a ``lax.scan`` when the trajectory is
-kept), so compile time and compiled memory do not grow with the number of steps, and the
-network is traced twice in all: once for the Euler stage and once for Heun's correction.
-The last step, down to sigma = 0, is peeled off the loop and is Euler only, so Heun
-costs exactly 2N - 1 network evaluations with no ``lax.cond`` around the network and the
-network is never evaluated at sigma = 0.
+kept) driving a :class:`~karras_jax.solvers.Solver`, so compile time does not grow with the
+number of steps and the network is traced once per evaluation of one step. Everything per
+step that depends only on the levels (churned levels, churn noise std, reciprocals, the
+solver's coefficients) is computed once before the loop into a few (N,) arrays; the loop
+body holds the network calls, the churn draw and one fused update. The last step, down to
+sigma = 0, is peeled off the loop and is the solver's ``last_step`` (Euler for the built-in
+solvers): no ``lax.cond`` around the network, and the network is never evaluated at 0.
+
+The sample is carried in float32 (float64 under x64) whatever ``dtype`` is: ``dtype`` is
+what the network receives and what is returned, so small late updates are not rounded away
+in bfloat16 (EDM carries float64 and runs the network in float16 for the same reason).
 
 Noise stream (a contract, pinned by a golden-value test): for sample ``b`` with key ``k_b``
 
@@ -19,6 +25,7 @@ for the churn of step ``i`` (0-based). A sample therefore depends only on its ow
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -26,26 +33,32 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
-from karras_jax._noise import fast_keys, fold_in_per_key, normal_per_key, split_per_key
-from karras_jax._validation import check_num_steps, level_dtype
-from karras_jax.config import KarrasVeConfig
-from karras_jax.state import KarrasVeState
-from karras_jax.steps import churn_gamma, churn_std
+from karras_jax._noise import churn_keys, churn_noise, normalize_keys, start_sample
+from karras_jax._validation import check_cond, check_dtype, check_sample_shape, level_dtype
+from karras_jax.config import KarrasVeConfig, check_config
+from karras_jax.solvers import Levels, Solver, get_solver
+from karras_jax.solvers.base import levels_of
+from karras_jax.state import KarrasVeState, check_state, check_state_matches_config
+from karras_jax.steps import add_churn, churn_levels
 
-__all__ = [
-    "SOLVERS",
-    "Trajectory",
-    "initial_noise",
-    "make_sampler",
-    "normalize_keys",
-    "sample",
-]
-
-SOLVERS = ("heun", "euler")
+__all__ = ["Trajectory", "make_sampler", "sample"]
 
 DenoiseFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
+ApplyFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
+
+# Sample sizes (B * prod(sample_shape) elements) from which a step without churn (gamma = 0)
+# skips the noise draw behind a lax.cond; below them the draw is always made and added
+# times 0, which lets XLA fuse it into the step's single elementwise pass. A cond costs a
+# few microseconds on any backend (on GPUs the predicate goes to the host and the step
+# splits into more kernels); a draw costs about 2-5 ns per element on one CPU core (the
+# unrolled Threefry hash) and about 5.5 us per million on an H200 (1.42 ms per 256M floats,
+# measured with JAX 0.11.2). Those cross at a few thousand elements on CPU and about a
+# million on accelerators.
+SKIP_IDLE_DRAW_FROM = {"cpu": 4096, "accelerator": 1 << 20}
+
+_RAW_KEY_DTYPE = np.dtype(np.uint32)
 
 
 class Trajectory(NamedTuple):
@@ -64,110 +77,6 @@ class Trajectory(NamedTuple):
     sigmas: jax.Array
 
 
-def normalize_keys(keys: Any) -> jax.Array:
-    """Returns a (B,) batch of typed keys from typed (B,) or raw uint32 (B, 2) keys.
-
-    Raises:
-      TypeError: ``keys`` is not an array of PRNG keys.
-      ValueError: ``keys`` is a single key or has the wrong number of dimensions.
-    """
-    dtype, shape = getattr(keys, "dtype", None), getattr(keys, "shape", None)
-    if dtype is None or shape is None:
-        raise TypeError(
-            "keys must be a (B,) array of PRNG keys, e.g. jax.random.split(jax.random.key(0), B); "
-            f"got {type(keys).__name__}."
-        )
-    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
-        if len(shape) != 1:
-            raise ValueError(
-                f"keys must be a 1-D batch of keys of shape (B,), got shape {shape}; for one "
-                "sample pass key[None] or jax.random.split(key, 1)."
-            )
-        return keys
-    if dtype == jnp.uint32:
-        width = jax.random.key_data(jax.random.key(0)).shape[-1]
-        if len(shape) != 2 or shape[1] != width:
-            raise ValueError(
-                f"raw uint32 keys must have shape (B, {width}) (a batch of jax.random.PRNGKey), got "
-                f"shape {shape}; for one sample pass key[None]."
-            )
-        return jax.random.wrap_key_data(keys)
-    raise TypeError(
-        "keys must be typed PRNG keys (jax.random.key / jax.random.split) or raw uint32 keys of "
-        f"shape (B, 2), got dtype {dtype}."
-    )
-
-
-def _check_state(state: Any) -> None:
-    if not isinstance(state, KarrasVeState):
-        raise TypeError(f"state must be a KarrasVeState, got {type(state).__name__}.")
-    if not state.is_set:
-        raise ValueError("state has no noise levels yet: call set_timesteps first.")
-
-
-def _check_shape(sample_shape: Any) -> tuple[int, ...]:
-    if not isinstance(sample_shape, tuple) or not all(
-        isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d > 0
-        for d in sample_shape
-    ):
-        raise ValueError(f"sample_shape must be a tuple of positive ints, got {sample_shape!r}.")
-    return tuple(int(d) for d in sample_shape)
-
-
-def _check_solver(solver: Any) -> None:
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
-
-
-def _check_dtype(dtype: Any) -> jnp.dtype:
-    try:
-        dtype = jnp.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}.") from None
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}.")
-    return dtype
-
-
-def _split(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return split_per_key(keys)
-
-
-def _normal(keys: jax.Array, sample_shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
-    return normal_per_key(keys, sample_shape, dtype)
-
-
-def initial_noise(
-    keys: jax.Array, state: KarrasVeState, sample_shape: tuple[int, ...], dtype: Any = jnp.float32
-) -> jax.Array:
-    """x_0 of the noise stream: ``init_noise_sigma * normal(split(k_b)[0], sample_shape)``.
-
-    Useful to inspect or reuse the start noise (pass it back as ``x_init``).
-
-    Returns:
-      (B, *sample_shape) in ``dtype``.
-    """
-    _check_state(state)
-    keys = normalize_keys(keys)
-    sample_shape = _check_shape(sample_shape)
-    dtype = _check_dtype(dtype)
-    k_init, _ = _split(keys)
-    z = _normal(fast_keys(k_init, sample_shape), sample_shape, dtype)
-    work = jnp.promote_types(dtype, level_dtype())
-    return (state.init_noise_sigma.astype(work) * z.astype(work)).astype(dtype)
-
-
-def _check_cond(cond: Any, batch: int) -> None:
-    for path, leaf in jax.tree_util.tree_leaves_with_path(cond):
-        shape = jnp.shape(leaf)
-        if not shape or shape[0] != batch:
-            where = jax.tree_util.keystr(path) or "cond"
-            raise ValueError(
-                f"cond{'' if where == 'cond' else where} must have leading dimension B={batch} "
-                f"(one entry per key), got shape {shape}."
-            )
-
-
 def _progress_printer(total: int) -> Callable[[Any], None]:
     def report(i: Any) -> None:
         done = int(i) + 1
@@ -181,6 +90,18 @@ def _progress_printer(total: int) -> Callable[[Any], None]:
     return report
 
 
+def step_table(config: KarrasVeConfig, state: KarrasVeState,
+               solver: Solver) -> tuple[Levels, jax.Array]:
+    """The per-step scalars of all N steps: :class:`Levels` ((N,) arrays) and the churn noise std.
+
+    Computed once, before the loop: about 7 floats per step.
+    """
+    sigmas = state.sigmas.astype(level_dtype())
+    sigma_hat, noise_std = churn_levels(config, state.num_inference_steps, sigmas[:-1])
+    levels = levels_of(sigmas[:-1], sigma_hat, sigmas[1:])
+    return levels._replace(extra=solver.scalars(levels)), noise_std
+
+
 def sample(
     denoise_fn: DenoiseFn,
     keys: jax.Array,
@@ -188,42 +109,49 @@ def sample(
     config: KarrasVeConfig,
     sample_shape: tuple[int, ...],
     cond: Any = None,
-    solver: str = "heun",
+    solver: str | Solver = "heun",
     *,
     x_init: ArrayLike | None = None,
-    dtype: Any = jnp.float32,
+    dtype: DTypeLike = jnp.float32,
     return_trajectory: bool = False,
     progress: bool | Callable[[Any], None] = False,
 ) -> jax.Array | tuple[jax.Array, Trajectory]:
-    """Runs Algorithm 2 for a batch of seeds: one ``fori_loop``, jit- and vmap-friendly.
+    r"""Runs Algorithm 2 for a batch of seeds: one ``fori_loop``, jit- and vmap-friendly.
 
-    For i = 0 .. N-1, with gamma_i from :func:`karras_jax.churn_gamma`:
+    For i = 0 .. N-1, with gamma_i from :func:`karras_jax.churn_gamma`, the churn
 
     .. math::
 
-        \\hat\\sigma = \\sigma_i (1+\\gamma_i), \\quad
-        \\hat x = x_i + \\sqrt{\\hat\\sigma^2 - \\sigma_i^2}\\, \\epsilon_i, \\quad
-        d = (\\hat x - D(\\hat x; \\hat\\sigma)) / \\hat\\sigma, \\quad
-        x_{i+1} = \\hat x + (\\sigma_{i+1} - \\hat\\sigma)\\, d
+        \hat\sigma_i = \sigma_i (1+\gamma_i), \quad
+        \hat x_i = x_i + \sqrt{\hat\sigma_i^2 - \sigma_i^2}\, \epsilon_i
 
-    and, for ``"heun"`` while sigma_{i+1} > 0,
-    :math:`x_{i+1} \\leftarrow \\hat x + (\\sigma_{i+1} - \\hat\\sigma)(d + d')/2` with
-    :math:`d' = (x_{i+1} - D(x_{i+1}; \\sigma_{i+1}))/\\sigma_{i+1}`.
+    then one step of ``solver`` from :math:`(\hat x_i, \hat\sigma_i)` to :math:`\sigma_{i+1}`.
+    For ``"heun"`` (Algorithm 2):
+    :math:`d = (\hat x - D(\hat x; \hat\sigma)) / \hat\sigma`,
+    :math:`x_{i+1} = \hat x + (\sigma_{i+1} - \hat\sigma)\, d` and, while
+    :math:`\sigma_{i+1} > 0`,
+    :math:`x_{i+1} \leftarrow \hat x + (\sigma_{i+1} - \hat\sigma)(d + d')/2` with
+    :math:`d' = (x_{i+1} - D(x_{i+1}; \sigma_{i+1}))/\sigma_{i+1}`.
 
     Args:
       denoise_fn: ``denoise_fn(x, sigma, cond) -> D(x; sigma)`` with x of shape
-        (B, *sample_shape) and sigma a scalar array in the level dtype (float32). Close
-        over weights inside a jitted caller (or use :func:`make_sampler`) so they stay
-        traced. An output of another dtype is cast to the sample dtype (as EDM does).
+        (B, *sample_shape) in ``dtype`` and sigma a scalar array in the level dtype
+        (float32). Close over weights inside a jitted caller (or use :func:`make_sampler`)
+        so they stay traced. The output may have any float dtype; it is taken as is into
+        the float32 carry.
       keys: (B,) typed keys or (B, 2) raw uint32 keys, one per sample.
       state: From :func:`karras_jax.set_timesteps`.
-      config: Hyperparameters; all traced, so a vmap over them does not recompile.
+      config: Hyperparameters; all traced, so a vmap over them does not recompile. Its
+        sigma_min/sigma_max must be those the state was built with (the levels come from
+        the state); to sweep them, vmap over ``set_timesteps`` as well.
       sample_shape: Shape of one sample, a tuple of positive ints.
       cond: Optional pytree of conditioning, every leaf with leading dimension B.
-      solver: ``"heun"`` (2N - 1 evaluations) or ``"euler"`` (N evaluations).
+      solver: ``"heun"`` (2N - 1 evaluations), ``"euler"`` (N), ``"dpmpp_2m"`` (N,
+        second order), or any :class:`karras_jax.Solver`.
       x_init: Optional (B, *sample_shape) start sample at sigma_0 instead of the key's
         start noise (the churn noise still comes from ``keys``).
-      dtype: The sample dtype (float32, bfloat16, float16, ...); noise levels stay float32.
+      dtype: The network's and the result's dtype (float32, bfloat16, float16, ...). The
+        sample is carried in float32 (float64 under x64) whatever it is.
       return_trajectory: Also return a :class:`Trajectory` (memory grows with N only then).
       progress: True prints a progress bar to stderr from a host callback; a callable is
         called with the 0-based step index. Off by default: the program then has no host
@@ -233,41 +161,46 @@ def sample(
       (B, *sample_shape) samples in ``dtype``, or ``(samples, trajectory)``.
 
     Raises:
-      TypeError / ValueError: bad keys, sample_shape, dtype, solver, cond, x_init, state,
-        or a denoiser whose output shape differs from its input.
+      TypeError / ValueError: bad keys, sample_shape, dtype, solver, cond, x_init, state, a
+        config whose sigma_min/sigma_max differ from the state's, or a denoiser whose output
+        shape differs from its input.
     """
-    if not isinstance(config, KarrasVeConfig):
-        raise TypeError(f"config must be a KarrasVeConfig, got {type(config).__name__}.")
-    config.check_numeric()
-    _check_state(state)
-    _check_solver(solver)
+    check_config(config)
+    check_state(state)
+    check_state_matches_config(state, config)
+    solver = get_solver(solver)
     if not callable(denoise_fn):
         raise TypeError(f"denoise_fn must be callable, got {type(denoise_fn).__name__}.")
-    n = check_num_steps(state.num_inference_steps)
     keys = normalize_keys(keys)
-    sample_shape = _check_shape(sample_shape)
-    dtype = _check_dtype(dtype)
-    batch = keys.shape[0]
-    full_shape = (batch, *sample_shape)
-    _check_cond(cond, batch)
+    sample_shape = check_sample_shape(sample_shape)
+    dtype = check_dtype(dtype)
+    full_shape = (keys.shape[0], *sample_shape)
+    check_cond(cond, keys.shape[0])
+    if x_init is not None and jnp.shape(x_init) != full_shape:
+        raise ValueError(
+            f"x_init must have shape (B, *sample_shape) = {full_shape}, got {jnp.shape(x_init)}."
+        )
+    return _sample(denoise_fn, keys, state, config, sample_shape, cond, solver, x_init, dtype,
+                   return_trajectory, progress)
 
-    _, k_churn = _split(keys)
-    k_churn = fast_keys(k_churn, sample_shape)
+
+def _sample(denoise_fn: DenoiseFn, keys: jax.Array, state: KarrasVeState, config: KarrasVeConfig,
+            sample_shape: tuple[int, ...], cond: Any, solver: Solver, x_init: ArrayLike | None,
+            dtype: jnp.dtype, return_trajectory: bool,
+            progress: bool | Callable[[Any], None]) -> jax.Array | tuple[jax.Array, Trajectory]:
+    """:func:`sample` on checked arguments."""
+    n = state.num_inference_steps
+    full_shape = (keys.shape[0], *sample_shape)
+    carry = jnp.promote_types(dtype, level_dtype())
+    levels, noise_std = step_table(config, state, solver)
+    k_churn = churn_keys(keys, sample_shape)
     if x_init is None:
-        x0 = initial_noise(keys, state, sample_shape, dtype)
+        x0 = start_sample(keys, state.init_noise_sigma, sample_shape, dtype)
     else:
-        if jnp.shape(x_init) != full_shape:
-            raise ValueError(
-                f"x_init must have shape (B, *sample_shape) = {full_shape}, got {jnp.shape(x_init)}."
-            )
-        x0 = jnp.asarray(x_init).astype(dtype)
-
-    levels = state.sigmas.astype(level_dtype())
-    work = jnp.promote_types(dtype, level_dtype())
-    s_noise = jnp.asarray(config.s_noise, levels.dtype)
+        x0 = jnp.asarray(x_init).astype(carry)
 
     def denoise(x: jax.Array, sigma: jax.Array) -> jax.Array:
-        out = denoise_fn(x, sigma, cond)
+        out = denoise_fn(x.astype(dtype), sigma, cond)
         if not hasattr(out, "shape") or not hasattr(out, "dtype"):
             raise TypeError(
                 f"denoise_fn must return one array shaped like its input {full_shape}, got "
@@ -278,117 +211,104 @@ def sample(
                 f"denoise_fn must return an array shaped like its input {full_shape}, "
                 f"got {jnp.shape(out)}."
             )
-        return jnp.asarray(out).astype(dtype).astype(work)
+        return jnp.asarray(out).astype(carry)
 
-    def churn(i: jax.Array, x: jax.Array, std: jax.Array) -> jax.Array:
-        def add_noise(x: jax.Array) -> jax.Array:
-            keys_i = fold_in_per_key(k_churn, i)
-            eps = _normal(keys_i, sample_shape, dtype)
-            return (x.astype(work) + std.astype(work) * eps.astype(work)).astype(dtype)
+    churn = _churn_fn(k_churn, sample_shape, dtype, math.prod(full_shape))
+    report = _progress_printer(n) if progress is True else progress
 
-        def skip_when_idle(x: jax.Array) -> jax.Array:
-            # On CPU the draw dominates a memory-bound step: steps without churn (std == 0:
-            # s_churn = 0 or sigma outside [s_min, s_max]) draw nothing.
-            return jax.lax.cond(std > 0, add_noise, lambda x: x, x)
-
-        # On accelerators the draw is cheap arithmetic that XLA fuses into the step's single
-        # pass over memory, which a cond boundary would split into two: always draw there
-        # (std == 0 adds exactly 0).
-        if _FUSED_CHURN is None:
-            return jax.lax.platform_dependent(x, cpu=skip_when_idle, default=add_noise)
-        return add_noise(x) if _FUSED_CHURN else skip_when_idle(x)
-
-    def iteration(i: jax.Array, x: jax.Array, heun: bool) -> tuple[jax.Array, jax.Array]:
-        sigma_hat, std, inv_sigma_hat, h, sigma_next, inv_sigma_next = _step_scalars(
-            config, n, levels[i], levels[i + 1], s_noise)
-        x_hat = churn(i, x, std)
-        xw = x_hat.astype(work)
-        denoised = denoise(x_hat, sigma_hat)
-        # Multiply by the scalar 1/sigma: an elementwise division is several times dearer on
-        # CPU (XLA keeps it exact) and made the memory-bound Heun update compute-bound.
-        slope = (xw - denoised) * inv_sigma_hat.astype(work)
-        hw = h.astype(work)
-        x_next = xw + hw * slope
-        if heun:
-            denoised_2 = denoise(x_next.astype(dtype), sigma_next)
-            slope_2 = (x_next - denoised_2) * inv_sigma_next.astype(work)
-            x_next = xw + hw * (0.5 * slope + 0.5 * slope_2)
-        if progress:
-            report = _progress_printer(n) if progress is True else progress
+    def iteration(i: jax.Array, x: jax.Array, solver_state: Any,
+                  advance: Callable[..., tuple[jax.Array, jax.Array, Any]]) -> tuple[Any, ...]:
+        levels_i = jax.tree_util.tree_map(lambda column: column[i], levels)
+        x_hat = churn(i, x, noise_std[i])
+        x_next, denoised, solver_state = advance(denoise, x_hat, levels_i, solver_state)
+        if report:
             jax.debug.callback(report, i, ordered=True)
-        return x_next.astype(dtype), denoised.astype(dtype)
+        return x_next, denoised, solver_state
 
-    heun = solver == "heun"
-    loop_steps = n - 1  # the last step, to sigma = 0, is Euler for both solvers
+    loop_steps = n - 1  # the last step, to sigma = 0, is the solver's last_step
     last = jnp.asarray(n - 1, jnp.int32)
+    init = (x0, solver.init(x0))
     if not return_trajectory:
-        def body(i: jax.Array, x: jax.Array) -> jax.Array:
-            return iteration(i, x, heun)[0]
+        def body(i: jax.Array, carried: tuple[jax.Array, Any]) -> tuple[jax.Array, Any]:
+            x_next, _, solver_state = iteration(i, *carried, solver.step)
+            return x_next, solver_state
 
-        x = jax.lax.fori_loop(0, loop_steps, body, x0)
-        return iteration(last, x, False)[0]
+        x, solver_state = jax.lax.fori_loop(0, loop_steps, body, init)
+        return iteration(last, x, solver_state, solver.last_step)[0].astype(dtype)
 
-    def scan_body(x: jax.Array, i: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        x_next, denoised = iteration(i, x, heun)
-        return x_next, (x_next, denoised)
+    def scan_body(carried: tuple[jax.Array, Any],
+                  i: jax.Array) -> tuple[tuple[jax.Array, Any], tuple[jax.Array, jax.Array]]:
+        x_next, denoised, solver_state = iteration(i, *carried, solver.step)
+        return (x_next, solver_state), (x_next.astype(dtype), denoised.astype(dtype))
 
-    x, (xs, ds) = jax.lax.scan(scan_body, x0, jnp.arange(loop_steps, dtype=jnp.int32))
-    x_last, d_last = iteration(last, x, False)
+    (x, solver_state), (xs, ds) = jax.lax.scan(
+        scan_body, init, jnp.arange(loop_steps, dtype=jnp.int32))
+    x_last, d_last, _ = iteration(last, x, solver_state, solver.last_step)
+    x_last = x_last.astype(dtype)
     trajectory = Trajectory(
-        samples=jnp.concatenate([x0[None], xs, x_last[None]]),
-        denoised=jnp.concatenate([ds, d_last[None]]),
-        sigmas=levels,
+        samples=jnp.concatenate([x0.astype(dtype)[None], xs, x_last[None]]),
+        denoised=jnp.concatenate([ds, d_last.astype(dtype)[None]]),
+        sigmas=state.sigmas.astype(level_dtype()),
     )
     return x_last, trajectory
 
 
-# None: skip idle churn draws on CPU, always draw (fused) elsewhere. Tests set True / False
-# to check on CPU that both forms give the same samples.
-_FUSED_CHURN: bool | None = None
+def _churn_fn(k_churn: jax.Array, sample_shape: tuple[int, ...], dtype: jnp.dtype,
+              size: int) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+    """``churn(i, x, noise_std) -> x_hat``: always drawn for small samples, skipped when idle for large."""
+    def churn(i: jax.Array, x: jax.Array, noise_std: jax.Array) -> jax.Array:
+        def draw(x: jax.Array) -> jax.Array:
+            return add_churn(x, noise_std, churn_noise(k_churn, i, sample_shape, dtype))
 
+        def skip_when_idle(x: jax.Array) -> jax.Array:
+            return jax.lax.cond(noise_std > 0, draw, lambda x: x, x)
 
-def _step_scalars(config: KarrasVeConfig, n: int, sigma: jax.Array, sigma_next: jax.Array,
-                  s_noise: jax.Array) -> tuple[jax.Array, ...]:
-    """The per-step scalars of the loop, from sigma_i and sigma_{i+1}.
+        on_cpu = skip_when_idle if size >= SKIP_IDLE_DRAW_FROM["cpu"] else draw
+        elsewhere = skip_when_idle if size >= SKIP_IDLE_DRAW_FROM["accelerator"] else draw
+        if on_cpu is elsewhere:
+            return on_cpu(x)
+        return jax.lax.platform_dependent(x, cpu=on_cpu, default=elsewhere)
 
-    Returns sigma_hat_i, the churn noise std sqrt(sigma_hat^2 - sigma_i^2) * s_noise,
-    1/sigma_hat_i, h_i = sigma_{i+1} - sigma_hat_i, sigma_{i+1}, and 1/sigma_{i+1} (1 where
-    sigma_{i+1} = 0, a value the loop never uses). Computed inside the loop, not tabulated
-    before it, so that compiled memory does not grow with N.
-    """
-    gamma = churn_gamma(config, n, sigma)
-    sigma_hat = sigma * (1.0 + gamma)
-    std = churn_std(sigma, gamma) * s_noise
-    safe_next = jnp.where(sigma_next > 0, sigma_next, jnp.ones_like(sigma_next))
-    return sigma_hat, std, 1.0 / sigma_hat, sigma_next - sigma_hat, sigma_next, 1.0 / safe_next
+    return churn
 
 
 def as_traced_config(config: KarrasVeConfig) -> KarrasVeConfig:
-    """The config with Python and NumPy scalars as level-dtype NumPy arrays.
+    """The config with Python and NumPy scalars as level-dtype device arrays.
 
     A jitted function sees ``1`` (int), ``1.0`` (weakly typed float) and ``np.float32(1)``
     as different argument types and would compile once per kind; after this all three are
-    the same float32 scalar argument.
+    the same float32 scalar argument (and a NumPy value is not copied to the device on every
+    call).
     """
     def cast(value: Any) -> Any:
-        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-            return np.asarray(value, level_dtype())
+        if isinstance(value, (int, float, np.integer, np.floating, np.ndarray)) and not isinstance(
+                value, bool):
+            return jnp.asarray(value, level_dtype())
         return value
 
     return jax.tree_util.tree_map(cast, config)
 
 
+def check_sampler_defaults(state: KarrasVeState,
+                           config: KarrasVeConfig) -> tuple[KarrasVeState, KarrasVeConfig]:
+    """Checks a sampler's state and config once, when it is built (or when a call overrides them)."""
+    check_config(config)
+    check_state(state)
+    check_state_matches_config(state, config)
+    return state, as_traced_config(config)
+
+
 def make_sampler(
-    apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array],
+    apply_fn: ApplyFn,
     state: KarrasVeState,
     config: KarrasVeConfig,
     sample_shape: tuple[int, ...],
     *,
-    solver: str = "heun",
-    dtype: Any = jnp.float32,
+    solver: str | Solver = "heun",
+    dtype: DTypeLike = jnp.float32,
     return_trajectory: bool = False,
     progress: bool | Callable[[Any], None] = False,
-) -> Callable[..., jax.Array]:
+) -> Callable[..., Any]:
     """Returns a jitted ``sampler(params, keys, cond=None, x_init=None, *, config=, state=)``.
 
     ``apply_fn(params, x, sigma, cond) -> D(x; sigma)``, e.g. ``lambda p, x, s, c:
@@ -396,8 +316,13 @@ def make_sampler(
     config and the state's levels are all traced arguments: new weights, seeds,
     conditioning or hyperparameters reuse the compiled program (config values are passed as
     float32 scalars, so ``s_churn=1`` and ``s_churn=1.0`` share it). What compiles again:
-    new shapes or dtypes of the arguments (batch size, weights), a new step count or
-    schedule name (static fields of the state), a new ``cond`` structure.
+    new shapes or dtypes of the arguments (batch size, weights), a new
+    step count or schedule name (static fields of the state), a new ``cond`` structure.
+
+    Everything is checked once here (and again only for a ``config=``/``state=`` passed to
+    a call, or at trace time for new shapes), so a call costs what the jitted program's
+    dispatch costs. ``sampler.jitted(params, keys, cond, x_init, config, state)`` is that
+    program (raw uint32 keys are wrapped as typed keys before it, so both share it).
 
     >>> import jax, jax.numpy as jnp, karras_jax as kj
     >>> cfg = kj.KarrasVeConfig(s_churn=0.0)
@@ -407,9 +332,12 @@ def make_sampler(
     >>> sampler(1.0, jax.random.split(jax.random.key(0), 4)).shape
     (4, 2)
     """
-    sample_shape = _check_shape(sample_shape)
-    _check_solver(solver)
-    _check_dtype(dtype)
+    sample_shape = check_sample_shape(sample_shape)
+    solver = get_solver(solver)
+    dtype = check_dtype(dtype)
+    if not callable(apply_fn):
+        raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}.")
+    default_state, default_config = check_sampler_defaults(state, config)
 
     @jax.jit
     def run(params: Any, keys: jax.Array, cond: Any, x_init: Any,
@@ -422,15 +350,16 @@ def make_sampler(
             x_init=x_init, dtype=dtype, return_trajectory=return_trajectory, progress=progress,
         )
 
-    default_config, default_state = config, state
-
     def sampler(params: Any, keys: jax.Array, cond: Any = None, x_init: ArrayLike | None = None,
                 *, config: KarrasVeConfig | None = None,
                 state: KarrasVeState | None = None) -> Any:
-        keys = normalize_keys(keys)
-        return run(params, keys, cond, x_init,
-                   as_traced_config(default_config if config is None else config),
-                   default_state if state is None else state)
+        if getattr(keys, "dtype", None) == _RAW_KEY_DTYPE:  # one program for raw and typed keys
+            keys = normalize_keys(keys)
+        if config is None and state is None:
+            return run(params, keys, cond, x_init, default_config, default_state)
+        state, config = check_sampler_defaults(default_state if state is None else state,
+                                               default_config if config is None else config)
+        return run(params, keys, cond, x_init, config, state)
 
     sampler.jitted = run  # type: ignore[attr-defined]
     return sampler

@@ -1,14 +1,14 @@
-"""Noise levels sigma_0 > ... > sigma_{N-1} > 0 for the sampler (the trailing 0 is added later).
+r"""Noise levels sigma_0 > ... > sigma_{N-1} > 0 for the sampler (the trailing 0 is added later).
 
 Three families, all from Karras et al. (2022) or diffusers:
 
 * ``"ve"``: the VE column of Table 1, geometric in sigma,
-  :math:`\\sigma_i = \\sigma_{max} (\\sigma_{min}/\\sigma_{max})^{i/(N-1)}`.
-* ``"karras"``: the EDM schedule, uniform in :math:`\\sigma^{1/\\rho}`,
-  :math:`\\sigma_i = (\\sigma_{max}^{1/\\rho} + \\tfrac{i}{N-1}
-  (\\sigma_{min}^{1/\\rho} - \\sigma_{max}^{1/\\rho}))^\\rho`.
+  :math:`\sigma_i = \sigma_{max} (\sigma_{min}/\sigma_{max})^{i/(N-1)}`.
+* ``"karras"``: the EDM schedule, uniform in :math:`\sigma^{1/\rho}`,
+  :math:`\sigma_i = (\sigma_{max}^{1/\rho} + \tfrac{i}{N-1}
+  (\sigma_{min}^{1/\rho} - \sigma_{max}^{1/\rho}))^\rho`.
 * ``"diffusers"``: what diffusers' ``KarrasVeScheduler`` does, using the paper's time
-  :math:`t_i = \\sigma_{max}^2 (\\sigma_{min}^2/\\sigma_{max}^2)^{i/(N-1)}` itself as the
+  :math:`t_i = \sigma_{max}^2 (\sigma_{min}^2/\sigma_{max}^2)^{i/(N-1)}` itself as the
   noise level (it never takes the square root). Kept only to reproduce diffusers.
 
 With ``N == 1`` the single level is ``sigma_max`` (``sigma_max**2`` for ``"diffusers"``);

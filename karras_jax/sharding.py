@@ -14,17 +14,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.typing import DTypeLike
 
+from karras_jax._noise import normalize_keys
+from karras_jax._validation import check_cond, check_dtype, check_sample_shape
 from karras_jax.config import KarrasVeConfig
-from karras_jax.sampler import (
-    _check_cond,
-    _check_dtype,
-    _check_shape,
-    _check_solver,
-    as_traced_config,
-    normalize_keys,
-    sample,
-)
+from karras_jax.sampler import ApplyFn, check_sampler_defaults, sample
+from karras_jax.solvers import Solver, get_solver
 from karras_jax.state import KarrasVeState
 
 __all__ = ["batch_sharding", "make_sharded_sampler", "sample_sharded"]
@@ -36,15 +32,15 @@ def batch_sharding(mesh: Mesh, axis_name: str | tuple[str, ...] = "data") -> Nam
 
 
 def make_sharded_sampler(
-    apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array],
+    apply_fn: ApplyFn,
     state: KarrasVeState,
     config: KarrasVeConfig,
     sample_shape: tuple[int, ...],
     mesh: Mesh,
     *,
     axis_name: str | tuple[str, ...] = "data",
-    solver: str = "heun",
-    dtype: Any = jnp.float32,
+    solver: str | Solver = "heun",
+    dtype: DTypeLike = jnp.float32,
 ) -> Callable[..., jax.Array]:
     """A jitted ``sampler(params, keys, cond=None)`` whose batch is sharded over ``mesh``.
 
@@ -58,11 +54,16 @@ def make_sharded_sampler(
       state, config, sample_shape, solver, dtype: as for :func:`karras_jax.sample`.
       mesh: A ``jax.sharding.Mesh``, e.g. ``jax.make_mesh((jax.device_count(),), ("data",))``.
       axis_name: The mesh axis (or axes) the batch is split over.
+
+    Everything is checked once here (a ``config=``/``state=`` passed to a call is checked
+    then; shapes at trace time), so a call with keys already on the batch sharding costs
+    what the jitted program's dispatch costs.
     """
-    sample_shape = _check_shape(sample_shape)
-    _check_solver(solver)
-    _check_dtype(dtype)
+    sample_shape = check_sample_shape(sample_shape)
+    solver = get_solver(solver)
+    dtype = check_dtype(dtype)
     _check_axis(mesh, axis_name)
+    default_state, default_config = check_sampler_defaults(state, config)
     spec = PartitionSpec(axis_name)
     sharding = NamedSharding(mesh, spec)
 
@@ -76,6 +77,9 @@ def make_sharded_sampler(
     @jax.jit
     def run(params: Any, keys: jax.Array, cond: Any, config: KarrasVeConfig,
             state: KarrasVeState) -> jax.Array:
+        keys = normalize_keys(keys)
+        _check_divisible(keys.shape[0], mesh, axis_name)
+        check_cond(cond, keys.shape[0])
         cond_spec = jax.tree_util.tree_map(lambda _: spec, cond)
         mapped = jax.shard_map(
             local,
@@ -89,18 +93,25 @@ def make_sharded_sampler(
     def sampler(params: Any, keys: jax.Array, cond: Any = None, *,
                 config: KarrasVeConfig | None = None,
                 state: KarrasVeState | None = None) -> jax.Array:
-        keys = normalize_keys(keys)
-        _check_divisible(keys.shape[0], mesh, axis_name)
-        _check_cond(cond, keys.shape[0])
-        keys = _place(keys, sharding)
-        cond = jax.tree_util.tree_map(lambda leaf: _place(leaf, sharding), cond)
-        return run(params, keys, cond,
-                   as_traced_config(default_config if config is None else config),
-                   default_state if state is None else state)
+        if not _on(keys, sharding):
+            keys = normalize_keys(keys)
+            _check_divisible(keys.shape[0], mesh, axis_name)
+            keys = _place(keys, sharding)
+        if cond is not None:
+            cond = jax.tree_util.tree_map(lambda leaf: _place(leaf, sharding), cond)
+        if config is None and state is None:
+            return run(params, keys, cond, default_config, default_state)
+        state, config = check_sampler_defaults(default_state if state is None else state,
+                                               default_config if config is None else config)
+        return run(params, keys, cond, config, state)
 
-    default_config, default_state = config, state
     sampler.jitted = run  # type: ignore[attr-defined]
     return sampler
+
+
+def _on(array: Any, sharding: NamedSharding) -> bool:
+    """Whether ``array`` is already placed on ``sharding`` (the per-call fast path)."""
+    return isinstance(array, jax.Array) and getattr(array, "sharding", None) == sharding
 
 
 def _place(array: Any, sharding: NamedSharding) -> Any:
@@ -149,10 +160,10 @@ def sample_sharded(
     sample_shape: tuple[int, ...],
     mesh: Mesh,
     cond: Any = None,
-    solver: str = "heun",
+    solver: str | Solver = "heun",
     *,
     axis_name: str | tuple[str, ...] = "data",
-    dtype: Any = jnp.float32,
+    dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     """:func:`karras_jax.sample` with the batch sharded over ``mesh`` (one-shot form).
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from jax.typing import ArrayLike
 
 from karras_jax import schedules
 from karras_jax._validation import check_num_steps, level_dtype
-from karras_jax.config import KarrasVeConfig
+from karras_jax.config import KarrasVeConfig, check_config
 
 __all__ = ["KarrasVeState", "set_timesteps"]
 
@@ -32,6 +35,9 @@ class KarrasVeState:
       init_noise_sigma: scalar std of the starting noise, ``x_0 ~ N(0, init_noise_sigma^2 I)``.
         ``sigmas[0]`` except for ``"diffusers"``, which starts at ``sigma_max``.
       schedule_name: ``"ve"``, ``"karras"``, ``"diffusers"`` or ``"custom"``.
+      sigma_min, sigma_max: The config values the levels were built from (None for custom
+        levels). The sampler refuses a concrete config whose range differs: the levels come
+        from the state, so such a config would otherwise be silently ignored.
     """
 
     num_inference_steps: int | None = struct.field(pytree_node=False, default=None)
@@ -40,6 +46,8 @@ class KarrasVeState:
     sigmas: jax.Array | None = None  # (N+1,)
     init_noise_sigma: jax.Array | None = None  # ()
     schedule_name: str = struct.field(pytree_node=False, default="ve")
+    sigma_min: jax.Array | None = None  # ()
+    sigma_max: jax.Array | None = None  # ()
 
     @classmethod
     def create(cls) -> KarrasVeState:
@@ -87,9 +95,7 @@ def set_timesteps(
     >>> [round(s, 4) for s in state.sigmas.tolist()]
     [100.0, 11.8921, 1.4142, 0.1682, 0.02, 0.0]
     """
-    if not isinstance(config, KarrasVeConfig):
-        raise TypeError(f"config must be a KarrasVeConfig, got {type(config).__name__}.")
-    config.check_numeric()
+    check_config(config)
     schedules.check_rho(rho)  # checked whatever the schedule, so a typo never passes silently
     if sigmas is not None:
         if schedule is not None:
@@ -130,4 +136,55 @@ def set_timesteps(
         sigmas=jnp.concatenate([levels, jnp.zeros((1,), dtype)]),
         init_noise_sigma=init_noise_sigma,
         schedule_name=name,
+        sigma_min=None if name == "custom" else jnp.asarray(config.sigma_min, dtype),
+        sigma_max=None if name == "custom" else jnp.asarray(config.sigma_max, dtype),
     )
+
+
+def check_state(state: Any) -> int:
+    """Checks that ``state`` is a filled, self-consistent state and returns its step count.
+
+    The step count is a static field and the levels are arrays, so an edited state (for
+    example ``state.replace(num_inference_steps=...)``) could otherwise run the loop over
+    the wrong number of levels.
+
+    Raises:
+      TypeError: ``state`` is not a :class:`KarrasVeState`.
+      ValueError: the state has no levels yet, or its step count and levels disagree.
+    """
+    if not isinstance(state, KarrasVeState):
+        raise TypeError(f"state must be a KarrasVeState, got {type(state).__name__}.")
+    if not state.is_set:
+        raise ValueError("state has no noise levels yet: call set_timesteps first.")
+    n = check_num_steps(state.num_inference_steps)
+    for name, want in (("sigmas", (n + 1,)), ("timesteps", (n,)), ("schedule", (n,))):
+        got = jnp.shape(getattr(state, name))
+        if got != want:
+            raise ValueError(
+                f"state.num_inference_steps={n} disagrees with state.{name} of shape {got} "
+                f"(expected {want}); build a new state with set_timesteps instead of editing one."
+            )
+    return n
+
+
+def check_state_matches_config(state: KarrasVeState, config: KarrasVeConfig) -> None:
+    """Refuses a concrete config whose sigma_min/sigma_max differ from the state's.
+
+    Only concrete values are compared (a traced sweep is the caller's to keep consistent:
+    vmap over ``set_timesteps`` too).
+
+    Raises:
+      ValueError: naming both values of the field that differs.
+    """
+    for name in ("sigma_min", "sigma_max"):
+        built, given = getattr(state, name), getattr(config, name)
+        if built is None or isinstance(built, jax.core.Tracer) or isinstance(given, jax.core.Tracer):
+            continue
+        dtype = level_dtype()
+        built_value, given_value = np.asarray(built, dtype), np.asarray(given, dtype)
+        if built_value.shape == given_value.shape == () and built_value != given_value:
+            raise ValueError(
+                f"config.{name}={float(given_value)!r} differs from the {name}={float(built_value)!r} "
+                f"the state's levels were built with; call set_timesteps with this config (to sweep "
+                f"{name}, vmap over set_timesteps as well)."
+            )

@@ -1,8 +1,18 @@
-"""The pure step functions of Algorithm 2, split the way diffusers' KarrasVeScheduler splits them.
+r"""The formulas of one step of Algorithm 2, and diffusers' public split of them.
 
-One iteration from level ``sigma_i`` to ``sigma_{i+1}`` (``sigma_prev`` in diffusers' naming):
+Each formula lives here once; the solvers (:mod:`karras_jax.solvers`), the sampling loop
+and the diffusers-shaped functions below all call it:
 
-1. :func:`add_noise_to_input`: churn ``x_i -> x_hat`` at ``sigma_hat = sigma_i (1 + gamma_i)``.
+* :func:`churn_gamma`, :func:`churn_std`, :func:`churn_levels`, :func:`add_churn`: the
+  churn :math:`\hat\sigma = \sigma(1+\gamma)`, :math:`\hat x = x + \sqrt{\hat\sigma^2 -
+  \sigma^2}\, S_{noise} z`;
+* :func:`slope`: :math:`d = (x - D)/\sigma`, written with the reciprocal;
+* :func:`euler_update`: :math:`x' = x + h\, d` with :math:`h = \sigma_{next} - \hat\sigma`;
+* :func:`heun_slope`: :math:`(d + d')/2`.
+
+diffusers' split of one iteration from ``sigma_i`` to ``sigma_{i+1}`` (``sigma_prev``):
+
+1. :func:`add_noise_to_input`: churn ``x_i -> x_hat`` at ``sigma_hat``;
 2. the caller evaluates the network at ``(x_hat, sigma_hat)``;
 3. :func:`step`: Euler step to ``sigma_prev``;
 4. if ``sigma_prev > 0``, the caller evaluates the network at the Euler result and
@@ -23,11 +33,17 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import struct
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
-from karras_jax._validation import check_key, check_same_shape, concrete_value, level_dtype
-from karras_jax.config import KarrasVeConfig
-from karras_jax.state import KarrasVeState
+from karras_jax._validation import (
+    check_float_array,
+    check_key,
+    check_level,
+    check_same_shape,
+    level_dtype,
+)
+from karras_jax.config import KarrasVeConfig, check_config
+from karras_jax.state import KarrasVeState, check_state
 
 __all__ = [
     "KarrasVeOutput",
@@ -63,61 +79,17 @@ class KarrasVeOutput:
         return self.prev_sample, self.derivative
 
 
-def _level(name: str, value: ArrayLike, *, positive: bool) -> jax.Array:
-    """A scalar noise level in the level dtype, checked when concrete."""
-    concrete = concrete_value(name, value)
-    if concrete is not None:
-        if concrete.shape != ():
-            raise ValueError(f"{name} must be a scalar noise level, got shape {concrete.shape}.")
-        if not math.isfinite(float(concrete)):
-            raise ValueError(f"{name} must be finite, got {float(concrete)!r}.")
-        bad = float(concrete) <= 0 if positive else float(concrete) < 0
-        if bad:
-            allowed = "> 0" if positive else ">= 0"
-            raise ValueError(f"{name} must be {allowed}, got {float(concrete)!r}.")
-    elif jnp.ndim(value) != 0:
-        raise ValueError(f"{name} must be a scalar noise level, got shape {jnp.shape(value)}.")
-    return jnp.asarray(value, level_dtype())
+# --- the formulas ---------------------------------------------------------------------------
 
 
-def _sample(name: str, value: ArrayLike) -> jax.Array:
-    array = jnp.asarray(value)
-    if not jnp.issubdtype(array.dtype, jnp.floating):
-        raise TypeError(f"{name} must be a floating-point array, got dtype {array.dtype}.")
-    return array
-
-
-def _work_dtype(sample_dtype: jnp.dtype) -> jnp.dtype:
+def work_dtype(sample_dtype: DTypeLike) -> jnp.dtype:
+    """The dtype updates are computed in: the wider of the sample and level dtypes."""
     return jnp.promote_types(sample_dtype, level_dtype())
 
 
-def _check_state(state: KarrasVeState) -> int:
-    if not isinstance(state, KarrasVeState):
-        raise TypeError(f"state must be a KarrasVeState, got {type(state).__name__}.")
-    if not state.is_set:
-        raise ValueError("state has no noise levels yet: call set_timesteps first.")
-    return state.num_inference_steps
-
-
-def churn_gamma(config: KarrasVeConfig, num_inference_steps: int, sigma: ArrayLike) -> jax.Array:
-    """The churn factor gamma_i of Algorithm 2.
-
-    .. math::
-
-        \\gamma_i = \\min(S_{churn}/N, \\sqrt{2}-1) \\text{ if } S_{min} \\le \\sigma_i \\le S_{max}
-        \\text{ else } 0
-
-    Args:
-      config: Supplies s_churn, s_min, s_max (traced or concrete).
-      num_inference_steps: N.
-      sigma: The current level sigma_i (traced or concrete).
-
-    Returns:
-      gamma_i in the level dtype (an array of the broadcast shape of sigma and the config).
-    """
-    config.check_numeric()
-    dtype = level_dtype()
-    sigma = jnp.asarray(sigma, dtype)
+def gamma_of(config: KarrasVeConfig, num_inference_steps: int, sigma: jax.Array) -> jax.Array:
+    r""":math:`\gamma_i` for a checked config; see :func:`churn_gamma`."""
+    dtype = sigma.dtype
     s_churn = jnp.asarray(config.s_churn, dtype)
     inside = (jnp.asarray(config.s_min, dtype) <= sigma) & (sigma <= jnp.asarray(config.s_max, dtype))
     gamma = jnp.minimum(s_churn / num_inference_steps, jnp.asarray(_SQRT2_MINUS_1, dtype))
@@ -125,9 +97,9 @@ def churn_gamma(config: KarrasVeConfig, num_inference_steps: int, sigma: ArrayLi
 
 
 def churn_std(sigma: jax.Array, gamma: jax.Array) -> jax.Array:
-    """sqrt(sigma_hat^2 - sigma^2) for sigma_hat = sigma (1 + gamma), never NaN.
+    r""":math:`\sqrt{\hat\sigma^2 - \sigma^2}` for :math:`\hat\sigma = \sigma(1+\gamma)`, never NaN.
 
-    Written as ``sigma * sqrt(gamma (2 + gamma))``: the difference of squares can round
+    Written as :math:`\sigma\sqrt{\gamma(2+\gamma)}`: the difference of squares can round
     (or be contracted into a fused multiply-add) to a tiny negative number when gamma is
     0 or tiny, and squaring 1e4-sized legacy levels costs range. The gradient at
     gamma = 0 is kept finite (0) with the double-``where`` trick.
@@ -138,6 +110,66 @@ def churn_std(sigma: jax.Array, gamma: jax.Array) -> jax.Array:
     return sigma * jnp.where(positive, root, jnp.zeros_like(root))
 
 
+def churn_levels(config: KarrasVeConfig, num_inference_steps: int,
+                 sigma: jax.Array) -> tuple[jax.Array, jax.Array]:
+    r"""The churned level and the std of the noise added, elementwise over ``sigma``.
+
+    Returns :math:`(\hat\sigma, S_{noise} \sqrt{\hat\sigma^2 - \sigma^2})` for one level
+    or all N.
+    """
+    gamma = gamma_of(config, num_inference_steps, sigma)
+    s_noise = jnp.asarray(config.s_noise, sigma.dtype)
+    return sigma * (1.0 + gamma), churn_std(sigma, gamma) * s_noise
+
+
+def add_churn(x: jax.Array, noise_std: jax.Array, z: jax.Array) -> jax.Array:
+    r""":math:`\hat x = x + s\, z` with ``noise_std`` s from :func:`churn_levels`."""
+    return x + noise_std.astype(x.dtype) * z.astype(x.dtype)
+
+
+def slope(x: jax.Array, denoised: jax.Array, inv_sigma: jax.Array) -> jax.Array:
+    r"""The probability-flow slope :math:`d = (x - D(x;\sigma))/\sigma`.
+
+    Takes :math:`1/\sigma`: one scalar division per step, then an elementwise multiply
+    (an elementwise division is several times dearer on CPU, where XLA keeps it exact,
+    and made the memory-bound Heun update compute-bound).
+    """
+    return (x - denoised) * inv_sigma.astype(x.dtype)
+
+
+def euler_update(x: jax.Array, d: jax.Array, h: jax.Array) -> jax.Array:
+    r"""The Euler update :math:`x + h\, d`, with :math:`h = \sigma_{next} - \hat\sigma`."""
+    return x + h.astype(x.dtype) * d
+
+
+def heun_slope(d: jax.Array, d_next: jax.Array) -> jax.Array:
+    r"""Heun's averaged slope :math:`(d + d')/2` (trapezoidal rule)."""
+    return 0.5 * d + 0.5 * d_next
+
+
+# --- diffusers' split, checked at the boundary ---------------------------------------------------
+
+
+def churn_gamma(config: KarrasVeConfig, num_inference_steps: int, sigma: ArrayLike) -> jax.Array:
+    r"""The churn factor gamma_i of Algorithm 2.
+
+    .. math::
+
+        \gamma_i = \min(S_{churn}/N, \sqrt{2}-1) \text{ if } S_{min} \le \sigma_i \le S_{max}
+        \text{ else } 0
+
+    Args:
+      config: Supplies s_churn, s_min, s_max (traced or concrete).
+      num_inference_steps: N.
+      sigma: The current level sigma_i (traced or concrete).
+
+    Returns:
+      gamma_i in the level dtype (an array of the broadcast shape of sigma and the config).
+    """
+    check_config(config)
+    return gamma_of(config, num_inference_steps, jnp.asarray(sigma, level_dtype()))
+
+
 def add_noise_to_input(
     config: KarrasVeConfig,
     state: KarrasVeState,
@@ -145,13 +177,13 @@ def add_noise_to_input(
     sigma: ArrayLike,
     key: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-    """The churn: raise the noise level from sigma to sigma_hat by adding fresh noise.
+    r"""The churn: raise the noise level from sigma to sigma_hat by adding fresh noise.
 
     .. math::
 
-        \\hat\\sigma = \\sigma (1 + \\gamma), \\quad
-        \\hat x = x + \\sqrt{\\hat\\sigma^2 - \\sigma^2}\\, \\epsilon, \\quad
-        \\epsilon = S_{noise}\\, z,\\; z \\sim N(0, I)
+        \hat\sigma = \sigma (1 + \gamma), \quad
+        \hat x = x + \sqrt{\hat\sigma^2 - \sigma^2}\, \epsilon, \quad
+        \epsilon = S_{noise}\, z,\; z \sim N(0, I)
 
     with gamma from :func:`churn_gamma`. ``z = jax.random.normal(key, sample.shape,
     sample.dtype)``. Works with a traced ``sigma`` under ``jit`` (the window test is a
@@ -173,18 +205,14 @@ def add_noise_to_input(
       TypeError: bad key, non-float sample, config or state of the wrong type.
       ValueError: sigma not a finite scalar > 0, or a state without levels.
     """
-    if not isinstance(config, KarrasVeConfig):
-        raise TypeError(f"config must be a KarrasVeConfig, got {type(config).__name__}.")
-    n = _check_state(state)
+    check_config(config)
+    n = check_state(state)
     check_key("key", key)
-    sample = _sample("sample", sample)
-    sigma = _level("sigma", sigma, positive=True)
-    gamma = churn_gamma(config, n, sigma)
-    sigma_hat = sigma * (1.0 + gamma)
+    sample = check_float_array("sample", sample)
+    sigma = check_level("sigma", sigma, positive=True)
+    sigma_hat, noise_std = churn_levels(config, n, sigma)
     z = jax.random.normal(key, sample.shape, sample.dtype)
-    work = _work_dtype(sample.dtype)
-    eps = jnp.asarray(config.s_noise, level_dtype()) * z.astype(work)
-    sample_hat = sample.astype(work) + churn_std(sigma, gamma).astype(work) * eps
+    sample_hat = add_churn(sample.astype(work_dtype(sample.dtype)), noise_std, z)
     return sample_hat.astype(sample.dtype), sigma_hat
 
 
@@ -195,12 +223,12 @@ def step(
     sample_hat: ArrayLike,
     return_dict: bool = True,
 ) -> KarrasVeOutput | tuple[jax.Array, jax.Array]:
-    """Euler step from sigma_hat down to sigma_prev.
+    r"""Euler step from sigma_hat down to sigma_prev.
 
     .. math::
 
-        D = \\hat x + \\hat\\sigma\\, m, \\quad d = (\\hat x - D)/\\hat\\sigma, \\quad
-        x_{prev} = \\hat x + (\\sigma_{prev} - \\hat\\sigma)\\, d
+        D = \hat x + \hat\sigma\, m, \quad d = (\hat x - D)/\hat\sigma, \quad
+        x_{prev} = \hat x + (\sigma_{prev} - \hat\sigma)\, d
 
     where ``m`` is ``model_output`` in diffusers' convention ``(D - x)/sigma``.
 
@@ -217,20 +245,19 @@ def step(
     Raises:
       ValueError: shapes differ, or a concrete level is out of range.
     """
-    sample_hat = _sample("sample_hat", sample_hat)
-    model_output = _sample("model_output", model_output)
+    sample_hat = check_float_array("sample_hat", sample_hat)
+    model_output = check_float_array("model_output", model_output)
     check_same_shape("model_output", model_output, "sample_hat", sample_hat)
-    s_hat = _level("sigma_hat", sigma_hat, positive=True)
-    s_prev = _level("sigma_prev", sigma_prev, positive=False)
+    s_hat = check_level("sigma_hat", sigma_hat, positive=True)
+    s_prev = check_level("sigma_prev", sigma_prev, positive=False)
     out_dtype = sample_hat.dtype
-    work = _work_dtype(out_dtype)
+    work = work_dtype(out_dtype)
     x = sample_hat.astype(work)
     denoised = x + s_hat.astype(work) * model_output.astype(work)
-    derivative = (x - denoised) / s_hat.astype(work)
-    prev = x + (s_prev - s_hat).astype(work) * derivative
+    d = slope(x, denoised, 1.0 / s_hat)
     out = KarrasVeOutput(
-        prev_sample=prev.astype(out_dtype),
-        derivative=derivative.astype(out_dtype),
+        prev_sample=euler_update(x, d, s_prev - s_hat).astype(out_dtype),
+        derivative=d.astype(out_dtype),
         pred_original_sample=denoised.astype(out_dtype),
     )
     return out if return_dict else out.to_tuple()
@@ -245,12 +272,12 @@ def step_correct(
     derivative: ArrayLike,
     return_dict: bool = True,
 ) -> KarrasVeOutput | tuple[jax.Array, jax.Array]:
-    """Heun's second-order correction of an Euler step.
+    r"""Heun's second-order correction of an Euler step.
 
     .. math::
 
-        D' = x_{prev} + \\sigma_{prev}\\, m', \\quad d' = (x_{prev} - D')/\\sigma_{prev}, \\quad
-        x_{prev} \\leftarrow \\hat x + (\\sigma_{prev} - \\hat\\sigma)\\, (d + d')/2
+        D' = x_{prev} + \sigma_{prev}\, m', \quad d' = (x_{prev} - D')/\sigma_{prev}, \quad
+        x_{prev} \leftarrow \hat x + (\sigma_{prev} - \hat\sigma)\, (d + d')/2
 
     At ``sigma_prev == 0`` (the last step) there is nothing to correct and no division:
     the Euler result ``sample_prev`` comes back unchanged, with the Euler slope, finite.
@@ -275,31 +302,29 @@ def step_correct(
     Raises:
       ValueError: shapes differ, or a concrete level is out of range.
     """
-    sample_hat = _sample("sample_hat", sample_hat)
-    sample_prev = _sample("sample_prev", sample_prev)
-    model_output = _sample("model_output", model_output)
-    derivative = _sample("derivative", derivative)
+    sample_hat = check_float_array("sample_hat", sample_hat)
+    sample_prev = check_float_array("sample_prev", sample_prev)
+    model_output = check_float_array("model_output", model_output)
+    derivative = check_float_array("derivative", derivative)
     for name, array in (("model_output", model_output), ("sample_prev", sample_prev),
                         ("derivative", derivative)):
         check_same_shape(name, array, "sample_hat", sample_hat)
-    s_hat = _level("sigma_hat", sigma_hat, positive=True)
-    s_prev = _level("sigma_prev", sigma_prev, positive=False)
+    s_hat = check_level("sigma_hat", sigma_hat, positive=True)
+    s_prev = check_level("sigma_prev", sigma_prev, positive=False)
     out_dtype = sample_hat.dtype
-    work = _work_dtype(out_dtype)
+    work = work_dtype(out_dtype)
     last = s_prev == 0
     # Keep 0 * inf (a network evaluated at sigma = 0) out of the arithmetic and its gradient.
-    safe_prev = jnp.where(last, jnp.ones_like(s_prev), s_prev).astype(work)
+    safe_prev = jnp.where(last, jnp.ones_like(s_prev), s_prev)
     m = jnp.where(last, jnp.zeros((), work), model_output.astype(work))
     x_prev = sample_prev.astype(work)
     d = derivative.astype(work)
-    denoised = x_prev + safe_prev * m
-    d_corr = (x_prev - denoised) / safe_prev
-    slope = jnp.where(last, d, 0.5 * d + 0.5 * d_corr)
-    corrected = sample_hat.astype(work) + (s_prev - s_hat).astype(work) * slope
-    prev = jnp.where(last, x_prev, corrected)
+    denoised = x_prev + safe_prev.astype(work) * m
+    averaged = jnp.where(last, d, heun_slope(d, slope(x_prev, denoised, 1.0 / safe_prev)))
+    corrected = euler_update(sample_hat.astype(work), averaged, s_prev - s_hat)
     out = KarrasVeOutput(
-        prev_sample=prev.astype(out_dtype),
-        derivative=slope.astype(out_dtype),
+        prev_sample=jnp.where(last, x_prev, corrected).astype(out_dtype),
+        derivative=averaged.astype(out_dtype),
         pred_original_sample=jnp.where(last, x_prev, denoised).astype(out_dtype),
     )
     return out if return_dict else out.to_tuple()

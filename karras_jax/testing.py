@@ -74,12 +74,12 @@ class GaussianMixture:
         return self.means.shape[-1]
 
     def denoise(self, x: ArrayLike, sigma: ArrayLike, cond: Any = None) -> jax.Array:
-        """Posterior-weighted mean of the per-component denoisers.
+        r"""Posterior-weighted mean of the per-component denoisers.
 
         .. math::
 
-            D(x;\\sigma) = \\sum_k r_k(x) \\frac{s_k^2 x + \\sigma^2 \\mu_k}{s_k^2 + \\sigma^2},
-            \\quad r_k \\propto w_k N(x; \\mu_k, (s_k^2 + \\sigma^2) I)
+            D(x;\sigma) = \sum_k r_k(x) \frac{s_k^2 x + \sigma^2 \mu_k}{s_k^2 + \sigma^2},
+            \quad r_k \propto w_k N(x; \mu_k, (s_k^2 + \sigma^2) I)
 
         Args:
           x: (..., dim) noisy points.

@@ -60,19 +60,18 @@ def test_sample_with_other_key_implementations_depends_only_on_its_own_key(impl)
                                rtol=1e-6)
 
 
-def test_fused_and_skipping_churn_forms_give_the_same_samples(monkeypatch):
-    # On CPU idle churn steps skip the draw (lax.cond); accelerators always draw and add
-    # std = 0. Both forms must agree, with churn active at some steps and idle at others.
+@pytest.mark.parametrize("threshold", [{"cpu": 1, "accelerator": 1}, {"cpu": 10**9, "accelerator": 10**9}])
+def test_fused_and_skipping_churn_forms_give_the_same_samples(monkeypatch, threshold):
+    # Large samples skip idle churn draws (lax.cond); small ones always draw and add std = 0
+    # in one fused pass. Both forms must agree, with churn active at some steps and idle at others.
     data = GaussianData(mean=jnp.float32(0.5), std=jnp.float32(0.3))
     cfg = kj.KarrasVeConfig(s_churn=20.0, s_min=0.1, s_max=10.0)
     state = kj.set_timesteps(cfg, 9)
     keys = jax.random.split(jax.random.key(2), 4)
-    results, jaxprs = {}, {}
-    for fused in (True, False):
-        monkeypatch.setattr(sampler_module, "_FUSED_CHURN", fused)
-        results[fused] = kj.sample(data.denoise, keys, state, cfg, (3,))
-        jaxprs[fused] = str(jax.make_jaxpr(
-            lambda k: kj.sample(data.denoise, k, state, cfg, (3,)))(keys))
-    np.testing.assert_allclose(results[True], results[False], rtol=1e-6, atol=1e-6)
-    assert "cond[" not in jaxprs[True]  # the fused form has no branch in the loop
-    assert "cond[" in jaxprs[False]
+    reference = kj.sample(data.denoise, keys, state, cfg, (3,))
+    monkeypatch.setattr(sampler_module, "SKIP_IDLE_DRAW_FROM", threshold)
+    got = kj.sample(data.denoise, keys, state, cfg, (3,))
+    jaxpr = str(jax.make_jaxpr(lambda k: kj.sample(data.denoise, k, state, cfg, (3,)))(keys))
+    np.testing.assert_allclose(got, reference, rtol=1e-6, atol=1e-6)
+    skipping = threshold["cpu"] == 1
+    assert ("cond[" in jaxpr) == skipping  # the fused form has no branch in the loop

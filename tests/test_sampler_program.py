@@ -49,8 +49,8 @@ def test_one_loop_whose_size_does_not_grow_with_n(solver, return_trajectory):
         loops[n] = _count_loops(closed.jaxpr)
         texts[n] = str(closed)
     assert loops == {10: 1, 100: 1}
-    # Only the printed shapes of the level arrays (11 vs 101) and loop bounds differ.
-    assert abs(len(texts[100]) - len(texts[10])) < 0.01 * len(texts[10])
+    # Only the printed shapes of the per-step arrays (10 vs 100) and loop bounds differ.
+    assert re.sub(r"\d+", "", texts[100]) == re.sub(r"\d+", "", texts[10])
 
 
 def test_compiled_program_does_not_grow_with_n():
@@ -170,8 +170,9 @@ def test_make_sampler_does_not_retrace_for_new_weights_keys_cond_config_state():
 
     second = sampler((GAUSS.mean + 1.0, jnp.asarray(0.3)), keys_for(1, 4), {"shift": jnp.ones((4,))})
     sampler((GAUSS.mean, GAUSS.std), keys_for(2, 4), cond, config=cfg.replace(s_churn=3.0, s_noise=1.0))
-    new_levels = kj.set_timesteps(cfg.replace(sigma_min=0.01, sigma_max=20.0), 5, "karras")
-    sampler((GAUSS.mean, GAUSS.std), keys_for(3, 4), cond, state=new_levels)
+    new_range = cfg.replace(sigma_min=0.01, sigma_max=20.0)
+    new_levels = kj.set_timesteps(new_range, 5, "karras")
+    sampler((GAUSS.mean, GAUSS.std), keys_for(3, 4), cond, state=new_levels, config=new_range)
     sampler((GAUSS.mean, GAUSS.std), jax.random.key_data(keys_for(4, 4)), cond)  # raw keys
     assert len(traces) == traced_once
     assert sampler.jitted._cache_size() == 1

@@ -98,7 +98,7 @@ def test_levels_are_float64_under_x64():
 def test_num_inference_steps_and_name_are_static_arrays_are_leaves():
     state = kj.set_timesteps(CFG, 4)
     leaves = jax.tree_util.tree_leaves(state)
-    assert len(leaves) == 4  # timesteps, schedule, sigmas, init_noise_sigma
+    assert len(leaves) == 6  # timesteps, schedule, sigmas, init_noise_sigma, sigma_min, sigma_max
     assert all(isinstance(leaf, jax.Array) for leaf in leaves)
 
     @jax.jit

@@ -15,22 +15,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from karras_jax.config import KarrasVeConfig
+from karras_jax.config import FIELDS, KarrasVeConfig
 
-__all__ = [
-    "CLASS_NAMES",
-    "CONFIG_NAME",
-    "DIFFUSERS_VERSION",
-    "config_from_dict",
-    "load_config",
-    "save_config",
-]
+__all__ = ["load_config", "save_config"]
 
 CONFIG_NAME = "scheduler_config.json"
 CLASS_NAMES = ("KarrasVeScheduler", "FlaxKarrasVeScheduler")
 # The diffusers release whose KarrasVeScheduler we mirror; diffusers parses this field.
 DIFFUSERS_VERSION = "0.42.1"
-_KEYS = ("sigma_min", "sigma_max", "s_noise", "s_churn", "s_min", "s_max")
 
 
 def config_from_dict(
@@ -57,11 +49,11 @@ def config_from_dict(
             f"{source}: _class_name is {class_name!r}; expected one of {CLASS_NAMES}. "
             "This file belongs to another scheduler."
         )
-    unknown = sorted(k for k in values if k not in _KEYS and not str(k).startswith("_"))
+    unknown = sorted(k for k in values if k not in FIELDS and not str(k).startswith("_"))
     if unknown:
         warnings.warn(f"{source}: ignoring unknown keys {unknown}.", UserWarning, stacklevel=stacklevel)
     kwargs = {}
-    for key in _KEYS:
+    for key in FIELDS:
         if key not in values:
             continue
         value = values[key]

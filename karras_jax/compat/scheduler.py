@@ -16,7 +16,8 @@ import jax
 from flax import struct
 from jax.typing import ArrayLike
 
-from karras_jax import _io, steps
+from karras_jax import steps
+from karras_jax.compat import config_file
 from karras_jax.config import KarrasVeConfig
 from karras_jax.state import KarrasVeState, set_timesteps
 
@@ -188,7 +189,7 @@ class KarrasVeScheduler:
         """
         values = config.to_dict() if isinstance(config, KarrasVeConfig) else dict(config)
         values.update(overrides)
-        return cls(**_io.config_from_dict(values, stacklevel=3).to_dict())
+        return cls(**config_file.config_from_dict(values, stacklevel=3).to_dict())
 
     @classmethod
     def from_pretrained(
@@ -198,17 +199,17 @@ class KarrasVeScheduler:
 
         Nothing is downloaded: a Hub id that is not a local path raises FileNotFoundError.
         """
-        config = _io.load_config(pretrained_model_name_or_path, subfolder, stacklevel=3)
+        config = config_file.load_config(pretrained_model_name_or_path, subfolder, stacklevel=3)
         scheduler = cls(**config.to_dict())
         return scheduler, scheduler.create_state()
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Writes ``scheduler_config.json`` (diffusers' format) into ``save_directory``."""
-        return _io.save_config(self._config, save_directory)
+        return config_file.save_config(self._config, save_directory)
 
     def save_config(self, save_directory: str | os.PathLike) -> Path:
         """The same as :meth:`save_pretrained` (diffusers' ``ConfigMixin`` name)."""
-        return _io.save_config(self._config, save_directory)
+        return config_file.save_config(self._config, save_directory)
 
 
 FlaxKarrasVeScheduler = KarrasVeScheduler
