@@ -48,7 +48,20 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _solver_list(text: str) -> tuple[str, ...]:
+    from karras_jax.solvers import SOLVERS
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in SOLVERS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(SOLVERS)}, got {text!r}")
+    return names
+
+
 def _build_parser() -> argparse.ArgumentParser:
+    from karras_jax.schedules import SCHEDULES
+
     parser = _Parser(prog="karras-jax", description="Karras/EDM stochastic sampling in JAX.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     demo = sub.add_parser(
@@ -59,7 +72,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     demo._sub = "demo"
     demo.add_argument("--steps", type=_positive_int, default=18, help="noise levels N (default 18)")
-    demo.add_argument("--schedule", choices=("karras", "ve", "diffusers"), default="karras",
+    demo.add_argument("--schedule", choices=SCHEDULES, default="karras",
                       help="noise-level schedule (default karras, EDM's rho=7)")
     demo.add_argument("--seeds", type=_positive_int, default=4096,
                       help="number of seeds, one sample each (default 4096)")
@@ -70,6 +83,9 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     demo.add_argument("--out", type=Path, default=Path("karras_jax_demo"),
                       help="output folder (default ./karras_jax_demo)")
+    demo.add_argument("--solvers", type=_solver_list, default=("heun", "euler"),
+                      help="comma-separated solvers to compare, the first one plotted "
+                           "(default heun,euler; also dpmpp_2m)")
     demo.add_argument("--no-plot", action="store_true", help="skip the PNG")
     return parser
 
@@ -106,34 +122,35 @@ def _demo(args: argparse.Namespace) -> int:
           f"({jax.device_count()} device{'s' if jax.device_count() > 1 else ''}): {args.seeds} "
           f"seeds, 2-D Gaussian mixture, "
           f"schedule={args.schedule}, s_churn={args.s_churn:g}")
-    header = (f"{'solver':<7}{'N':>5}{'NFE':>6}{'compile s':>11}{'run s':>9}"
+    w = max(7, 1 + max(map(len, args.solvers)))  # the name column, 7 wide for heun and euler
+    header = (f"{'solver':<{w}}{'N':>5}{'NFE':>6}{'compile s':>11}{'run s':>9}"
               f"{'samples/s':>12}{'energy dist':>13}")
     print(header)
     print("-" * len(header))
     results = {}
-    for solver in ("heun", "euler"):
+    for solver in args.solvers:
         sampler = jax.jit(lambda k, c, s=solver: kj.sample(mixture.denoise, k, state, c, (2,),
                                                            solver=s))
         _, first = _timed(sampler, keys, config)
         samples, run = _timed(sampler, keys, config)
-        nfe = 2 * args.steps - 1 if solver == "heun" else args.steps
+        nfe = kj.get_solver(solver).evaluations(args.steps)
         dist = float(energy_distance(samples, truth))
         results[solver] = np.asarray(samples)
-        print(f"{solver:<7}{args.steps:>5}{nfe:>6}{max(first - run, 0.0):>11.2f}{run:>9.3f}"
+        print(f"{solver:<{w}}{args.steps:>5}{nfe:>6}{max(first - run, 0.0):>11.2f}{run:>9.3f}"
               f"{args.seeds / run:>12,.0f}{dist:>13.5f}")
-    print(f"{'true':<7}{'':>5}{'':>6}{'':>11}{'':>9}{'':>12}{floor:>13.5f}"
+    print(f"{'true':<{w}}{'':>5}{'':>6}{'':>11}{'':>9}{'':>12}{floor:>13.5f}"
           "   <- two independent true sets (the floor)")
-    if not np.all(np.isfinite(results["heun"])):
+    if not all(np.all(np.isfinite(samples)) for samples in results.values()):
         print("karras-jax: error: non-finite samples", file=sys.stderr)
         return 1
 
     args.out.mkdir(parents=True, exist_ok=True)
     npz = args.out / "samples.npz"
-    np.savez(npz, heun=results["heun"], euler=results["euler"], true=np.asarray(truth),
+    np.savez(npz, **results, true=np.asarray(truth),
              sigmas=np.asarray(state.sigmas))
     print(f"wrote {npz}")
     if not args.no_plot:
-        png = _plot(args.out / "demo.png", np.asarray(truth), results["heun"], args)
+        png = _plot(args.out / "demo.png", np.asarray(truth), results[args.solvers[0]], args)
         print(f"wrote {png}" if png else "matplotlib not installed: no PNG (pip install "
               "'karras-jax[demo]')")
     del jnp
@@ -150,7 +167,7 @@ def _plot(path: Path, truth: Any, samples: Any, args: argparse.Namespace) -> Pat
         return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5), sharex=True, sharey=True)
     for ax, points, title in ((axes[0], truth, "true samples"),
-                              (axes[1], samples, f"karras_jax, Heun, N={args.steps}")):
+                              (axes[1], samples, f"karras_jax, {args.solvers[0]}, N={args.steps}")):
         ax.scatter(points[:, 0], points[:, 1], s=1.5, alpha=0.5, color="tab:blue")
         ax.set_title(title)
         ax.set_aspect("equal")

@@ -184,7 +184,7 @@ def check_state_matches_config(state: KarrasVeState, config: KarrasVeConfig) -> 
         built_value, given_value = np.asarray(built, dtype), np.asarray(given, dtype)
         if built_value.shape == given_value.shape == () and built_value != given_value:
             raise ValueError(
-                f"config.{name}={float(given_value)!r} differs from the {name}={float(built_value)!r} "
+                f"config.{name}={given_value!s} differs from the {name}={built_value!s} "
                 f"the state's levels were built with; call set_timesteps with this config (to sweep "
                 f"{name}, vmap over set_timesteps as well)."
             )

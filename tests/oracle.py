@@ -155,6 +155,51 @@ def algorithm2(
     return x
 
 
+def dpmpp_2m(
+    denoise: Denoiser,
+    x0: np.ndarray,
+    sigmas: Sequence[float],
+    s_churn: float = 0.0,
+    s_min: float = 0.0,
+    s_max: float = float("inf"),
+    noises: Sequence[np.ndarray] | None = None,
+) -> np.ndarray:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2 "multistep") in float64, VE data prediction.
+
+    In t = -log(sigma), with alpha = 1 (s(t) = 1):
+
+        x_{i+1} = (sigma_{i+1} / sigma_i) x_i - (e^{-h_i} - 1) D'_i,   h_i = t_{i+1} - t_i,
+        D'_i = (1 + 1/(2 r_i)) D_i - 1/(2 r_i) D_{i-1},                r_i = h_{i-1} / h_i,
+
+    first order (D'_i = D_i) at the first step and at the step to sigma = 0 (where the
+    update is x_N = D_{N-1}). With churn (karras_jax's documented rule): Algorithm 2's churn
+    first, the step starts at sigma_hat_i, the previous evaluation sits at sigma_hat_{i-1},
+    and a churned step (gamma_i > 0) is first order.
+    """
+    sigmas = [float(s) for s in sigmas]
+    n = len(sigmas) - 1
+    x = np.asarray(x0, np.float64)
+    previous, t_previous = None, None
+    for i in range(n):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        g = gamma(s_churn, s_min, s_max, n, sigma)
+        noise = np.zeros_like(x) if noises is None else noises[i]
+        x, sigma_hat = add_noise_to_input(x, sigma, g, noise)
+        denoised = denoise(x, sigma_hat)
+        t = -math.log(sigma_hat)
+        if sigma_next == 0:
+            x = denoised
+        else:
+            h = -math.log(sigma_next) - t
+            extrapolated = denoised
+            if previous is not None and g == 0:
+                r = (t - t_previous) / h
+                extrapolated = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
+            x = (sigma_next / sigma_hat) * x - math.expm1(-h) * extrapolated
+        previous, t_previous = denoised, t
+    return x
+
+
 # --- closed forms ------------------------------------------------------------------------
 
 

@@ -30,6 +30,18 @@ def test_demo_writes_samples_and_reports_a_distance_near_the_floor(tmp_path, cap
         assert "pip install 'karras-jax[demo]'" in text
 
 
+def test_demo_compares_any_registered_solvers(tmp_path, capsys):
+    argv = ["demo", "--seeds", "256", "--steps", "10", "--s-churn", "0", "--solvers", "dpmpp_2m,heun",
+            "--out", str(tmp_path), "--no-plot"]
+    assert main(argv) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("heun ", "dpmpp_2m", "euler"))}
+    assert rows["dpmpp_2m"][1:3] == ["10", "10"] and rows["heun"][1:3] == ["10", "19"]
+    assert "euler" not in rows
+    with np.load(tmp_path / "samples.npz") as data:
+        assert set(data.files) == {"dpmpp_2m", "heun", "true", "sigmas"}
+
+
 def test_demo_heun_beats_euler_without_churn(tmp_path, capsys):
     main(["demo", "--seeds", "1024", "--steps", "8", "--s-churn", "0", "--out", str(tmp_path), "--no-plot"])
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
@@ -47,6 +59,8 @@ def test_demo_heun_beats_euler_without_churn(tmp_path, capsys):
         (["demo", "--s-churn", "-1"], "--s-churn"),
         (["demo", "--s-noise", "nan"], "--s-noise"),
         (["demo", "--schedule", "cosine"], "--schedule"),
+        (["demo", "--solvers", "heun,rk4"], "--solvers"),
+        (["demo", "--solvers", ","], "--solvers"),
         (["demo", "--bogus"], "--bogus"),
         (["sample-everything"], "sample-everything"),
     ],

@@ -144,3 +144,23 @@ def test_config_reads_like_diffusers_frozen_dict():
     assert dict(**cfg) == cfg.to_dict()
     with pytest.raises(KeyError):
         cfg["num_train_timesteps"]
+
+
+def test_checked_where_users_build_it_not_on_pytree_rebuilds(monkeypatch):
+    # JAX rebuilds a config on every tree_map / vmap / jit; those rebuilds check nothing.
+    from karras_jax import config as config_module
+
+    calls = []
+    real = config_module._check_values
+    monkeypatch.setattr(config_module, "_check_values", lambda c: calls.append(1) or real(c))
+    cfg = kj.KarrasVeConfig(s_churn=3.0)
+    grid = cfg.replace(s_churn=jnp.ones(3))
+    spec = kj.KarrasVeConfig(None, None, None, 0, None, None)
+    assert len(calls) == 3  # the constructors and replace()
+    rebuilt = jax.tree_util.tree_map(lambda v: v * 2, cfg)
+    jax.jit(lambda c: c.s_churn)(cfg)
+    jax.vmap(lambda c: c.s_churn, in_axes=(spec,))(grid)
+    assert len(calls) == 3  # rebuilds by JAX check nothing
+    assert isinstance(rebuilt, kj.KarrasVeConfig) and rebuilt.s_churn == 6.0
+    with pytest.raises(ValueError, match="s_churn must be >= 0"):
+        cfg.replace(s_churn=-1.0)

@@ -195,3 +195,70 @@ def test_bad_custom_sigmas(bad):
 def test_config_must_be_a_karras_ve_config():
     with pytest.raises(TypeError, match="config"):
         kj.set_timesteps({"sigma_min": 0.02}, 5)
+
+
+# --- a state and a config that disagree ------------------------------------------------------
+
+
+def _denoise(x, sigma, cond):
+    return x / (1.0 + sigma**2)
+
+
+@pytest.mark.parametrize("field, value", [("sigma_max", 80.0), ("sigma_min", 0.01)])
+def test_sampling_with_a_config_of_another_range_is_refused_naming_both(field, value):
+    # The levels come from the state: a config with another range would be silently ignored.
+    cfg = kj.KarrasVeConfig()
+    state = kj.set_timesteps(cfg, 5)
+    other = cfg.replace(**{field: value})
+    keys = jax.random.split(jax.random.key(0), 2)
+    built = getattr(cfg, field)
+    with pytest.raises(ValueError, match=rf"config.{field}={value}.*{field}={built}.*set_timesteps"):
+        kj.sample(_denoise, keys, state, other, (3,))
+    with pytest.raises(ValueError, match=rf"config.{field}"):
+        kj.make_sampler(lambda p, x, s, c: _denoise(x, s, c), state, other, (3,))
+    sampler = kj.make_sampler(lambda p, x, s, c: _denoise(x, s, c), state, cfg, (3,))
+    with pytest.raises(ValueError, match=rf"config.{field}"):
+        sampler(None, keys, config=other)
+    with pytest.raises(ValueError, match=rf"config.{field}"):
+        sampler(None, keys, state=kj.set_timesteps(other, 5))
+    sampler(None, keys, state=kj.set_timesteps(other, 5), config=other)  # consistent again
+
+
+def test_other_hyperparameters_and_custom_levels_are_not_compared():
+    cfg = kj.KarrasVeConfig()
+    keys = jax.random.split(jax.random.key(0), 2)
+    kj.sample(_denoise, keys, kj.set_timesteps(cfg, 5), cfg.replace(s_churn=3.0, s_min=0.1), (3,))
+    custom = kj.set_timesteps(cfg, sigmas=[3.0, 1.0, 0.1])
+    assert custom.sigma_min is None and custom.sigma_max is None
+    kj.sample(_denoise, keys, custom, cfg.replace(sigma_max=7.0), (3,))  # custom levels: no range
+
+
+def test_sweeping_sigma_max_vmaps_set_timesteps_too():
+    cfg = kj.KarrasVeConfig(s_churn=0.0)
+    keys = jax.random.split(jax.random.key(0), 2)
+
+    def run(sigma_max):
+        c = cfg.replace(sigma_max=sigma_max)
+        return kj.sample(_denoise, keys, kj.set_timesteps(c, 5, "karras"), c, (3,))
+
+    grid = jnp.asarray([20.0, 80.0])
+    swept = jax.vmap(run)(grid)
+    for j, m in enumerate([20.0, 80.0]):
+        c = cfg.replace(sigma_max=m)
+        single = kj.sample(_denoise, keys, kj.set_timesteps(c, 5, "karras"), c, (3,))
+        np.testing.assert_allclose(swept[j], single, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(swept[0], swept[1])
+
+
+@pytest.mark.parametrize("n", [3, 8])
+def test_a_state_edited_to_another_step_count_is_refused(n):
+    state = kj.set_timesteps(kj.KarrasVeConfig(), 5)
+    edited = state.replace(num_inference_steps=n)
+    keys = jax.random.split(jax.random.key(0), 2)
+    message = rf"num_inference_steps={n} disagrees with state.sigmas of shape \(6,\)"
+    with pytest.raises(ValueError, match=message):
+        kj.sample(_denoise, keys, edited, kj.KarrasVeConfig(), (3,))
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        kj.initial_noise(keys, edited, (3,))
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        kj.add_noise_to_input(kj.KarrasVeConfig(), edited, jnp.zeros(3), 1.0, jax.random.key(0))
