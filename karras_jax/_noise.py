@@ -141,7 +141,7 @@ def fold_in_per_key(keys: jax.Array, data: Any) -> jax.Array:
     return _per_key(jax.random.fold_in, keys, data)
 
 
-def normal_per_key(keys: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+def normal_per_key(keys: jax.Array, shape: tuple[int, ...], dtype: DTypeLike) -> jax.Array:
     """``stack([jax.random.normal(k, shape, dtype) for k in keys])``, bitwise, fast.
 
     Args:

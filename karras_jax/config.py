@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import serialization
 from jax.typing import ArrayLike
 
 from karras_jax._validation import concrete_value
@@ -110,6 +111,19 @@ def _unflatten(_: None, leaves: Any) -> KarrasVeConfig:
 
 
 jax.tree_util.register_pytree_with_keys(KarrasVeConfig, _flatten_with_keys, _unflatten, _flatten)
+
+
+def _to_state_dict(config: KarrasVeConfig) -> dict[str, Any]:
+    return {name: serialization.to_state_dict(getattr(config, name)) for name in FIELDS}
+
+
+def _from_state_dict(config: KarrasVeConfig, state: dict[str, Any]) -> KarrasVeConfig:
+    return config.replace(**{name: serialization.from_state_dict(getattr(config, name), state[name])
+                             for name in FIELDS})
+
+
+# As flax.struct dataclasses do, so flax.serialization (and checkpoints built on it) round-trip.
+serialization.register_serialization_state(KarrasVeConfig, _to_state_dict, _from_state_dict)
 
 
 def check_config(config: Any) -> KarrasVeConfig:

@@ -164,3 +164,12 @@ def test_checked_where_users_build_it_not_on_pytree_rebuilds(monkeypatch):
     assert isinstance(rebuilt, kj.KarrasVeConfig) and rebuilt.s_churn == 6.0
     with pytest.raises(ValueError, match="s_churn must be >= 0"):
         cfg.replace(s_churn=-1.0)
+
+
+def test_flax_serialization_round_trips():
+    from flax import serialization
+
+    cfg = kj.KarrasVeConfig(sigma_max=80.0, s_churn=3.0)
+    data = serialization.to_bytes(cfg)
+    back = serialization.from_bytes(kj.KarrasVeConfig(), data)
+    assert back.to_dict() == cfg.to_dict()
