@@ -7,6 +7,7 @@ forces a host round-trip; the same call made eagerly gets the full check.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import operator
@@ -18,7 +19,10 @@ import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
 __all__ = [
+    "check_arity",
     "check_cond",
+    "check_finite_array",
+    "check_representable_levels",
     "check_dtype",
     "check_float_array",
     "check_key",
@@ -171,3 +175,72 @@ def check_cond(cond: Any, batch: int) -> None:
                 f"cond{'' if where == 'cond' else where} must have leading dimension B={batch} "
                 f"(one entry per key), got shape {shape}."
             )
+
+
+def check_arity(name: str, fn: Any, call: str, num_args: int) -> None:
+    """Checks that ``fn`` is callable with ``num_args`` positional arguments, as ``call`` shows.
+
+    Functions whose signature cannot be read (some builtins) are let through.
+
+    Raises:
+      TypeError: ``fn`` is not callable, or its signature cannot take the call.
+    """
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable as {call}, got {type(fn).__name__}.")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*range(num_args))
+    except TypeError:
+        raise TypeError(
+            f"{name} is called as {call} ({num_args} positional arguments), but its signature is "
+            f"{signature}; wrap it, e.g. lambda {call[call.index('(') + 1:-1]}: ..."
+        ) from None
+
+
+def check_finite_array(name: str, value: Any) -> None:
+    """Raises ValueError when a concrete array holds NaN or inf (tracers pass)."""
+    if isinstance(value, jax.core.Tracer) or value is None:
+        return
+    array = np.asarray(value)
+    if np.issubdtype(array.dtype, np.floating) or array.dtype == jnp.bfloat16:
+        bad = ~np.isfinite(array.astype(np.float32))
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{name} must be finite: it holds {int(bad.sum())} NaN/inf value(s), the first at "
+                f"index {where}."
+            )
+
+
+def check_representable_levels(levels: np.ndarray, what: str) -> None:
+    """Checks float64 noise levels once rounded to the level dtype: finite, normal, not NaN.
+
+    XLA on CPU flushes subnormal numbers to zero, after which a division by sigma gives inf;
+    a level that overflows is inf outright.
+
+    Args:
+      levels: The levels as computed in float64.
+      what: The parameters they come from, for the message (``"sigma_max=1e+40"``).
+
+    Raises:
+      ValueError: naming ``what`` and the limit crossed.
+    """
+    dtype = level_dtype()
+    info = np.finfo(dtype)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        rounded = np.asarray(levels, np.float64).astype(dtype)
+    if np.isnan(rounded).any():
+        raise ValueError(f"{what} give NaN noise levels; use values for which the schedule is defined.")
+    if np.isinf(rounded).any():
+        raise ValueError(
+            f"{what} give noise levels beyond the largest {dtype.name} ({float(info.max):.4g}); use a "
+            "smaller sigma_max."
+        )
+    if (np.abs(rounded) < info.tiny).any():
+        raise ValueError(
+            f"{what} give noise levels below the smallest normal {dtype.name} ({float(info.tiny):.4g}), "
+            "which XLA flushes to zero; use a larger sigma_min."
+        )

@@ -9,11 +9,14 @@ independent true sample sets (the floor no sampler can beat at that sample size)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+
+from karras_jax._files import atomic_write, check_writable_folder
 
 __all__ = ["main"]
 
@@ -48,6 +51,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed in 0 .. {2**32 - 1}, got {text}")
+    return value
+
+
 def _solver_list(text: str) -> tuple[str, ...]:
     from karras_jax.solvers import SOLVERS
 
@@ -60,9 +73,11 @@ def _solver_list(text: str) -> tuple[str, ...]:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from karras_jax import __version__
     from karras_jax.schedules import SCHEDULES
 
     parser = _Parser(prog="karras-jax", description="Karras/EDM stochastic sampling in JAX.")
+    parser.add_argument("--version", action="version", version=f"karras-jax {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     demo = sub.add_parser(
         "demo",
@@ -80,7 +95,7 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="stochasticity S_churn (default 40; 0 is the deterministic sampler)")
     demo.add_argument("--s-noise", type=_non_negative_float, default=1.0,
                       help="churn noise scale S_noise (default 1.0: the denoiser is exact)")
-    demo.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    demo.add_argument("--seed", type=_seed, default=0, help="base seed, 0 .. 2**32 - 1 (default 0)")
     demo.add_argument("--out", type=Path, default=Path("karras_jax_demo"),
                       help="output folder (default ./karras_jax_demo)")
     demo.add_argument("--solvers", type=_solver_list, default=("heun", "euler"),
@@ -98,9 +113,60 @@ def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
+# The energy distance is quadratic in the number of points: it is computed on the first
+# EVAL_POINTS samples (and as many true ones), and so is the plot.
+EVAL_POINTS = 8192
+# Bytes held per seed: samples of each solver, the true sets, keys and the sampler's
+# temporaries (measured peak ~170 B/seed at --seeds 1000000; twice that for headroom).
+_BYTES_PER_SEED = 384
+_BYTES_FIXED = 1 << 30  # JAX, XLA and the compiled programs
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_demo_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Everything that can be refused before JAX starts: memory, the output folder and files."""
+    need = _BYTES_FIXED + _BYTES_PER_SEED * args.seeds * max(1, len(args.solvers))
+    have = _available_memory()
+    if have is not None and need > have:
+        parser.error(f"argument --seeds: {args.seeds:,} seeds need about {need / 2**30:.1f} GiB, "
+                     f"{have / 2**30:.1f} GiB is available")
+    try:  # before any sampling, so a bad folder costs nothing and reads as one line
+        check_writable_folder(args.out)
+    except OSError as err:
+        parser.exit(2, f"karras-jax: error: argument --out: cannot write to {args.out} "
+                       f"({err.strerror or err})\n")
+    for name in ("samples.npz", "demo.png"):
+        if (args.out / name).is_dir():
+            parser.exit(2, f"karras-jax: error: argument --out: {args.out / name} is a folder, "
+                           "in the way of an output file\n")
+
+
+def _row(cells: Sequence[tuple[str, int, str]]) -> str:
+    """Cells (text, width, align) joined so that a cell wider than its column still has a space."""
+    out = []
+    for i, (text, width, align) in enumerate(cells):
+        if align == "<":
+            out.append(text.ljust(width) if i + 1 == len(cells) or len(text) < width else text + " ")
+        else:
+            out.append(" " + text.rjust(width - 1) if i else text.rjust(width))
+    return "".join(out)
+
+
 def _demo(args: argparse.Namespace) -> int:
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     import karras_jax as kj
@@ -115,16 +181,24 @@ def _demo(args: argparse.Namespace) -> int:
     state = kj.set_timesteps(config, args.steps, args.schedule)
     keys = jax.random.split(jax.random.key(args.seed), args.seeds)
     k_true, k_floor = jax.random.split(jax.random.key(args.seed + 1_000_003))
+    evaluated = min(args.seeds, EVAL_POINTS)
     truth = mixture.sample(k_true, args.seeds)
-    floor = float(energy_distance(mixture.sample(k_floor, args.seeds), truth))
+    floor = float(energy_distance(mixture.sample(k_floor, evaluated), truth[:evaluated]))
 
     print(f"karras_jax {kj.__version__} demo on {jax.devices()[0].platform.upper()} "
           f"({jax.device_count()} device{'s' if jax.device_count() > 1 else ''}): {args.seeds} "
           f"seeds, 2-D Gaussian mixture, "
           f"schedule={args.schedule}, s_churn={args.s_churn:g}")
+    if args.schedule == "diffusers":
+        print(f"diffusers' levels use sigma_min={config.sigma_min:g}, sigma_max={config.sigma_max:g} "
+              f"(levels {float(state.sigmas[0]):g} .. {float(state.sigmas[-2]):g}: their squares)")
+    if evaluated < args.seeds:
+        print(f"energy distance on the first {evaluated} samples (it is quadratic in their number)")
     w = max(7, 1 + max(map(len, args.solvers)))  # the name column, 7 wide for heun and euler
-    header = (f"{'solver':<{w}}{'N':>5}{'NFE':>6}{'compile s':>11}{'run s':>9}"
-              f"{'samples/s':>12}{'energy dist':>13}")
+    columns = ((w, "<"), (5, ">"), (6, ">"), (11, ">"), (9, ">"), (12, ">"), (13, ">"))
+    header = _row([(t, cw, a) for t, (cw, a) in
+                   zip(("solver", "N", "NFE", "compile s", "run s", "samples/s", "energy dist"), columns,
+                       strict=True)])
     print(header)
     print("-" * len(header))
     results = {}
@@ -134,30 +208,34 @@ def _demo(args: argparse.Namespace) -> int:
         _, first = _timed(sampler, keys, config)
         samples, run = _timed(sampler, keys, config)
         nfe = kj.get_solver(solver).evaluations(args.steps)
-        dist = float(energy_distance(samples, truth))
+        dist = float(energy_distance(samples[:evaluated], truth[:evaluated]))
         results[solver] = np.asarray(samples)
-        print(f"{solver:<{w}}{args.steps:>5}{nfe:>6}{max(first - run, 0.0):>11.2f}{run:>9.3f}"
-              f"{args.seeds / run:>12,.0f}{dist:>13.5f}")
-    print(f"{'true':<{w}}{'':>5}{'':>6}{'':>11}{'':>9}{'':>12}{floor:>13.5f}"
-          "   <- two independent true sets (the floor)")
+        cells = (solver, str(args.steps), str(nfe), f"{max(first - run, 0.0):.2f}", f"{run:.3f}",
+                 f"{args.seeds / run:,.0f}", f"{dist:.5f}")
+        print(_row([(t, cw, a) for t, (cw, a) in zip(cells, columns, strict=True)]))
+    print(_row([(t, cw, a) for t, (cw, a) in
+                zip(("true", "", "", "", "", "", f"{floor:.5f}"), columns, strict=True)])
+          + "   <- two independent true sets (the floor)")
     if not all(np.all(np.isfinite(samples)) for samples in results.values()):
         print("karras-jax: error: non-finite samples", file=sys.stderr)
         return 1
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    npz = args.out / "samples.npz"
-    np.savez(npz, **results, true=np.asarray(truth),
-             sigmas=np.asarray(state.sigmas))
+    npz = atomic_write(args.out / "samples.npz",
+                       lambda f: np.savez(f, **results, true=np.asarray(truth),
+                                          sigmas=np.asarray(state.sigmas)))
     print(f"wrote {npz}")
     if not args.no_plot:
-        png = _plot(args.out / "demo.png", np.asarray(truth), results[args.solvers[0]], args)
+        first = args.solvers[0]
+        dist = float(energy_distance(results[first][:evaluated], truth[:evaluated]))
+        png = _plot(args.out / "demo.png", np.asarray(truth[:evaluated]), results[first][:evaluated],
+                    args, dist, floor)
         print(f"wrote {png}" if png else "matplotlib not installed: no PNG (pip install "
               "'karras-jax[demo]')")
-    del jnp
     return 0
 
 
-def _plot(path: Path, truth: Any, samples: Any, args: argparse.Namespace) -> Path | None:
+def _plot(path: Path, truth: Any, samples: Any, args: argparse.Namespace, dist: float,
+          floor: float) -> Path | None:
     try:
         import matplotlib
 
@@ -165,19 +243,23 @@ def _plot(path: Path, truth: Any, samples: Any, args: argparse.Namespace) -> Pat
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5), sharex=True, sharey=True)
-    for ax, points, title in ((axes[0], truth, "true samples"),
-                              (axes[1], samples, f"karras_jax, {args.solvers[0]}, N={args.steps}")):
+    fig, axes = plt.subplots(1, 2, figsize=(9, 5.2), sharex=True, sharey=True, layout="constrained")
+    panels = ((axes[0], truth, "true samples", f"(floor: two true sets differ by {floor:.4f})"),
+              (axes[1], samples, f"karras_jax, {args.solvers[0]}, N={args.steps}",
+               f"energy distance to the true set {dist:.4f}"))
+    for ax, points, title, note in panels:
         ax.scatter(points[:, 0], points[:, 1], s=1.5, alpha=0.5, color="tab:blue")
-        ax.set_title(title)
+        ax.set_title(f"{title}\n{note}", fontsize=10)
+        ax.set_xlabel("x[0]")
+        ax.set_ylabel("x[1]")
         ax.set_aspect("equal")
         ax.set_xlim(-3.2, 3.2)
         ax.set_ylim(-3.2, 3.2)
-    fig.suptitle(f"{len(samples)} seeds, schedule={args.schedule}, s_churn={args.s_churn:g}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    shown = f"first {len(samples)} of {args.seeds}" if len(samples) < args.seeds else f"{args.seeds}"
+    fig.suptitle(f"{shown} seeds, schedule={args.schedule}, s_churn={args.s_churn:g}")
+    out = atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
-    return path
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -187,13 +269,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command == "demo":
-        try:  # before any sampling, so a bad folder costs nothing and reads as one line
-            args.out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            parser.exit(2, f"karras-jax: error: argument --out: cannot create {args.out} "
-                           f"({err.strerror or err})\n")
-        return _demo(args)
+    try:
+        if args.command == "demo":
+            _check_demo_args(args, parser)
+            return _demo(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("\nkarras-jax: interrupted; files written so far are complete, none half-written\n")
+        return 130
+    except OSError as err:
+        sys.stderr.write(f"karras-jax: error: {err.strerror or err}\n")
+        return 1
     parser.error(f"unknown command {args.command!r}")
 
 

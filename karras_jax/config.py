@@ -3,6 +3,7 @@ r"""The six hyperparameters of the Karras VE stochastic sampler."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import numbers
 from typing import Any
 
@@ -93,6 +94,25 @@ class KarrasVeConfig:
         return out
 
 
+_dataclass_init = KarrasVeConfig.__init__
+
+
+def _init(self: KarrasVeConfig, *args: Any, **kwargs: Any) -> None:
+    unknown = sorted(set(kwargs) - set(FIELDS))
+    if unknown:
+        raise TypeError(f"KarrasVeConfig has no field {', '.join(map(repr, unknown))}; the fields are "
+                        f"{', '.join(FIELDS)}.")
+    if len(args) > len(FIELDS):
+        raise TypeError(f"KarrasVeConfig takes at most {len(FIELDS)} values ({', '.join(FIELDS)}), "
+                        f"got {len(args)}.")
+    _dataclass_init(self, *args, **kwargs)
+
+
+_init.__doc__ = _dataclass_init.__doc__
+_init.__signature__ = inspect.signature(_dataclass_init)  # type: ignore[attr-defined]
+KarrasVeConfig.__init__ = _init  # type: ignore[method-assign]
+
+
 def _flatten(config: KarrasVeConfig) -> tuple[tuple[Any, ...], None]:
     return tuple(getattr(config, name) for name in FIELDS), None
 
@@ -126,15 +146,20 @@ def _from_state_dict(config: KarrasVeConfig, state: dict[str, Any]) -> KarrasVeC
 serialization.register_serialization_state(KarrasVeConfig, _to_state_dict, _from_state_dict)
 
 
-def check_config(config: Any) -> KarrasVeConfig:
+def check_config(config: Any, *, scalar: bool = False) -> KarrasVeConfig:
     """Returns ``config`` after checking it is a config whose fields hold numbers or arrays.
 
     For functions that compute with a config: placeholders (None) are allowed only in
     configs used as pytree specs.
 
+    Args:
+      config: The config to check.
+      scalar: Also require one value per field (inside ``jax.vmap`` the fields are scalars).
+
     Raises:
       TypeError: ``config`` is not a :class:`KarrasVeConfig`, or a field holds None or
         another non-numeric object.
+      ValueError: ``scalar`` and a field holds an array of values.
     """
     if not isinstance(config, KarrasVeConfig):
         raise TypeError(f"config must be a KarrasVeConfig, got {type(config).__name__}.")
@@ -144,6 +169,12 @@ def check_config(config: Any) -> KarrasVeConfig:
             raise TypeError(
                 f"config.{name} must be a real number or an array, got {type(value).__name__} "
                 f"{value!r}."
+            )
+        if scalar and np.ndim(value) != 0:
+            raise ValueError(
+                f"config.{name} holds an array of shape {np.shape(value)} where one value belongs; "
+                f"to run several values, jax.vmap over them, e.g. jax.vmap(lambda v: "
+                f"run(cfg.replace({name}=v)))(values)."
             )
     return config
 

@@ -25,6 +25,7 @@ for the churn of step ``i`` (0-based). A sample therefore depends only on its ow
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Callable
@@ -33,14 +34,22 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 from jax.typing import ArrayLike, DTypeLike
 
 from karras_jax._noise import churn_keys, churn_noise, normalize_keys, start_sample
-from karras_jax._validation import check_cond, check_dtype, check_sample_shape, level_dtype
+from karras_jax._validation import (
+    check_arity,
+    check_cond,
+    check_dtype,
+    check_finite_array,
+    check_sample_shape,
+    level_dtype,
+)
 from karras_jax.config import KarrasVeConfig, check_config
 from karras_jax.solvers import Levels, Solver, get_solver
 from karras_jax.solvers.base import levels_of
-from karras_jax.state import KarrasVeState, check_state, check_state_matches_config
+from karras_jax.state import KarrasVeState, check_levels_fit, check_state, check_state_matches_config
 from karras_jax.steps import add_churn, churn_levels
 
 __all__ = ["Trajectory", "make_sampler", "sample"]
@@ -116,6 +125,7 @@ def sample(
     dtype: DTypeLike = jnp.float32,
     return_trajectory: bool = False,
     progress: bool | Callable[[Any], None] = False,
+    check_finite: bool = False,
 ) -> jax.Array | tuple[jax.Array, Trajectory]:
     r"""Runs Algorithm 2 for a batch of seeds: one ``fori_loop``, jit- and vmap-friendly.
 
@@ -157,39 +167,70 @@ def sample(
       progress: True prints a progress bar to stderr from a host callback; a callable is
         called with the 0-based step index. Off by default: the program then has no host
         callbacks.
+      check_finite: Debug mode: check every network output and every update, and raise
+        ``FloatingPointError`` at the first NaN or inf, naming the step, sigma_hat and
+        whether the denoiser's output or the update produced it (``jax.experimental.
+        checkify``). The call then compiles and runs its own checked program and waits for
+        it, so it must be made outside ``jit``/``vmap``; :func:`make_sampler` takes it too.
+        Off by default: the default program has no checks.
 
     Returns:
       (B, *sample_shape) samples in ``dtype``, or ``(samples, trajectory)``.
 
     Raises:
-      TypeError / ValueError: bad keys, sample_shape, dtype, solver, cond, x_init, state, a
-        config whose sigma_min/sigma_max differ from the state's, or a denoiser whose output
-        shape differs from its input.
+      TypeError / ValueError: bad keys, sample_shape, dtype, solver, cond, x_init (also NaN
+        or inf in a concrete one), state, a config whose sigma_min/sigma_max differ from the
+        state's or that holds an array of values, levels the dtype cannot hold, or a
+        denoiser whose signature or output shape does not fit.
+      FloatingPointError: with ``check_finite=True``, at the first non-finite value.
     """
-    check_config(config)
+    args = _checked(denoise_fn, keys, state, config, sample_shape, cond, solver, x_init, dtype,
+                    return_trajectory, progress)
+    if not check_finite:
+        return _sample(*args)
+    traced = [leaf for leaf in jax.tree_util.tree_leaves((keys, state, config, cond, x_init))
+              if isinstance(leaf, jax.core.Tracer)]
+    if traced:
+        raise ValueError(
+            "check_finite=True runs its own checked program and raises on the host: call "
+            "kj.sample(..., check_finite=True) outside jax.jit / jax.vmap, or use "
+            "kj.make_sampler(..., check_finite=True)."
+        )
+    checked = jax.jit(checkify.checkify(lambda: _sample(*args, checks=True), errors=checkify.user_checks))
+    return raise_if_not_finite(*checked())
+
+
+def _checked(denoise_fn: DenoiseFn, keys: jax.Array, state: KarrasVeState, config: KarrasVeConfig,
+             sample_shape: tuple[int, ...], cond: Any, solver: str | Solver, x_init: ArrayLike | None,
+             dtype: DTypeLike, return_trajectory: bool,
+             progress: bool | Callable[[Any], None]) -> tuple[Any, ...]:
+    """:func:`sample`'s arguments, checked and normalised, in :func:`_sample`'s order."""
+    check_config(config, scalar=True)
     check_state(state)
     check_state_matches_config(state, config)
     solver = get_solver(solver)
-    if not callable(denoise_fn):
-        raise TypeError(f"denoise_fn must be callable, got {type(denoise_fn).__name__}.")
+    check_arity("denoise_fn", denoise_fn, "denoise_fn(x, sigma, cond)", 3)
     keys = normalize_keys(keys)
     sample_shape = check_sample_shape(sample_shape)
     dtype = check_dtype(dtype)
+    check_levels_fit(state, dtype)
     full_shape = (keys.shape[0], *sample_shape)
     check_cond(cond, keys.shape[0])
-    if x_init is not None and jnp.shape(x_init) != full_shape:
-        raise ValueError(
-            f"x_init must have shape (B, *sample_shape) = {full_shape}, got {jnp.shape(x_init)}."
-        )
-    return _sample(denoise_fn, keys, state, config, sample_shape, cond, solver, x_init, dtype,
-                   return_trajectory, progress)
+    if x_init is not None:
+        if jnp.shape(x_init) != full_shape:
+            raise ValueError(
+                f"x_init must have shape (B, *sample_shape) = {full_shape}, got {jnp.shape(x_init)}."
+            )
+        check_finite_array("x_init", x_init)
+    return (denoise_fn, keys, state, config, sample_shape, cond, solver, x_init, dtype,
+            return_trajectory, progress)
 
 
 def _sample(denoise_fn: DenoiseFn, keys: jax.Array, state: KarrasVeState, config: KarrasVeConfig,
             sample_shape: tuple[int, ...], cond: Any, solver: Solver, x_init: ArrayLike | None,
-            dtype: jnp.dtype, return_trajectory: bool,
-            progress: bool | Callable[[Any], None]) -> jax.Array | tuple[jax.Array, Trajectory]:
-    """:func:`sample` on checked arguments."""
+            dtype: jnp.dtype, return_trajectory: bool, progress: bool | Callable[[Any], None],
+            checks: bool = False) -> jax.Array | tuple[jax.Array, Trajectory]:
+    """:func:`sample` on checked arguments; ``checks`` adds the checkify checks of ``check_finite``."""
     n = state.num_inference_steps
     full_shape = (keys.shape[0], *sample_shape)
     carry = jnp.promote_types(dtype, level_dtype())
@@ -200,7 +241,7 @@ def _sample(denoise_fn: DenoiseFn, keys: jax.Array, state: KarrasVeState, config
     else:
         x0 = jnp.asarray(x_init).astype(carry)
 
-    def denoise(x: jax.Array, sigma: jax.Array) -> jax.Array:
+    def denoise(x: jax.Array, sigma: jax.Array, step: jax.Array | None = None) -> jax.Array:
         out = denoise_fn(x.astype(dtype), sigma, cond)
         if not hasattr(out, "shape") or not hasattr(out, "dtype"):
             raise TypeError(
@@ -212,7 +253,12 @@ def _sample(denoise_fn: DenoiseFn, keys: jax.Array, state: KarrasVeState, config
                 f"denoise_fn must return an array shaped like its input {full_shape}, "
                 f"got {jnp.shape(out)}."
             )
-        return jnp.asarray(out).astype(carry)
+        out = jnp.asarray(out).astype(carry)
+        if checks:
+            checkify.check(jnp.all(jnp.isfinite(out)),
+                           "non-finite value in the denoiser's output at step {step} (sigma={sigma}); "
+                           "its input was finite", step=step, sigma=sigma)
+        return out
 
     churn = _churn_fn(k_churn, sample_shape, dtype, math.prod(full_shape))
     report = _progress_printer(n) if progress is True else progress
@@ -221,7 +267,12 @@ def _sample(denoise_fn: DenoiseFn, keys: jax.Array, state: KarrasVeState, config
                   advance: Callable[..., tuple[jax.Array, jax.Array, Any]]) -> tuple[Any, ...]:
         levels_i = jax.tree_util.tree_map(lambda column: column[i], levels)
         x_hat = churn(i, x, noise_std[i])
-        x_next, denoised, solver_state = advance(denoise, x_hat, levels_i, solver_state)
+        step_denoise = functools.partial(denoise, step=i) if checks else denoise
+        x_next, denoised, solver_state = advance(step_denoise, x_hat, levels_i, solver_state)
+        if checks:
+            checkify.check(jnp.all(jnp.isfinite(x_next)),
+                           "non-finite value in the update of step {step} (sigma_hat={sigma}); the "
+                           "denoiser's outputs were finite", step=i, sigma=levels_i.sigma_hat)
         if report:
             jax.debug.callback(report, i, ordered=True)
         return x_next, denoised, solver_state
@@ -252,6 +303,14 @@ def _sample(denoise_fn: DenoiseFn, keys: jax.Array, state: KarrasVeState, config
         sigmas=state.sigmas.astype(level_dtype()),
     )
     return x_last, trajectory
+
+
+def raise_if_not_finite(error: checkify.Error, out: Any) -> Any:
+    """``out``, after raising ``FloatingPointError`` if the checkify ``error`` holds one."""
+    message = error.get()
+    if message is not None:
+        raise FloatingPointError(message.replace(" (`check` failed)", ""))
+    return out
 
 
 def _churn_fn(k_churn: jax.Array, sample_shape: tuple[int, ...], dtype: jnp.dtype,
@@ -290,12 +349,13 @@ def as_traced_config(config: KarrasVeConfig) -> KarrasVeConfig:
     return jax.tree_util.tree_map(cast, config)
 
 
-def check_sampler_defaults(state: KarrasVeState,
-                           config: KarrasVeConfig) -> tuple[KarrasVeState, KarrasVeConfig]:
+def check_sampler_defaults(state: KarrasVeState, config: KarrasVeConfig,
+                           dtype: jnp.dtype) -> tuple[KarrasVeState, KarrasVeConfig]:
     """Checks a sampler's state and config once, when it is built (or when a call overrides them)."""
-    check_config(config)
+    check_config(config, scalar=True)
     check_state(state)
     check_state_matches_config(state, config)
+    check_levels_fit(state, dtype)
     return state, as_traced_config(config)
 
 
@@ -309,6 +369,7 @@ def make_sampler(
     dtype: DTypeLike = jnp.float32,
     return_trajectory: bool = False,
     progress: bool | Callable[[Any], None] = False,
+    check_finite: bool = False,
 ) -> Callable[..., Any]:
     """Returns a jitted ``sampler(params, keys, cond=None, x_init=None, *, config=, state=)``.
 
@@ -324,6 +385,9 @@ def make_sampler(
     a call, or at trace time for new shapes), so a call costs what the jitted program's
     dispatch costs. ``sampler.jitted(params, keys, cond, x_init, config, state)`` is that
     program (raw uint32 keys are wrapped as typed keys before it, so both share it).
+    ``check_finite=True`` compiles the checked program of :func:`sample`'s debug mode and
+    raises ``FloatingPointError`` after a call that met a NaN or inf (each call then waits
+    for its result).
 
     >>> import jax, jax.numpy as jnp, karras_jax as kj
     >>> cfg = kj.KarrasVeConfig(s_churn=0.0)
@@ -336,30 +400,38 @@ def make_sampler(
     sample_shape = check_sample_shape(sample_shape)
     solver = get_solver(solver)
     dtype = check_dtype(dtype)
-    if not callable(apply_fn):
-        raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}.")
-    default_state, default_config = check_sampler_defaults(state, config)
+    check_arity("apply_fn", apply_fn, "apply_fn(params, x, sigma, cond)", 4)
+    default_state, default_config = check_sampler_defaults(state, config, dtype)
 
-    @jax.jit
-    def run(params: Any, keys: jax.Array, cond: Any, x_init: Any,
-            config: KarrasVeConfig, state: KarrasVeState) -> Any:
+    def program(params: Any, keys: jax.Array, cond: Any, x_init: Any,
+                config: KarrasVeConfig, state: KarrasVeState) -> Any:
         def denoise_fn(x: jax.Array, sigma: jax.Array, cond: Any) -> jax.Array:
             return apply_fn(params, x, sigma, cond)
 
-        return sample(
-            denoise_fn, keys, state, config, sample_shape, cond, solver,
-            x_init=x_init, dtype=dtype, return_trajectory=return_trajectory, progress=progress,
-        )
+        return _sample(*_checked(denoise_fn, keys, state, config, sample_shape, cond, solver, x_init,
+                                 dtype, return_trajectory, progress), checks=check_finite)
+
+    if check_finite:
+        checked = jax.jit(checkify.checkify(program, errors=checkify.user_checks))
+
+        def run(*args: Any) -> Any:
+            return raise_if_not_finite(*checked(*args))
+
+        run.lower = checked.lower  # type: ignore[attr-defined]
+    else:
+        run = jax.jit(program)
 
     def sampler(params: Any, keys: jax.Array, cond: Any = None, x_init: ArrayLike | None = None,
                 *, config: KarrasVeConfig | None = None,
                 state: KarrasVeState | None = None) -> Any:
         if getattr(keys, "dtype", None) == _RAW_KEY_DTYPE:  # one program for raw and typed keys
             keys = normalize_keys(keys)
+        if x_init is not None:
+            check_finite_array("x_init", x_init)
         if config is None and state is None:
             return run(params, keys, cond, x_init, default_config, default_state)
         state, config = check_sampler_defaults(default_state if state is None else state,
-                                               default_config if config is None else config)
+                                               default_config if config is None else config, dtype)
         return run(params, keys, cond, x_init, config, state)
 
     sampler.jitted = run  # type: ignore[attr-defined]

@@ -28,7 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from karras_jax._validation import check_num_steps, concrete_value, level_dtype
+from karras_jax._validation import (
+    check_num_steps,
+    check_representable_levels,
+    concrete_value,
+    level_dtype,
+)
 from karras_jax.config import KarrasVeConfig
 
 __all__ = [
@@ -84,10 +89,14 @@ def _geometric(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int, power
     num_steps = check_num_steps(num_steps)
     KarrasVeConfig(sigma_min=sigma_min, sigma_max=sigma_max)  # range checks on concrete values
     xp, (lo, hi) = _backend(sigma_min=sigma_min, sigma_max=sigma_max)
-    hi_p, lo_p = hi**power, lo**power
-    levels = hi_p * (lo_p / hi_p) ** _ramp(xp, num_steps)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        hi_p, lo_p = hi**power, lo**power
+        levels = hi_p * (lo_p / hi_p) ** _ramp(xp, num_steps)
     if power == 1:  # diffusers' own levels are left exactly as its formula rounds them
         levels = _pin_ends(xp, levels, hi, lo)
+    if xp is np:
+        squared = " (diffusers' levels are the squares)" if power == 2 else ""
+        check_representable_levels(levels, f"sigma_min={sigma_min!r} and sigma_max={sigma_max!r}{squared}")
     return jnp.asarray(levels, level_dtype())
 
 
@@ -141,9 +150,14 @@ def karras_sigmas(
     check_rho(rho)
     KarrasVeConfig(sigma_min=sigma_min, sigma_max=sigma_max)
     xp, (lo, hi, r) = _backend(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
-    hi_r, lo_r = hi ** (1.0 / r), lo ** (1.0 / r)
-    levels = (hi_r + _ramp(xp, num_steps) * (lo_r - hi_r)) ** r
-    return jnp.asarray(_pin_ends(xp, levels, hi, lo), level_dtype())
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        hi_r, lo_r = hi ** (1.0 / r), lo ** (1.0 / r)
+        levels = (hi_r + _ramp(xp, num_steps) * (lo_r - hi_r)) ** r
+    levels = _pin_ends(xp, levels, hi, lo)
+    if xp is np:  # a tiny rho overflows the interior levels to NaN
+        check_representable_levels(levels, f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r} and "
+                                           f"rho={rho!r}")
+    return jnp.asarray(levels, level_dtype())
 
 
 def custom_sigmas(sigmas: ArrayLike) -> jax.Array:
@@ -181,4 +195,5 @@ def custom_sigmas(sigmas: ArrayLike) -> jax.Array:
             )
         if not np.all(np.diff(values) < 0):
             raise ValueError(f"sigmas must be strictly descending, got {values.tolist()}.")
+        check_representable_levels(values, "sigmas")
     return jnp.asarray(sigmas, level_dtype())

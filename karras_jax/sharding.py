@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.typing import DTypeLike
 
 from karras_jax._noise import normalize_keys
-from karras_jax._validation import check_cond, check_dtype, check_sample_shape
+from karras_jax._validation import check_arity, check_cond, check_dtype, check_sample_shape
 from karras_jax.config import KarrasVeConfig
 from karras_jax.sampler import ApplyFn, check_sampler_defaults, sample
 from karras_jax.solvers import Solver, get_solver
@@ -63,7 +63,8 @@ def make_sharded_sampler(
     solver = get_solver(solver)
     dtype = check_dtype(dtype)
     _check_axis(mesh, axis_name)
-    default_state, default_config = check_sampler_defaults(state, config)
+    check_arity("apply_fn", apply_fn, "apply_fn(params, x, sigma, cond)", 4)
+    default_state, default_config = check_sampler_defaults(state, config, dtype)
     spec = PartitionSpec(axis_name)
     sharding = NamedSharding(mesh, spec)
 
@@ -102,7 +103,7 @@ def make_sharded_sampler(
         if config is None and state is None:
             return run(params, keys, cond, default_config, default_state)
         state, config = check_sampler_defaults(default_state if state is None else state,
-                                               default_config if config is None else config)
+                                               default_config if config is None else config, dtype)
         return run(params, keys, cond, config, state)
 
     sampler.jitted = run  # type: ignore[attr-defined]

@@ -91,3 +91,107 @@ def test_an_output_folder_that_cannot_be_created_is_one_line_and_exit_2(tmp_path
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--out" in err
+
+
+# --- checked before it works; no traceback for a user error; files atomic ------------------------
+
+
+def _one_line_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("karras-jax: error:"), err
+    return err
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "1e3"])
+def test_seed_outside_the_key_range(seed, capsys):
+    assert "--seed" in _one_line_exit_2(["demo", "--seed", seed], capsys)
+
+
+def test_seeds_that_would_not_fit_in_memory_are_refused_with_the_estimate(capsys):
+    err = _one_line_exit_2(["demo", "--seeds", str(10**12)], capsys)
+    assert "--seeds" in err and "GiB" in err and "available" in err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == "karras-jax 0.1.0"
+
+
+def test_an_unwritable_output_folder_is_refused_before_sampling(tmp_path, capsys, monkeypatch):
+    import karras_jax.cli as cli
+
+    sampled = []
+    monkeypatch.setattr(cli, "_demo", lambda args: sampled.append(1) or 0)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkstemp", refuse)  # root ignores permission bits
+    err = _one_line_exit_2(["demo", "--out", str(tmp_path)], capsys)
+    assert "--out" in err and "Permission denied" in err and not sampled
+
+
+def test_a_folder_in_the_way_of_an_output_file(tmp_path, capsys):
+    (tmp_path / "samples.npz").mkdir()
+    err = _one_line_exit_2(["demo", "--out", str(tmp_path)], capsys)
+    assert "samples.npz is a folder" in err
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    import karras_jax.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_demo", interrupted)
+    assert main(["demo", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "interrupted" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_keeps_the_previous_outputs_byte_for_byte(tmp_path):
+    main(["demo", "--seeds", "64", "--steps", "4", "--out", str(tmp_path), "--no-plot"])
+    before = (tmp_path / "samples.npz").read_bytes()
+    script = (
+        "import resource, sys\n"
+        "from karras_jax.cli import main\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))\n"
+        "sys.exit(main(['demo', '--seeds', '512', '--steps', '4', '--seed', '5',\n"
+        f"                '--out', {str(tmp_path)!r}]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "samples.npz" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "samples.npz").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples.npz"]
+
+
+def test_columns_never_run_together():
+    from karras_jax.cli import _row
+
+    row = _row([("heun", 7, "<"), ("123456789", 5, ">"), ("1,234,567,890", 12, ">")])
+    assert row.split() == ["heun", "123456789", "1,234,567,890"]
+    assert _row([("heun", 7, "<"), ("18", 5, ">")]) == "heun      18"  # unchanged when it fits
+
+
+def test_energy_distance_uses_a_bounded_subsample(tmp_path, capsys):
+    from karras_jax.cli import EVAL_POINTS
+
+    main(["demo", "--seeds", str(EVAL_POINTS + 100), "--steps", "3", "--solvers", "euler",
+          "--out", str(tmp_path), "--no-plot"])
+    assert f"energy distance on the first {EVAL_POINTS} samples" in capsys.readouterr().out
+
+
+def test_diffusers_schedule_prints_the_levels_it_uses(tmp_path, capsys):
+    main(["demo", "--seeds", "64", "--steps", "3", "--schedule", "diffusers", "--out", str(tmp_path),
+          "--no-plot"])
+    out = capsys.readouterr().out
+    assert "sigma_min=0.02, sigma_max=100" in out and "10000" in out

@@ -173,3 +173,11 @@ def test_flax_serialization_round_trips():
     data = serialization.to_bytes(cfg)
     back = serialization.from_bytes(kj.KarrasVeConfig(), data)
     assert back.to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("make", [lambda: kj.KarrasVeConfig(sigmamax=1.0),
+                                  lambda: kj.KarrasVeConfig().replace(schurn=1.0)])
+def test_unknown_fields_list_the_valid_ones(make):
+    with pytest.raises(TypeError, match="no field 's.*'; the fields are sigma_min, sigma_max, s_noise, "
+                                        "s_churn, s_min, s_max"):
+        make()

@@ -12,6 +12,7 @@ import karras_jax as kj
 CFG = edm_config()
 STATE = kj.set_timesteps(CFG, 3, "karras")
 KEYS = keys_for(0, 4)
+GAUSS_FN = gauss_denoise
 
 
 def _sample(**overrides):
@@ -175,3 +176,107 @@ def test_bad_state_and_config():
         kj.initial_noise(KEYS, kj.KarrasVeState.create(), (3,))
     with pytest.raises(TypeError, match="config"):
         _sample(config={"s_churn": 0.0})
+
+
+# --- no silent NaN: dtype range, non-finite input, arrays where scalars belong, arity ------------
+
+
+def test_a_dtype_that_cannot_hold_the_noise_names_dtype_and_sigma_max():
+    cfg = kj.KarrasVeConfig(sigma_max=1e4)
+    state = kj.set_timesteps(cfg, 5)
+    with pytest.raises(ValueError, match=r"dtype=float16 .*sigma_max=10000.0.*float16 \(6.55e\+04\)"):
+        kj.sample(GAUSS_FN, keys_for(0, 2), state, cfg, (3,), dtype=jnp.float16)
+    with pytest.raises(ValueError, match="dtype=float16"):
+        kj.make_sampler(lambda p, x, s, c: x, state, cfg, (3,), dtype=jnp.float16)
+    kj.sample(GAUSS_FN, keys_for(0, 2), state, cfg, (3,), dtype=jnp.bfloat16)  # bfloat16 holds it
+    small = kj.KarrasVeConfig(sigma_max=80.0)
+    kj.sample(GAUSS_FN, keys_for(0, 2), kj.set_timesteps(small, 5), small, (3,), dtype=jnp.float16)
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf, -jnp.inf])
+def test_non_finite_x_init_is_refused(bad):
+    x_init = jnp.zeros((2, 3)).at[1, 2].set(bad)
+    message = r"x_init must be finite: it holds 1 NaN/inf value\(s\), the first at index \(1, 2\)"
+    with pytest.raises(ValueError, match=message):
+        kj.sample(GAUSS_FN, keys_for(0, 2), STATE, CFG, (3,), x_init=x_init)
+    sampler = kj.make_sampler(lambda p, x, s, c: GAUSS_FN(x, s, c), STATE, CFG, (3,))
+    with pytest.raises(ValueError, match="x_init must be finite"):
+        sampler(None, keys_for(0, 2), None, x_init)
+
+
+def test_an_array_config_without_vmap_names_the_field_and_says_vmap():
+    grid = CFG.replace(s_churn=jnp.asarray([0.0, 10.0]))
+    with pytest.raises(ValueError, match=r"config.s_churn holds an array of shape \(2,\).*jax.vmap"):
+        kj.sample(GAUSS_FN, keys_for(0, 2), STATE, grid, (3,))
+    with pytest.raises(ValueError, match="config.s_churn"):
+        jax.jit(lambda c: kj.sample(GAUSS_FN, keys_for(0, 2), STATE, c, (3,)))(grid)
+    with pytest.raises(ValueError, match="config.sigma_max"):
+        kj.set_timesteps(CFG.replace(sigma_max=jnp.asarray([50.0, 80.0])), 5)
+    spec = kj.KarrasVeConfig(None, None, None, 0, None, None)
+    out = jax.vmap(lambda c: kj.sample(GAUSS_FN, keys_for(0, 2), STATE, c, (3,)), in_axes=(spec,))(grid)
+    assert out.shape == (2, 2, 3)  # the way to run several values
+
+
+@pytest.mark.parametrize("fn", [lambda x, sigma: x, lambda x: x, lambda x, sigma, cond, extra: x])
+def test_a_denoiser_with_the_wrong_arity_is_told_how_it_is_called(fn):
+    with pytest.raises(TypeError, match=r"denoise_fn is called as denoise_fn\(x, sigma, cond\)"):
+        kj.sample(fn, keys_for(0, 2), STATE, CFG, (3,))
+
+
+@pytest.mark.parametrize("fn", [lambda x, sigma, cond: x, lambda p, x, sigma, cond, extra: x])
+def test_an_apply_fn_with_the_wrong_arity_is_told_how_it_is_called(fn):
+    with pytest.raises(TypeError, match=r"apply_fn is called as apply_fn\(params, x, sigma, cond\)"):
+        kj.make_sampler(fn, STATE, CFG, (3,))
+    mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+    with pytest.raises(TypeError, match=r"apply_fn is called as apply_fn\(params, x, sigma, cond\)"):
+        kj.make_sharded_sampler(fn, STATE, CFG, (3,), mesh)
+
+
+def test_flexible_signatures_are_accepted():
+    kj.sample(lambda x, sigma, cond=None, *rest: GAUSS_FN(x, sigma, cond), keys_for(0, 2), STATE, CFG, (3,))
+
+
+# --- the debug mode: check_finite ------------------------------------------------------------------
+
+
+def _nan_below(level):
+    def denoise(x, sigma, cond):
+        return jnp.where(sigma < level, jnp.nan, GAUSS_FN(x, sigma, cond))
+
+    return denoise
+
+
+def test_check_finite_names_the_step_the_level_and_the_denoiser():
+    cfg = edm_config(s_churn=0.0)
+    state = kj.set_timesteps(cfg, 6, "karras")
+    levels = np.asarray(state.sigmas)
+    with pytest.raises(FloatingPointError) as info:
+        kj.sample(_nan_below(float(levels[3]) * 1.01), keys_for(0, 2), state, cfg, (3,), check_finite=True,
+                  solver="euler")
+    message = str(info.value)
+    assert message.startswith("non-finite value in the denoiser's output at step 3 (sigma=")
+    assert abs(float(message.split("sigma=")[1].split(")")[0]) - levels[3]) < 1e-5 * levels[3]
+
+
+def test_check_finite_blames_the_update_when_the_denoiser_was_finite():
+    def huge(x, sigma, cond):  # finite, but (x - D) / sigma overflows once sigma < 1
+        return jnp.where(sigma < 1.0, -3e38, GAUSS_FN(x, sigma, cond))
+
+    with pytest.raises(FloatingPointError, match=r"non-finite value in the update of step \d+ \(sigma_hat="):
+        kj.sample(huge, keys_for(0, 2), kj.set_timesteps(CFG, 8, "karras"), CFG, (3,), check_finite=True)
+
+
+def test_check_finite_in_make_sampler_and_the_default_program_has_no_checks():
+    bad = kj.make_sampler(lambda p, x, s, c: _nan_below(p)(x, s, c), STATE, CFG, (3,), check_finite=True)
+    with pytest.raises(FloatingPointError, match="denoiser's output at step"):
+        bad(jnp.float32(0.5), keys_for(0, 2))
+    assert bad(jnp.float32(1e-9), keys_for(0, 2)).shape == (2, 3)  # finite run: no error
+    plain = kj.make_sampler(lambda p, x, s, c: _nan_below(p)(x, s, c), STATE, CFG, (3,))
+    assert np.isnan(np.asarray(plain(jnp.float32(0.5), keys_for(0, 2)))).all()  # NaN, no checks, no error
+    text = str(jax.make_jaxpr(lambda k: kj.sample(GAUSS_FN, k, STATE, CFG, (3,)))(keys_for(0, 2)))
+    assert "check" not in text and "callback" not in text
+
+
+def test_check_finite_refuses_to_run_inside_jit():
+    with pytest.raises(ValueError, match="check_finite=True .* outside jax.jit"):
+        jax.jit(lambda k: kj.sample(GAUSS_FN, k, STATE, CFG, (3,), check_finite=True))(keys_for(0, 2))

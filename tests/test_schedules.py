@@ -177,3 +177,32 @@ def test_first_and_last_levels_are_exactly_sigma_max_and_sigma_min(schedule):
 def test_rho_is_checked_whatever_the_schedule(schedule):
     with pytest.raises(ValueError, match="rho"):
         kj.set_timesteps(kj.KarrasVeConfig(), 3, schedule, rho=-1.0)
+
+
+# --- levels never leave the representable range ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config, schedule, kwargs, match",
+    [
+        (dict(sigma_max=1e39), "ve", {}, r"sigma_max=1e\+39 give noise levels beyond the largest float32"),
+        (dict(sigma_max=1e20), "diffusers", {}, r"sigma_max=1e\+20 \(diffusers' levels are the squares\)"),
+        (dict(sigma_min=1e-40, sigma_max=1.0), "ve", {}, r"sigma_min=1e-40 .* below the smallest normal"),
+        (dict(sigma_min=1e-20, sigma_max=1.0), "diffusers", {}, r"below the smallest normal float32"),
+        (dict(sigma_min=1e-40, sigma_max=1.0), "karras", {}, r"below the smallest normal"),
+        (dict(), "karras", dict(rho=1e-3), r"rho=0.001 give NaN noise levels"),
+    ],
+)
+def test_levels_outside_the_level_dtype_are_refused(config, schedule, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kj.set_timesteps(kj.KarrasVeConfig(**config), 5, schedule, **kwargs)
+
+
+def test_custom_levels_that_round_to_subnormals_are_refused():
+    with pytest.raises(ValueError, match="sigmas give noise levels below the smallest normal"):
+        kj.set_timesteps(kj.KarrasVeConfig(), sigmas=[1.0, 1e-39])
+
+
+def test_extreme_but_representable_levels_are_fine():
+    state = kj.set_timesteps(kj.KarrasVeConfig(sigma_min=1e-30, sigma_max=1e30), 5, "karras", rho=3.0)
+    assert np.all(np.isfinite(np.asarray(state.sigmas))) and float(state.sigmas[-2]) > 0

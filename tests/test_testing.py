@@ -215,3 +215,14 @@ def test_energy_distance_near_zero_for_the_same_distribution_positive_when_shift
     assert 0.0 <= same < 0.01
     assert shifted > 10 * max(same, 1e-3)
     assert wider > 10 * max(same, 1e-3)
+
+
+def test_energy_distance_in_blocks_equals_the_full_matrix():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(2500, 2)), rng.normal(0.3, 1.0, size=(1300, 2))
+
+    def mean_dist(a, b):
+        return np.mean(np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)))
+
+    want = 2 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y)
+    np.testing.assert_allclose(float(energy_distance(x, y)), want, rtol=1e-4, atol=1e-5)

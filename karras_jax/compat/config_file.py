@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from karras_jax._files import atomic_write
 from karras_jax.config import FIELDS, KarrasVeConfig
 
 __all__ = ["load_config", "save_config"]
@@ -82,7 +83,9 @@ def _config_file(path: str | os.PathLike, subfolder: str | None) -> Path:
         base = base / CONFIG_NAME
     if not base.is_file():
         hint = ""
-        if not Path(path).exists() and "/" in str(path) and not str(path).startswith((".", "/")):
+        if not subfolder and (Path(path) / "scheduler" / CONFIG_NAME).is_file():
+            hint = ' This looks like a pipeline folder: pass subfolder="scheduler".'
+        elif not Path(path).exists() and "/" in str(path) and not str(path).startswith((".", "/")):
             hint = " karras_jax reads local files only; download the Hub repo first."
         raise FileNotFoundError(f"{base}: no {CONFIG_NAME} found there.{hint}")
     return base
@@ -104,6 +107,8 @@ def load_config(
         values = json.loads(text, parse_constant=_reject_constant)
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
         raise ValueError(f"{file}: not valid JSON ({err}).") from None
+    except RecursionError:
+        raise ValueError(f"{file}: not a scheduler config (JSON nested too deeply).") from None
     return config_from_dict(values, source=str(file), stacklevel=stacklevel + 1)
 
 
@@ -112,11 +117,16 @@ def _reject_constant(name: str) -> float:
 
 
 def save_config(config: KarrasVeConfig, directory: str | os.PathLike) -> Path:
-    """Writes ``scheduler_config.json`` into ``directory`` (created if needed); returns its path."""
+    """Writes ``scheduler_config.json`` into ``directory`` (created if needed); returns its path.
+
+    The write is atomic: a failure leaves any previous file unchanged.
+
+    Raises:
+      OSError: the folder cannot be created or the file cannot be written (naming it).
+    """
     values = config.to_dict()
     payload = {"_class_name": "KarrasVeScheduler", "_diffusers_version": DIFFUSERS_VERSION, **values}
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    file = folder / CONFIG_NAME
-    file.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return file
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    return atomic_write(folder / CONFIG_NAME, lambda f: f.write(text.encode("utf-8")))

@@ -198,3 +198,64 @@ def test_unknown_key_warning_points_at_the_callers_line(tmp_path):
     with pytest.warns(UserWarning, match="beta_start") as record:
         kj.KarrasVeScheduler.from_pretrained(tmp_path)
     assert record[0].filename == __file__
+
+
+# --- writes are atomic; odd files are named errors ---------------------------------------------
+
+
+def test_a_failed_save_leaves_the_previous_file_byte_for_byte(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    kj.KarrasVeScheduler(s_churn=3.0).save_pretrained(tmp_path)
+    file = tmp_path / "scheduler_config.json"
+    before = file.read_bytes()
+    script = textwrap.dedent(f"""
+        import resource, sys
+        import karras_jax as kj
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10, 10))  # smaller than any config file
+        try:
+            kj.KarrasVeScheduler(s_churn=7.0).save_pretrained({str(tmp_path)!r})
+        except OSError as err:
+            print(err)
+            sys.exit(3)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 3, result.stderr
+    assert f"cannot write {file}" in result.stdout
+    assert file.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scheduler_config.json"]
+
+
+def test_save_into_a_folder_that_refuses_files(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    kj.save_config(kj.KarrasVeConfig(), tmp_path)
+    before = (tmp_path / "scheduler_config.json").read_bytes()
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError, match="cannot write .*scheduler_config.json: Read-only file system"):
+        kj.save_config(kj.KarrasVeConfig(s_churn=1.0), tmp_path)
+    assert (tmp_path / "scheduler_config.json").read_bytes() == before
+
+
+def test_deeply_nested_json_is_a_value_error_naming_the_file(tmp_path):
+    file = tmp_path / "scheduler_config.json"
+    file.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="scheduler_config.json.*nested too deeply"):
+        kj.load_config(tmp_path)
+
+
+def test_a_pipeline_folder_suggests_the_scheduler_subfolder(tmp_path):
+    kj.KarrasVeScheduler().save_pretrained(tmp_path / "scheduler")
+    (tmp_path / "model_index.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match='pass subfolder="scheduler"'):
+        kj.KarrasVeScheduler.from_pretrained(tmp_path)
+    scheduler, _ = kj.KarrasVeScheduler.from_pretrained(tmp_path, subfolder="scheduler")
+    assert scheduler.config == kj.KarrasVeConfig()
