@@ -195,3 +195,23 @@ def test_diffusers_schedule_prints_the_levels_it_uses(tmp_path, capsys):
           "--no-plot"])
     out = capsys.readouterr().out
     assert "sigma_min=0.02, sigma_max=100" in out and "10000" in out
+
+
+def test_a_failed_plot_keeps_the_previous_png_byte_for_byte(tmp_path):
+    pytest.importorskip("matplotlib")
+    main(["demo", "--seeds", "256", "--steps", "4", "--out", str(tmp_path)])
+    before = (tmp_path / "demo.png").read_bytes()
+    assert len(before) > 40_000  # larger than the limit below; samples.npz is smaller
+    script = (
+        "import resource, sys\n"
+        "from karras_jax.cli import main\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))\n"
+        "sys.exit(main(['demo', '--seeds', '256', '--steps', '4', '--seed', '9',\n"
+        f"                '--out', {str(tmp_path)!r}]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 1, result.stderr
+    assert "demo.png" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert (tmp_path / "demo.png").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.png", "samples.npz"]
