@@ -13,12 +13,15 @@ ratio is the median over rounds of its per-round value.
   body is ``x = normal(fold_in(key, i), shape)``, or the same with one key per sample as
   ``kj.sample`` draws it: the faster of the two) plus one read-write pass over the sample
   (a loop whose body is ``x = 0.5 x + 0.25``); the draw dominates;
-- GPU floor per step: one read-write pass (the noise can be generated inside the fused step).
+- GPU floor per step: the same normal draw alone. On an H200 a normal draw of the sample
+  costs more than a read-write pass over it (the draw, not memory, bounds a churned step),
+  and a fused step writes the noise into its single pass, so the floor is the draw.
 
 Also timed: ``kj.sample`` with s_churn = 0 (no noise: the Heun step alone, in read-write
-passes), and the same loop with the churn fused into the Euler/Heun update (no ``lax.cond``
-around the noise, :func:`benchmarks.loops.sample_variant`), to show what the ``lax.cond``
-in ``kj.sample`` costs where the noise could be generated inside the step (GPU).
+passes; on a GPU its target is 1.2 passes), and ``kj.sample`` traced under
+:func:`benchmarks.switches.always_draw`, i.e. with the churn draw made at every step and fused
+into the Euler/Heun update (no ``lax.cond``: the form it takes below
+``karras_jax.sampler.SKIP_IDLE_DRAW_FROM``), to show what the cond costs at this size.
 
 Repeated with ``rbg`` keys (``jax.random.key(0, impl='rbg')``) for sampler and floor, and
 the preset's other key implementations (``philox4x32``). Note: under ``vmap`` an ``rbg``
@@ -37,8 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import karras_jax as kj
-from benchmarks.loops import sample_variant
 from benchmarks.suite import Suite, key_impl_works, row
+from benchmarks.switches import compile_always_drawing
+from karras_jax.sampler import as_traced_config
 
 # Churn at every step: the window covers all levels (sigma_max = 100), gamma = min(1/N, sqrt(2)-1).
 CHURN_EVERYWHERE = kj.KarrasVeConfig(s_churn=1.0, s_min=0.0, s_max=1000.0)
@@ -52,14 +56,16 @@ def shrink(scale: Any, x: jax.Array, sigma: jax.Array, cond: Any = None) -> jax.
     return x * (scale / (scale + sigma * sigma))
 
 
-def fused_churn(state: kj.KarrasVeState) -> Any:
-    """``f(keys, x0)``: ``kj.sample``'s loop with the churn fused into the step (no ``lax.cond``)."""
+def fused_churn(state: kj.KarrasVeState, keys: jax.Array, shape: tuple[int, ...]) -> Callable[[], Any]:
+    """``kj.sample`` (as ``make_sampler`` runs it) compiled with the churn draw made at every
+    step, no ``lax.cond`` (:func:`benchmarks.switches.always_draw`); a zero-argument call."""
+    config = as_traced_config(CHURN_EVERYWHERE)
 
-    def run(keys: jax.Array, x0: jax.Array) -> jax.Array:
-        denoise = partial(shrink, 1.0)
-        return sample_variant(denoise, keys, x0, state, CHURN_EVERYWHERE, fused_churn=True)
+    def run(scale: Any, keys: jax.Array, config: kj.KarrasVeConfig, state: kj.KarrasVeState) -> jax.Array:
+        return kj.sample(partial(shrink, scale), keys, state, config, shape)
 
-    return jax.jit(run)
+    compiled = compile_always_drawing(run, 1.0, keys, config, state)
+    return partial(compiled, 1.0, keys, config, state)
 
 
 def repeat(body: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], count: int) -> Any:
@@ -105,7 +111,7 @@ def run(suite: Suite) -> list[dict[str, Any]]:
             sampler = kj.make_sampler(shrink, state, CHURN_EVERYWHERE, shape)
             fns[f"kj.sample_N{n}"] = partial(sampler, 1.0, keys)
             if impl == preset.memory_key_impls[0] or not on_cpu:
-                fns[f"fused_churn_N{n}"] = partial(fused_churn(state), keys, x)
+                fns[f"fused_churn_N{n}"] = fused_churn(state, keys, shape)
             fns[f"draw_x{n}"] = partial(repeat(draw, n), x, key)
             fns[f"draw_per_sample_x{n}"] = partial(repeat(draw_per_sample, n), x, keys)
         for n in rw_counts:
@@ -127,7 +133,7 @@ def run(suite: Suite) -> list[dict[str, Any]]:
         one_key, per_sample = per_iteration("draw_x"), per_iteration("draw_per_sample_x")
         normal = np.minimum(one_key, per_sample)
         rw = per_iteration("read_write_x", rw_counts)
-        floor = normal + rw if on_cpu else rw
+        floor = normal + rw if on_cpu else normal
 
         def med(values: np.ndarray) -> float:
             return float(np.median(values))
@@ -158,7 +164,7 @@ def run(suite: Suite) -> list[dict[str, Any]]:
                     "key_impl": impl,
                     "counts": list(counts),
                     "read_write_counts": list(rw_counts),
-                    "floor": "normal_draw+read_write" if on_cpu else "read_write",
+                    "floor": "normal_draw+read_write" if on_cpu else "normal_draw",
                 },
                 times,
                 seconds_per_step=med(step),

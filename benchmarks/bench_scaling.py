@@ -2,6 +2,12 @@
 
 Each compile uses a fresh ``jax.jit`` of a fresh closure so that no cache is hit: the
 figure is what a user pays on the first call (trace + lower, then XLA compile).
+
+Temporary memory per step: ``(temp(N_max) - temp(N_min)) / (N_max - N_min)`` bytes of
+``memory_analysis().temp_size_in_bytes``, compiled only (not run), for every solver in
+``kj.SOLVERS`` and two sizes: the MLP at ``scaling_batch`` and an elementwise denoiser on a
+larger sample (``temp_elementwise`` = (B, floats per sample)). The per-step scalars that
+``kj.sample`` tabulates before its loop (about 7 floats a step) are what may grow with N.
 """
 
 from __future__ import annotations
@@ -25,8 +31,61 @@ def _fresh(apply_fn: Any, shape: tuple[int, ...], config: kj.KarrasVeConfig) -> 
     return jax.jit(run)
 
 
+def shrink(params: Any, x: jax.Array, sigma: jax.Array, cond: Any = None) -> jax.Array:
+    """An elementwise denoiser, ``x / (1 + sigma^2)`` (no weights)."""
+    del params, cond
+    return x / (1.0 + sigma * sigma)
+
+
+def _temp_bytes(
+    apply_fn: Any,
+    params: Any,
+    keys: jax.Array,
+    shape: tuple[int, ...],
+    solver: str,
+    config: kj.KarrasVeConfig,
+    state: kj.KarrasVeState,
+) -> int:
+    def run(params: Any, keys: jax.Array, state: kj.KarrasVeState) -> jax.Array:
+        denoise = lambda x, s, c: apply_fn(params, x, s, c)  # noqa: E731
+        return kj.sample(denoise, keys, state, config, shape, solver=solver)
+
+    compiled = jax.jit(run).lower(params, keys, state).compile()
+    return int(compiled.memory_analysis().temp_size_in_bytes)
+
+
+def temp_memory_rows(suite: Suite) -> list[dict[str, Any]]:
+    """One row per (size, solver): compiled temp bytes at the smallest and largest N, bytes/step."""
+    low, high = min(suite.preset.scaling_steps), max(suite.preset.scaling_steps)
+    apply_mlp, params, mlp_shape = suite.model("mlp")
+    batch, floats = suite.preset.temp_elementwise
+    sizes = [
+        ("mlp", apply_mlp, params, suite.preset.scaling_batch, mlp_shape),
+        ("elementwise", shrink, None, batch, (floats,)),
+    ]
+    rows = []
+    for model, apply_fn, weights, b, shape in sizes:
+        keys = batch_keys(b)
+        for solver in kj.SOLVERS:
+            temp = {
+                n: _temp_bytes(apply_fn, weights, keys, shape, solver, suite.config, suite.state(n))
+                for n in (low, high)
+            }
+            rows.append(
+                row(
+                    "3_temp_memory_per_step",
+                    {"model": model, "B": b, "sample_shape": list(shape), "solver": solver, "N": [low, high]},
+                    {},
+                    temp_bytes={str(n): t for n, t in temp.items()},
+                    bytes_per_step=(temp[high] - temp[low]) / (high - low),
+                )
+            )
+    return rows
+
+
 def run(suite: Suite) -> list[dict[str, Any]]:
-    """Rows of measurement 3: one per N in ``scaling_steps``, MLP at ``scaling_batch``."""
+    """Rows of measurement 3: one per N in ``scaling_steps``, MLP at ``scaling_batch``, then
+    the temporary memory per step (:func:`temp_memory_rows`)."""
     apply_fn, params, shape = suite.model("mlp")
     batch = suite.preset.scaling_batch
     keys = batch_keys(batch)
@@ -66,4 +125,4 @@ def run(suite: Suite) -> list[dict[str, Any]]:
                 network_evals=2 * n - 1,
             )
         )
-    return rows
+    return rows + temp_memory_rows(suite)

@@ -1,6 +1,7 @@
 """Measurement 4 (a, b): seeds. (a) ``jax.vmap`` over single-seed ``kj.sample`` calls
-against one call with B keys; (b) per-sample keys (``kj.sample``) against the same loop
-drawing each step's noise for the whole batch from one key."""
+against one call with B keys; (b) per-sample keys (``kj.sample``) against a hand-written
+Heun loop on the library's formulas drawing each step's noise for the whole batch from one
+key (:func:`benchmarks.loops.batch_noise_loop`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import jax
 
 import karras_jax as kj
-from benchmarks.loops import ApplyFn, sample_variant
+from benchmarks.loops import ApplyFn, batch_noise_loop
 from benchmarks.suite import Suite, batch_keys, ratio, row
 
 
@@ -27,13 +28,15 @@ def vmapped_sampler(apply_fn: ApplyFn, shape: tuple[int, ...]) -> Any:
 
 
 def batch_noise_sampler(apply_fn: ApplyFn) -> Any:
-    """``f(params, key, x0, config, state)``: one key for the whole batch's noise each step."""
+    """``f(params, key, x0, config, state)``: the hand-written baseline
+    :func:`benchmarks.loops.batch_noise_loop` (one key for the whole batch's noise each
+    step), jitted."""
 
     def run(
         params: Any, key: jax.Array, x0: jax.Array, config: kj.KarrasVeConfig, state: kj.KarrasVeState
     ) -> jax.Array:
         denoise = lambda x, s: apply_fn(params, x, s, None)  # noqa: E731
-        return sample_variant(denoise, key, x0, state, config, batch_noise=True)
+        return batch_noise_loop(denoise, key, x0, state, config)
 
     return jax.jit(run)
 

@@ -23,6 +23,7 @@ cd "$root"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1
+export PRESET="${PRESET:-gpu}"
 # JAX and PyTorch share the GPU: leave PyTorch room instead of JAX's default 75%.
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.6}"
 
@@ -34,11 +35,13 @@ if missing:
 import jax
 print("devices:", jax.devices())
 if jax.default_backend() != "gpu":
-    print("gpu.sh: WARNING: JAX has no GPU here; running the GPU-sized suite on", jax.default_backend())
+    import os
+    print(f"gpu.sh: WARNING: JAX has no GPU here; running the {os.environ['PRESET']} preset on",
+          jax.default_backend())
 for optional in ("torch", "diffusers"):
     if importlib.util.find_spec(optional) is None:
         print(f"gpu.sh: {optional} not installed; measurement 2 will be skipped or partial")
 PY
 
-timeout --kill-after=5 "${TIMEOUT_S:-295}" "$py" benchmarks/run.py "--${PRESET:-gpu}" --out "$out" \
+timeout --kill-after=5 "${TIMEOUT_S:-295}" "$py" benchmarks/run.py "--$PRESET" --out "$out" \
     --budget-s "${BUDGET_S:-220}" 2>>"$out/log.txt" | tee "$out/report.md"

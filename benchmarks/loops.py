@@ -1,13 +1,18 @@
-"""The JAX alternatives that ``kj.sample`` is measured against.
+"""What ``kj.sample`` is measured against, and one switch on ``kj.sample`` itself.
+
+Hand-written baselines (what kj.sample is compared against, not library code):
 
 - :func:`make_python_loop`: a host-side Python loop over jitted ``kj.add_noise_to_input`` /
   ``kj.step`` / ``kj.step_correct`` calls with noise levels pulled to the host as floats,
   the way diffusers' pipeline drove its scheduler (one dispatch per stage per step).
-- :func:`sample_variant`: ``kj.sample``'s loop, optionally with each step's churn noise for
-  the whole batch from one key (gives up per-seed reproducibility), or with the churn fused
-  into the step (no ``lax.cond``).
-- :func:`make_network_loop`: the floor at large batch: the same 2N - 1 network
-  evaluations in one ``fori_loop`` with nothing else.
+- :func:`batch_noise_loop`: Heun's loop drawing each step's churn noise for the whole batch
+  from one key (gives up per-seed reproducibility); it calls the library's formulas
+  (:mod:`karras_jax.steps`), only the loop and the noise are written here.
+- :func:`network_loop`: the floor at large batch: the same 2N - 1 network evaluations in
+  one ``fori_loop`` with nothing else.
+
+``kj.sample`` itself in its other form (the churn draw made at every step) is not here but
+in :mod:`benchmarks.switches`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import karras_jax as kj
-from karras_jax.steps import churn_std
+from karras_jax import sampler as kj_sampler
+from karras_jax.solvers.base import levels_of
+from karras_jax.steps import add_churn, churn_levels, euler_update, heun_slope, slope
 
 ApplyFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 
@@ -28,8 +35,9 @@ ApplyFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 def make_python_loop(
     apply_fn: ApplyFn, state: kj.KarrasVeState, config: kj.KarrasVeConfig
 ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
-    """Returns ``loop(params, x0, key) -> x_N``: diffusers-pipeline style per-step dispatch.
+    """Hand-written baseline, what kj.sample is compared against, not library code.
 
+    Returns ``loop(params, x0, key) -> x_N``: diffusers-pipeline style per-step dispatch.
     Every stage is its own jitted call (model calls too); levels are Python floats, so
     the jitted functions trace once and are re-dispatched every step. The churn noise of
     step i is ``normal(fold_in(key, i), x.shape)`` for the whole batch.
@@ -62,57 +70,46 @@ def make_python_loop(
     return loop
 
 
-def sample_variant(
+def batch_noise_loop(
     denoise_fn: Callable[[jax.Array, jax.Array], jax.Array],
-    keys: jax.Array,
+    key: jax.Array,
     x0: jax.Array,
     state: kj.KarrasVeState,
     config: kj.KarrasVeConfig,
-    *,
-    batch_noise: bool = False,
-    fused_churn: bool = False,
 ) -> jax.Array:
-    """``kj.sample``'s Heun loop (peeled Euler last step; float32 samples) with two knobs.
+    """Hand-written baseline, what kj.sample is compared against, not library code.
 
-    Args:
-      keys: (B,) keys, one per sample (churn noise ``normal(fold_in(k_churn_b, i))`` with
-        ``k_churn_b = split(k_b)[1]``, as ``kj.sample`` draws it), or a single key when
-        ``batch_noise``: then step i's noise for the whole batch is ``normal(fold_in(key, i))``.
-      fused_churn: False (as ``kj.sample``): the churn is a ``lax.cond`` that skips the draw
-        when gamma = 0, so its result x_hat is written to memory. True: the noise is always
-        drawn and added (times 0 when gamma = 0), so that XLA can fuse the churn with the
-        Euler/Heun update into one pass over the sample.
+    Heun's loop (Euler last step) with step i's churn noise for the whole batch drawn from
+    ``normal(fold_in(key, i), x.shape)``: one draw per step instead of one per sample. The
+    formulas are the library's (:func:`~karras_jax.steps.churn_levels`,
+    :func:`~karras_jax.steps.add_churn`, :func:`~karras_jax.steps.slope`,
+    :func:`~karras_jax.steps.euler_update`, :func:`~karras_jax.steps.heun_slope`), the
+    per-step scalars are tabulated before the loop and idle draws are skipped above the
+    same size threshold as in ``kj.sample``, so that only the noise differs.
     """
     n = state.num_inference_steps
-    levels = state.sigmas.astype(jnp.float32)
-    s_noise = jnp.asarray(config.s_noise, jnp.float32)
-    k_churn = keys if batch_noise else jax.vmap(jax.random.split)(keys)[:, 1]
+    sigmas = state.sigmas.astype(jnp.float32)
+    sigma_hat, noise_std = churn_levels(config, n, sigmas[:-1])
+    lv = levels_of(sigmas[:-1], sigma_hat, sigmas[1:])
+    backend = "cpu" if jax.default_backend() == "cpu" else "accelerator"
+    skip_idle = x0.size >= kj_sampler.SKIP_IDLE_DRAW_FROM[backend]
 
-    def noise(i: jax.Array, x: jax.Array) -> jax.Array:
-        if batch_noise:
-            return jax.random.normal(jax.random.fold_in(k_churn, i), x.shape, x.dtype)
-        return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:], x.dtype))(k_churn)
+    def churn(i: jax.Array, x: jax.Array) -> jax.Array:
+        def draw(x: jax.Array) -> jax.Array:
+            return add_churn(x, noise_std[i], jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype))
+
+        return jax.lax.cond(noise_std[i] > 0, draw, lambda x: x, x) if skip_idle else draw(x)
 
     def iteration(i: jax.Array, x: jax.Array, heun: bool) -> jax.Array:
-        sigma = levels[i]
-        gamma = kj.churn_gamma(config, n, sigma)
-        sigma_hat = sigma * (1.0 + gamma)
-        std = churn_std(sigma, gamma) * s_noise
-
-        def add_noise(x: jax.Array) -> jax.Array:
-            return x + std * noise(i, x)
-
-        x_hat = add_noise(x) if fused_churn else jax.lax.cond(gamma > 0, add_noise, lambda x: x, x)
-        sigma_next = levels[i + 1]
-        slope = (x_hat - denoise_fn(x_hat, sigma_hat)) * (1.0 / sigma_hat)
-        h = sigma_next - sigma_hat
-        x_next = x_hat + h * slope
+        x_hat = churn(i, x)
+        d = slope(x_hat, denoise_fn(x_hat, lv.sigma_hat[i]), lv.inv_sigma_hat[i])
+        x_next = euler_update(x_hat, d, lv.h[i])
         if heun:
-            slope_2 = (x_next - denoise_fn(x_next, sigma_next)) * (1.0 / sigma_next)
-            x_next = x_hat + h * (0.5 * slope + 0.5 * slope_2)
+            d_next = slope(x_next, denoise_fn(x_next, lv.sigma_next[i]), lv.inv_sigma_next[i])
+            x_next = euler_update(x_hat, heun_slope(d, d_next), lv.h[i])
         return x_next
 
-    x = jax.lax.fori_loop(0, n - 1, lambda i, x: iteration(i, x, True), x0)
+    x = jax.lax.fori_loop(0, n - 1, lambda i, x: iteration(i, x, True), x0.astype(jnp.float32))
     return iteration(jnp.asarray(n - 1, jnp.int32), x, False)
 
 
@@ -121,8 +118,9 @@ def network_loop(
     x0: jax.Array,
     state: kj.KarrasVeState,
 ) -> jax.Array:
-    """The 2N - 1 network evaluations of Heun's method back to back, nothing else.
+    """Hand-written baseline (the floor), what kj.sample is compared against, not library code.
 
+    The 2N - 1 network evaluations of Heun's method back to back, nothing else.
     Evaluation j feeds on evaluation j - 1 (so none can be skipped or hoisted) at the
     level sigma_{floor(j/2)}.
     """

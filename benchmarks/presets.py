@@ -16,6 +16,7 @@ class Preset:
     torch_batches: tuple[int, ...]
     scaling_steps: tuple[int, ...] = (10, 100, 1000)
     scaling_batch: int = 16
+    temp_elementwise: tuple[int, int] = (64, 4096)  # measurement 3: (B, floats) of the 2nd size
     seeds_batch: int = 256  # measurements 4a, 4b
     shard_batch: int = 256  # measurement 4c (per call, split over 8 devices)
     shard_devices: int = 8
@@ -24,6 +25,7 @@ class Preset:
     memory_steps: tuple[int, int] = (2, 6)  # per-step time = difference / (N2 - N1)
     memory_key_impls: tuple[str, ...] = ("threefry2x32", "rbg", "philox4x32")
     memory_rw_factor: int = 10  # the read-write loop runs this many times more iterations
+    call_repeats: int = 2000  # measurement 8: timed calls of each variant
     budget_s: float = 1.0  # timed seconds per variant (repeats adapt to it)
     min_repeats: int = 3
     conv_channels: int = 32
@@ -88,7 +90,7 @@ GPU = Preset(
     budget_s=0.5,
     min_repeats=5,
     extra_cases=(("mlp", 1, 50),),
-    order=("6", "1", "5", "2", "3", "4ab", "4c"),
+    order=("6", "1", "5", "8", "2", "3", "7", "4ab", "4c"),
 )
 
 PRESETS = {p.name: p for p in (QUICK, FULL, GPU)}

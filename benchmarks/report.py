@@ -133,6 +133,76 @@ def scaling_table(rows: list[Row]) -> str:
     return _table(["N", "trace+lower s", "XLA compile s", "temp bytes", "us/step"], lines)
 
 
+def temp_memory_table(rows: list[Row]) -> str:
+    """Measurement 3, compiled temp memory per step: one line per (size, solver)."""
+    lines = []
+    for r in rows:
+        if r["measurement"] != "3_temp_memory_per_step":
+            continue
+        c = r["case"]
+        low, high = c["N"]
+        lines.append(
+            [
+                c["model"],
+                f"{c['B']} x {'x'.join(map(str, c['sample_shape']))}",
+                c["solver"],
+                f"{r['temp_bytes'][str(low)]:,}",
+                f"{r['temp_bytes'][str(high)]:,}",
+                _x(r["bytes_per_step"], 1),
+            ]
+        )
+    header = ["denoiser", "B x sample", "solver", "temp bytes, N=10", "temp bytes, N=1000", "bytes/step"]
+    return _table(header, lines)
+
+
+def fusions_table(rows: list[Row]) -> str:
+    """Measurement 7: kernels in the compiled loop body, per case."""
+    lines = []
+    for r in rows:
+        if r["measurement"] != "7_fusions":
+            continue
+        c = r["case"]
+        kinds = r["by_kind"]
+        other = {k: v for k, v in kinds.items() if k not in ("fusion", "dot")}
+        nested = "; ".join("/".join(str(v) for v in n["computations"].values()) for n in r["nested"])
+        what = f"MLP B={c['B']}" if c["model"] == "mlp" else f"x/(1+sigma^2), {c['floats'] / 2**20:g}M floats"
+        churn = f"s_churn={c['s_churn']:g}" + (", draw always made" if c.get("always_draw") else "")
+        lines.append(
+            [
+                f"({c['case']})",
+                f"{what}, N={c['N']}, {churn}",
+                str(r["kernels"]),
+                str(kinds.get("fusion", 0)),
+                str(r["scalar_only_fusions"]),
+                str(kinds.get("dot", 0)),
+                ", ".join(f"{k} {v}" for k, v in other.items()) or "-",
+                nested or "-",
+            ]
+        )
+    header = ["", "case", "kernels", "fusions", "scalar-only fusions", "dots", "other"]
+    header += ["kernels in the cond's branches (idle / draw)"]
+    return _table(header, lines)
+
+
+def call_table(rows: list[Row]) -> str:
+    """Measurement 8: the wrappers' per-call cost."""
+    lines = [
+        [
+            r["case"]["sampler"],
+            f"B={r['case']['B']}, N={r['case']['N']}",
+            str(r["case"]["calls"]),
+            _x(r["times"]["wrapper"]["median"] * 1e6, 1),
+            _x(r["times"]["jitted"]["median"] * 1e6, 1),
+            _x(r["overhead_us"], 1),
+        ]
+        for r in rows
+        if r["measurement"] == "8_call_overhead"
+    ]
+    header = ["sampler", "case", "calls each", "wrapper us (median)", "jitted us (median)"]
+    header += ["added us/call (median of pairs)"]
+    return _table(header, lines)
+
+
 def seeds_table(rows: list[Row]) -> str:
     lines = []
     for r in rows:
@@ -195,7 +265,7 @@ def memory_table(rows: list[Row]) -> str:
         "ms/Heun step",
         "ms/normal draw",
         "ms/read-write",
-        "floor ms",
+        "floor ms (CPU: draw + read-write; GPU: draw)",
         "step/floor (median of rounds)",
         "read-write passes/step",
         "fused churn: ms/step",
@@ -280,10 +350,16 @@ def render(result: dict[str, Any]) -> str:
         overhead_table(rows),
         "**Scaling with N (measurement 3)**",
         scaling_table(rows),
+        "**Compiled temporary memory per step (measurement 3, compiled only)**",
+        temp_memory_table(rows),
         "**Seeds and devices (measurement 4)**",
         seeds_table(rows),
         "**Memory-bound limit (measurement 6)**",
         memory_table(rows),
+        "**Kernels in the compiled loop body (measurement 7, compiled only)**",
+        fusions_table(rows),
+        "**Per-call cost of the sampler wrappers (measurement 8)**",
+        call_table(rows),
     ]
     if result.get("errors"):
         parts.append("**Errors**\n" + "\n".join(f"- {k}: {e}" for k, e in result["errors"].items()))

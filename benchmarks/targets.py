@@ -68,6 +68,18 @@ def _torch(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
 def _overhead(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
     found = _rows(rows, "5_overhead_over_network")
     out = []
+    if gpu:
+        at = [r for r in found if r["case"]["model"] == "mlp" and r["case"]["B"] == 1]
+        worst = max(at, key=lambda r: r["overhead_ratio"], default=None)
+        out.append(
+            _target(
+                "kj.sample / network alone, mlp B=1 (GPU)",
+                worst["overhead_ratio"] if worst else None,
+                1.3,
+                False,
+                _case(worst),
+            )
+        )
     for model in ("mlp", "conv"):
         mine = [r for r in found if r["case"]["model"] == model]
         if not mine:
@@ -89,23 +101,33 @@ def _overhead(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
 
 
 def _scaling(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
+    out = []
     found = {r["case"]["N"]: r for r in _rows(rows, "3_scaling_with_n")}
-    if not found:
-        return []
-    low, high = found[min(found)], found[max(found)]
-    where = f"N={max(found)} vs N={min(found)}"
-    return [
-        _target(
-            "compile time (trace+lower+compile)",
-            high["times"]["lower_plus_compile"]["median"] / low["times"]["lower_plus_compile"]["median"],
-            1.3,
-            False,
-            where,
-        ),
-        _target(
-            "compiled temporary memory", high["temp_bytes"] / max(low["temp_bytes"], 1), 1.05, False, where
-        ),
-    ]
+    if found:
+        low, high = found[min(found)], found[max(found)]
+        out.append(
+            _target(
+                "compile time (trace+lower+compile)",
+                high["times"]["lower_plus_compile"]["median"] / low["times"]["lower_plus_compile"]["median"],
+                1.3,
+                False,
+                f"N={max(found)} vs N={min(found)}",
+            )
+        )
+    per_step = _rows(rows, "3_temp_memory_per_step")
+    if per_step:
+        worst = max(per_step, key=lambda r: r["bytes_per_step"])
+        low, high = worst["case"]["N"]
+        out.append(
+            _target(
+                "compiled temp memory growth per step",
+                worst["bytes_per_step"],
+                64,
+                False,
+                f"bytes/step, worst of {len(per_step)}: " + _case(worst, skip=("N",)) + f", N={low}..{high}",
+            )
+        )
+    return out
 
 
 def _seeds(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
@@ -144,13 +166,23 @@ def _memory(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
         if gpu:
             out.append(
                 _target(
-                    f"memory-bound Heun step, read-write passes ({impl} keys, GPU)",
-                    r["read_write_passes_per_step"],
-                    1.5,
+                    f"memory-bound churned Heun step / one normal draw ({impl} keys, GPU)",
+                    r["ratio_to_floor"],
+                    1.2,
                     False,
                     _case(r),
                 )
             )
+            if r.get("no_churn_read_write_passes_per_step") is not None:
+                out.append(
+                    _target(
+                        "memory-bound Heun step, s_churn=0, read-write passes (GPU)",
+                        r["no_churn_read_write_passes_per_step"],
+                        1.2,
+                        False,
+                        _case(r),
+                    )
+                )
         else:
             out.append(
                 _target(
@@ -164,11 +196,25 @@ def _memory(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
     return out
 
 
-def _case(r: Row | None) -> str:
+def _calls(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
+    return [
+        _target(
+            f"{r['case']['sampler']} wrapper, added us per call over its jitted program",
+            r["overhead_us"],
+            10.0,
+            False,
+            _case(r),
+        )
+        for r in _rows(rows, "8_call_overhead")
+    ]
+
+
+def _case(r: Row | None, skip: tuple[str, ...] = ()) -> str:
     if r is None:
         return "not measured"
+    keys = ("model", "B", "N", "floats", "key_impl", "solver", "devices")
     return ", ".join(
-        f"{k}={v}" for k, v in r["case"].items() if k in ("model", "B", "N", "floats", "key_impl")
+        f"{k}={v}" for k, v in r["case"].items() if k in keys and k not in skip and v is not None
     )
 
 
@@ -179,6 +225,7 @@ CHECKS: list[Callable[[list[Row], bool], list[dict[str, Any]]]] = [
     _scaling,
     _seeds,
     _memory,
+    _calls,
 ]
 
 

@@ -332,31 +332,57 @@ def _churn_fn(k_churn: jax.Array, sample_shape: tuple[int, ...], dtype: jnp.dtyp
     return churn
 
 
-def as_traced_config(config: KarrasVeConfig) -> KarrasVeConfig:
-    """The config with Python and NumPy scalars as level-dtype device arrays.
+def as_traced_config(config: KarrasVeConfig, *, on_device: bool = False) -> KarrasVeConfig:
+    """The config with Python and NumPy scalars as level-dtype arrays.
 
     A jitted function sees ``1`` (int), ``1.0`` (weakly typed float) and ``np.float32(1)``
     as different argument types and would compile once per kind; after this all three are
-    the same float32 scalar argument (and a NumPy value is not copied to the device on every
-    call).
+    the same float32 scalar argument. ``on_device`` puts them on the device (done once for
+    a sampler's default config, so no call copies anything); otherwise they stay NumPy
+    scalars, which the jitted call transfers together with its other arguments.
     """
+    convert = jnp.asarray if on_device else np.asarray
+
     def cast(value: Any) -> Any:
         if isinstance(value, (int, float, np.integer, np.floating, np.ndarray)) and not isinstance(
                 value, bool):
-            return jnp.asarray(value, level_dtype())
+            return convert(value, level_dtype())
         return value
 
     return jax.tree_util.tree_map(cast, config)
 
 
-def check_sampler_defaults(state: KarrasVeState, config: KarrasVeConfig,
-                           dtype: jnp.dtype) -> tuple[KarrasVeState, KarrasVeConfig]:
+def check_sampler_defaults(state: KarrasVeState, config: KarrasVeConfig, dtype: jnp.dtype, *,
+                           on_device: bool = False) -> tuple[KarrasVeState, KarrasVeConfig]:
     """Checks a sampler's state and config once, when it is built (or when a call overrides them)."""
     check_config(config, scalar=True)
     check_state(state)
     check_state_matches_config(state, config)
     check_levels_fit(state, dtype)
-    return state, as_traced_config(config)
+    return state, as_traced_config(config, on_device=on_device)
+
+
+def override_resolver(default_state: KarrasVeState, default_config: KarrasVeConfig,
+                      dtype: jnp.dtype) -> Callable[[Any, Any], tuple[KarrasVeState, KarrasVeConfig]]:
+    """``resolve(state, config)`` for a sampler's ``state=``/``config=`` overrides.
+
+    Checks an override pair the first time it is passed and remembers the last pair (its
+    config already on the device), so a loop that passes the same override on every call
+    pays the checks (which read levels back from the device) and the copies once.
+    """
+    last: list[Any] = []
+
+    def resolve(state: KarrasVeState | None,
+                config: KarrasVeConfig | None) -> tuple[KarrasVeState, KarrasVeConfig]:
+        if last and last[0] is state and last[1] is config:
+            return last[2], last[3]
+        checked = check_sampler_defaults(default_state if state is None else state,
+                                         default_config if config is None else config, dtype,
+                                         on_device=True)
+        last[:] = [state, config, *checked]
+        return checked
+
+    return resolve
 
 
 def make_sampler(
@@ -401,7 +427,8 @@ def make_sampler(
     solver = get_solver(solver)
     dtype = check_dtype(dtype)
     check_arity("apply_fn", apply_fn, "apply_fn(params, x, sigma, cond)", 4)
-    default_state, default_config = check_sampler_defaults(state, config, dtype)
+    default_state, default_config = check_sampler_defaults(state, config, dtype, on_device=True)
+    resolve = override_resolver(default_state, default_config, dtype)
 
     def program(params: Any, keys: jax.Array, cond: Any, x_init: Any,
                 config: KarrasVeConfig, state: KarrasVeState) -> Any:
@@ -430,8 +457,7 @@ def make_sampler(
             check_finite_array("x_init", x_init)
         if config is None and state is None:
             return run(params, keys, cond, x_init, default_config, default_state)
-        state, config = check_sampler_defaults(default_state if state is None else state,
-                                               default_config if config is None else config, dtype)
+        state, config = resolve(state, config)
         return run(params, keys, cond, x_init, config, state)
 
     sampler.jitted = run  # type: ignore[attr-defined]
