@@ -115,11 +115,15 @@ def _on(array: Any, sharding: NamedSharding) -> bool:
 
     A typed key array works its sharding out anew on every ``.sharding`` (about 20 us); the
     uint32 array under it has the same placement and answers in well under a microsecond.
-    Without that attribute (another JAX version) the public, slower path gives the same answer.
+    Without that attribute (raw keys, tracers, another JAX version) the public path answers.
     """
-    if not isinstance(array, jax.Array) or isinstance(array, jax.core.Tracer):
-        return False
-    return getattr(array, "_base_array", array).sharding == sharding
+    try:
+        placed = array._base_array.sharding
+    except AttributeError:
+        if not isinstance(array, jax.Array) or isinstance(array, jax.core.Tracer):
+            return False
+        placed = array.sharding
+    return placed is sharding or placed == sharding
 
 
 def _place(array: Any, sharding: NamedSharding) -> Any:
