@@ -34,7 +34,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         previous file, if any, is unchanged and the temporary file is removed. Any other
         exception from ``write`` propagates after the same clean-up.
     """
-    target = Path(path)
+    target = Path(os.path.realpath(path))  # write through a symlink, not over it
     try:
         handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as err:
@@ -44,7 +44,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temp, 0o666 & ~_umask())
+        os.chmod(temp, _mode_for(target))
         os.replace(temp, target)
     except OSError as err:
         _remove(temp)
@@ -68,11 +68,24 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def _mode_for(target: Path) -> int:
+    """The permission bits the new file gets: the old file's, else what ``open`` would give."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def _umask() -> int:
-    # os.umask can only be read by setting it; mkstemp's 0o600 would otherwise stick.
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    # Read, not set: os.umask(0) would open a window in which other threads create files 0o666.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _remove(path: str | os.PathLike) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 from jax.extend import random as jex_random
 from jax.typing import DTypeLike
 
-from karras_jax._validation import check_dtype, check_sample_shape, level_dtype
+from karras_jax._validation import carry_dtype, check_dtype, check_sample_shape
 from karras_jax.state import KarrasVeState, check_state
 
 __all__ = [
@@ -200,7 +200,7 @@ def start_sample(keys: jax.Array, init_noise_sigma: jax.Array, sample_shape: tup
     """
     k_init, _ = split_per_key(keys)
     z = normal_per_key(fast_keys(k_init, sample_shape), sample_shape, dtype)
-    carry = jnp.promote_types(dtype, level_dtype())
+    carry = carry_dtype(dtype)
     return init_noise_sigma.astype(carry) * z.astype(carry)
 
 

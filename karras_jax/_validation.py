@@ -30,6 +30,7 @@ __all__ = [
     "check_num_steps",
     "check_same_shape",
     "check_sample_shape",
+    "carry_dtype",
     "concrete_value",
     "level_dtype",
 ]
@@ -38,6 +39,11 @@ __all__ = [
 def level_dtype() -> jnp.dtype:
     """The dtype all noise-level arithmetic runs in: float32, or float64 under x64."""
     return jnp.dtype(jnp.result_type(float))
+
+
+def carry_dtype(sample_dtype: DTypeLike) -> jnp.dtype:
+    """The dtype samples are carried and updated in: the wider of ``sample_dtype`` and the level dtype."""
+    return jnp.promote_types(sample_dtype, level_dtype())
 
 
 def concrete_value(name: str, value: Any) -> np.ndarray | None:
@@ -232,13 +238,13 @@ def check_representable_levels(levels: np.ndarray, what: str) -> None:
     info = np.finfo(dtype)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         rounded = np.asarray(levels, np.float64).astype(dtype)
-    if np.isnan(rounded).any():
-        raise ValueError(f"{what} give NaN noise levels; use values for which the schedule is defined.")
     if np.isinf(rounded).any():
         raise ValueError(
             f"{what} give noise levels beyond the largest {dtype.name} ({float(info.max):.4g}); use a "
             "smaller sigma_max."
         )
+    if np.isnan(rounded).any():
+        raise ValueError(f"{what} give NaN noise levels; use values for which the schedule is defined.")
     if (np.abs(rounded) < info.tiny).any():
         raise ValueError(
             f"{what} give noise levels below the smallest normal {dtype.name} ({float(info.tiny):.4g}), "

@@ -51,6 +51,17 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+# Beyond this many levels float32 cannot tell neighbouring EDM levels apart anyway.
+MAX_STEPS = 100_000
+
+
+def _steps(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_STEPS:,} steps, got {text}")
+    return value
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -86,7 +97,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "compare with true samples. Writes samples.npz and demo.png to --out.",
     )
     demo._sub = "demo"
-    demo.add_argument("--steps", type=_positive_int, default=18, help="noise levels N (default 18)")
+    demo.add_argument("--steps", type=_steps, default=18,
+                      help=f"noise levels N, 1 .. {MAX_STEPS:,} (default 18)")
     demo.add_argument("--schedule", choices=SCHEDULES, default="karras",
                       help="noise-level schedule (default karras, EDM's rho=7)")
     demo.add_argument("--seeds", type=_positive_int, default=4096,

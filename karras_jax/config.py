@@ -146,7 +146,7 @@ def _from_state_dict(config: KarrasVeConfig, state: dict[str, Any]) -> KarrasVeC
 serialization.register_serialization_state(KarrasVeConfig, _to_state_dict, _from_state_dict)
 
 
-def check_config(config: Any, *, scalar: bool = False) -> KarrasVeConfig:
+def check_config(config: Any, *, scalar: bool | tuple[str, ...] = False) -> KarrasVeConfig:
     """Returns ``config`` after checking it is a config whose fields hold numbers or arrays.
 
     For functions that compute with a config: placeholders (None) are allowed only in
@@ -154,7 +154,8 @@ def check_config(config: Any, *, scalar: bool = False) -> KarrasVeConfig:
 
     Args:
       config: The config to check.
-      scalar: Also require one value per field (inside ``jax.vmap`` the fields are scalars).
+      scalar: Also require one value per field (True: every field; or the names of the
+        fields that must be scalars). Inside ``jax.vmap`` the fields are scalars.
 
     Raises:
       TypeError: ``config`` is not a :class:`KarrasVeConfig`, or a field holds None or
@@ -170,7 +171,7 @@ def check_config(config: Any, *, scalar: bool = False) -> KarrasVeConfig:
                 f"config.{name} must be a real number or an array, got {type(value).__name__} "
                 f"{value!r}."
             )
-        if scalar and np.ndim(value) != 0:
+        if (scalar is True or name in (scalar or ())) and np.ndim(value) != 0:
             raise ValueError(
                 f"config.{name} holds an array of shape {np.shape(value)} where one value belongs; "
                 f"to run several values, jax.vmap over them, e.g. jax.vmap(lambda v: "

@@ -25,7 +25,6 @@ for the churn of step ``i`` (0-based). A sample therefore depends only on its ow
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
 from collections.abc import Callable
@@ -37,8 +36,10 @@ import numpy as np
 from jax.experimental import checkify
 from jax.typing import ArrayLike, DTypeLike
 
+from karras_jax._finite import INPUT, OUTPUT, START, UPDATE, FirstFailure, all_finite, raise_if_not_finite
 from karras_jax._noise import churn_keys, churn_noise, normalize_keys, start_sample
 from karras_jax._validation import (
+    carry_dtype,
     check_arity,
     check_cond,
     check_dtype,
@@ -49,7 +50,7 @@ from karras_jax._validation import (
 from karras_jax.config import KarrasVeConfig, check_config
 from karras_jax.solvers import Levels, Solver, get_solver
 from karras_jax.solvers.base import levels_of
-from karras_jax.state import KarrasVeState, check_levels_fit, check_state, check_state_matches_config
+from karras_jax.state import KarrasVeState, check_state, check_state_matches_config
 from karras_jax.steps import add_churn, churn_levels
 
 __all__ = ["Trajectory", "make_sampler", "sample"]
@@ -200,6 +201,38 @@ def sample(
     return raise_if_not_finite(*checked())
 
 
+def check_levels_fit(state: KarrasVeState, config: KarrasVeConfig, dtype: jnp.dtype) -> None:
+    r"""Refuses a concrete state whose noise would overflow the network's dtype.
+
+    The sample starts with std ``init_noise_sigma`` and the churn raises it by at most the
+    factor :math:`\max_i \hat\sigma_i/\sigma_i` (:math:`\le \sqrt 2`, the bound used when
+    the config is traced). With draws up to 6 standard deviations that must stay below the
+    dtype's largest value (65504 for float16).
+
+    Raises:
+      ValueError: naming the dtype, the noise std and sigma_max.
+    """
+    leaves = jax.tree_util.tree_leaves((state, config))
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        factor = 2**0.5 if not isinstance(state.init_noise_sigma, jax.core.Tracer) else None
+    else:
+        with jax.ensure_compile_time_eval():  # concrete values, even when called while tracing
+            sigmas = jnp.asarray(state.sigmas[:-1], level_dtype())
+            factor = float(jnp.max(churn_levels(config, state.num_inference_steps, sigmas)[0] / sigmas))
+    if factor is None:
+        return
+    biggest = float(np.asarray(state.init_noise_sigma)) * factor
+    largest = float(jnp.finfo(dtype).max)
+    if 6.0 * biggest > largest:
+        built = "" if state.sigma_max is None else f" (sigma_max={np.asarray(state.sigma_max)!s})"
+        raise ValueError(
+            f"dtype={jnp.dtype(dtype).name} cannot hold this run's noise: samples of std up to "
+            f"{biggest:.4g}{built} reach about {6 * biggest:.4g}, beyond the largest "
+            f"{jnp.dtype(dtype).name} ({largest:.4g}); use a wider dtype (bfloat16 or float32) or a "
+            "smaller sigma_max."
+        )
+
+
 def _checked(denoise_fn: DenoiseFn, keys: jax.Array, state: KarrasVeState, config: KarrasVeConfig,
              sample_shape: tuple[int, ...], cond: Any, solver: str | Solver, x_init: ArrayLike | None,
              dtype: DTypeLike, return_trajectory: bool,
@@ -213,7 +246,7 @@ def _checked(denoise_fn: DenoiseFn, keys: jax.Array, state: KarrasVeState, confi
     keys = normalize_keys(keys)
     sample_shape = check_sample_shape(sample_shape)
     dtype = check_dtype(dtype)
-    check_levels_fit(state, dtype)
+    check_levels_fit(state, config, dtype)
     full_shape = (keys.shape[0], *sample_shape)
     check_cond(cond, keys.shape[0])
     if x_init is not None:
@@ -230,19 +263,27 @@ def _sample(denoise_fn: DenoiseFn, keys: jax.Array, state: KarrasVeState, config
             sample_shape: tuple[int, ...], cond: Any, solver: Solver, x_init: ArrayLike | None,
             dtype: jnp.dtype, return_trajectory: bool, progress: bool | Callable[[Any], None],
             checks: bool = False) -> jax.Array | tuple[jax.Array, Trajectory]:
-    """:func:`sample` on checked arguments; ``checks`` adds the checkify checks of ``check_finite``."""
+    """:func:`sample` on checked arguments; ``checks`` adds the debug mode's finiteness checks."""
     n = state.num_inference_steps
     full_shape = (keys.shape[0], *sample_shape)
-    carry = jnp.promote_types(dtype, level_dtype())
+    carry = carry_dtype(dtype)
     levels, noise_std = step_table(config, state, solver)
     k_churn = churn_keys(keys, sample_shape)
     if x_init is None:
         x0 = start_sample(keys, state.init_noise_sigma, sample_shape, dtype)
     else:
         x0 = jnp.asarray(x_init).astype(carry)
+    failure = FirstFailure.none(levels.sigma_hat.dtype)
+    if checks:
+        failure = failure.record(all_finite(x0), START, 0, levels.sigma_hat[0], levels.sigma[0])
+    # (ok, kind, sigma) of the evaluations in the step being traced, in program order.
+    events: list[tuple[jax.Array, int, jax.Array]] = []
 
-    def denoise(x: jax.Array, sigma: jax.Array, step: jax.Array | None = None) -> jax.Array:
-        out = denoise_fn(x.astype(dtype), sigma, cond)
+    def denoise(x: jax.Array, sigma: jax.Array) -> jax.Array:
+        x_in = x.astype(dtype)
+        if checks:
+            events.append((all_finite(x_in), INPUT, sigma))
+        out = denoise_fn(x_in, sigma, cond)
         if not hasattr(out, "shape") or not hasattr(out, "dtype"):
             raise TypeError(
                 f"denoise_fn must return one array shaped like its input {full_shape}, got "
@@ -255,47 +296,49 @@ def _sample(denoise_fn: DenoiseFn, keys: jax.Array, state: KarrasVeState, config
             )
         out = jnp.asarray(out).astype(carry)
         if checks:
-            checkify.check(jnp.all(jnp.isfinite(out)),
-                           "non-finite value in the denoiser's output at step {step} (sigma={sigma}); "
-                           "its input was finite", step=step, sigma=sigma)
+            events.append((all_finite(out), OUTPUT, sigma))
         return out
 
     churn = _churn_fn(k_churn, sample_shape, dtype, math.prod(full_shape))
     report = _progress_printer(n) if progress is True else progress
 
-    def iteration(i: jax.Array, x: jax.Array, solver_state: Any,
+    def iteration(i: jax.Array, x: jax.Array, solver_state: Any, failure: FirstFailure,
                   advance: Callable[..., tuple[jax.Array, jax.Array, Any]]) -> tuple[Any, ...]:
         levels_i = jax.tree_util.tree_map(lambda column: column[i], levels)
         x_hat = churn(i, x, noise_std[i])
-        step_denoise = functools.partial(denoise, step=i) if checks else denoise
-        x_next, denoised, solver_state = advance(step_denoise, x_hat, levels_i, solver_state)
+        events.clear()
+        x_next, denoised, solver_state = advance(denoise, x_hat, levels_i, solver_state)
         if checks:
-            checkify.check(jnp.all(jnp.isfinite(x_next)),
-                           "non-finite value in the update of step {step} (sigma_hat={sigma}); the "
-                           "denoiser's outputs were finite", step=i, sigma=levels_i.sigma_hat)
+            events.append((all_finite(x_next), UPDATE, levels_i.sigma_hat))
+            for ok, kind, sigma in events:
+                failure = failure.record(ok, kind, i, levels_i.sigma_hat, sigma)
         if report:
             jax.debug.callback(report, i, ordered=True)
-        return x_next, denoised, solver_state
+        return x_next, denoised, solver_state, failure
 
     loop_steps = n - 1  # the last step, to sigma = 0, is the solver's last_step
     last = jnp.asarray(n - 1, jnp.int32)
-    init = (x0, solver.init(x0))
+    init = (x0, solver.init(x0), failure)
     if not return_trajectory:
-        def body(i: jax.Array, carried: tuple[jax.Array, Any]) -> tuple[jax.Array, Any]:
-            x_next, _, solver_state = iteration(i, *carried, solver.step)
-            return x_next, solver_state
+        def body(i: jax.Array, carried: tuple[Any, ...]) -> tuple[Any, ...]:
+            x_next, _, solver_state, failure = iteration(i, *carried, solver.step)
+            return x_next, solver_state, failure
 
-        x, solver_state = jax.lax.fori_loop(0, loop_steps, body, init)
-        return iteration(last, x, solver_state, solver.last_step)[0].astype(dtype)
+        x, solver_state, failure = jax.lax.fori_loop(0, loop_steps, body, init)
+        x_last, _, _, failure = iteration(last, x, solver_state, failure, solver.last_step)
+        if checks:
+            failure.check(dtype.name)
+        return x_last.astype(dtype)
 
-    def scan_body(carried: tuple[jax.Array, Any],
-                  i: jax.Array) -> tuple[tuple[jax.Array, Any], tuple[jax.Array, jax.Array]]:
-        x_next, denoised, solver_state = iteration(i, *carried, solver.step)
-        return (x_next, solver_state), (x_next.astype(dtype), denoised.astype(dtype))
+    def scan_body(carried: tuple[Any, ...], i: jax.Array) -> tuple[tuple[Any, ...], tuple[jax.Array, ...]]:
+        x_next, denoised, solver_state, failure = iteration(i, *carried, solver.step)
+        return (x_next, solver_state, failure), (x_next.astype(dtype), denoised.astype(dtype))
 
-    (x, solver_state), (xs, ds) = jax.lax.scan(
+    (x, solver_state, failure), (xs, ds) = jax.lax.scan(
         scan_body, init, jnp.arange(loop_steps, dtype=jnp.int32))
-    x_last, d_last, _ = iteration(last, x, solver_state, solver.last_step)
+    x_last, d_last, _, failure = iteration(last, x, solver_state, failure, solver.last_step)
+    if checks:
+        failure.check(dtype.name)
     x_last = x_last.astype(dtype)
     trajectory = Trajectory(
         samples=jnp.concatenate([x0.astype(dtype)[None], xs, x_last[None]]),
@@ -303,14 +346,6 @@ def _sample(denoise_fn: DenoiseFn, keys: jax.Array, state: KarrasVeState, config
         sigmas=state.sigmas.astype(level_dtype()),
     )
     return x_last, trajectory
-
-
-def raise_if_not_finite(error: checkify.Error, out: Any) -> Any:
-    """``out``, after raising ``FloatingPointError`` if the checkify ``error`` holds one."""
-    message = error.get()
-    if message is not None:
-        raise FloatingPointError(message.replace(" (`check` failed)", ""))
-    return out
 
 
 def _churn_fn(k_churn: jax.Array, sample_shape: tuple[int, ...], dtype: jnp.dtype,
@@ -347,6 +382,9 @@ def as_traced_config(config: KarrasVeConfig, *, on_device: bool = False) -> Karr
         if isinstance(value, (int, float, np.integer, np.floating, np.ndarray)) and not isinstance(
                 value, bool):
             return convert(value, level_dtype())
+        if (isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer)
+                and (value.dtype != level_dtype() or value.weak_type)):
+            return jnp.asarray(value, level_dtype()).astype(level_dtype())  # drops weak typing
         return value
 
     return jax.tree_util.tree_map(cast, config)
@@ -358,7 +396,7 @@ def check_sampler_defaults(state: KarrasVeState, config: KarrasVeConfig, dtype: 
     check_config(config, scalar=True)
     check_state(state)
     check_state_matches_config(state, config)
-    check_levels_fit(state, dtype)
+    check_levels_fit(state, config, dtype)
     return state, as_traced_config(config, on_device=on_device)
 
 
@@ -379,7 +417,8 @@ def override_resolver(default_state: KarrasVeState, default_config: KarrasVeConf
         checked = check_sampler_defaults(default_state if state is None else state,
                                          default_config if config is None else config, dtype,
                                          on_device=True)
-        last[:] = [state, config, *checked]
+        if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(checked)):
+            last[:] = [state, config, *checked]  # never keep a caller's tracers beyond their trace
         return checked
 
     return resolve
@@ -453,8 +492,6 @@ def make_sampler(
                 state: KarrasVeState | None = None) -> Any:
         if getattr(keys, "dtype", None) == _RAW_KEY_DTYPE:  # one program for raw and typed keys
             keys = normalize_keys(keys)
-        if x_init is not None:
-            check_finite_array("x_init", x_init)
         if config is None and state is None:
             return run(params, keys, cond, x_init, default_config, default_state)
         state, config = resolve(state, config)

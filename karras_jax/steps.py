@@ -33,9 +33,10 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import struct
-from jax.typing import ArrayLike, DTypeLike
+from jax.typing import ArrayLike
 
 from karras_jax._validation import (
+    carry_dtype,
     check_float_array,
     check_key,
     check_level,
@@ -80,11 +81,6 @@ class KarrasVeOutput:
 
 
 # --- the formulas ---------------------------------------------------------------------------
-
-
-def work_dtype(sample_dtype: DTypeLike) -> jnp.dtype:
-    """The dtype updates are computed in: the wider of the sample and level dtypes."""
-    return jnp.promote_types(sample_dtype, level_dtype())
 
 
 def gamma_of(config: KarrasVeConfig, num_inference_steps: int, sigma: jax.Array) -> jax.Array:
@@ -212,7 +208,7 @@ def add_noise_to_input(
     sigma = check_level("sigma", sigma, positive=True)
     sigma_hat, noise_std = churn_levels(config, n, sigma)
     z = jax.random.normal(key, sample.shape, sample.dtype)
-    sample_hat = add_churn(sample.astype(work_dtype(sample.dtype)), noise_std, z)
+    sample_hat = add_churn(sample.astype(carry_dtype(sample.dtype)), noise_std, z)
     return sample_hat.astype(sample.dtype), sigma_hat
 
 
@@ -251,7 +247,7 @@ def step(
     s_hat = check_level("sigma_hat", sigma_hat, positive=True)
     s_prev = check_level("sigma_prev", sigma_prev, positive=False)
     out_dtype = sample_hat.dtype
-    work = work_dtype(out_dtype)
+    work = carry_dtype(out_dtype)
     x = sample_hat.astype(work)
     denoised = x + s_hat.astype(work) * model_output.astype(work)
     d = slope(x, denoised, 1.0 / s_hat)
@@ -312,7 +308,7 @@ def step_correct(
     s_hat = check_level("sigma_hat", sigma_hat, positive=True)
     s_prev = check_level("sigma_prev", sigma_prev, positive=False)
     out_dtype = sample_hat.dtype
-    work = work_dtype(out_dtype)
+    work = carry_dtype(out_dtype)
     last = s_prev == 0
     # Keep 0 * inf (a network evaluated at sigma = 0) out of the arithmetic and its gradient.
     safe_prev = jnp.where(last, jnp.ones_like(s_prev), s_prev)

@@ -55,6 +55,7 @@ def test_demo_heun_beats_euler_without_churn(tmp_path, capsys):
     [
         (["demo", "--steps", "0"], "--steps"),
         (["demo", "--steps", "many"], "--steps"),
+        (["demo", "--steps", "10000000000"], "--steps"),
         (["demo", "--seeds", "-3"], "--seeds"),
         (["demo", "--s-churn", "-1"], "--s-churn"),
         (["demo", "--s-noise", "nan"], "--s-noise"),
@@ -142,17 +143,22 @@ def test_a_folder_in_the_way_of_an_output_file(tmp_path, capsys):
     assert "samples.npz is a folder" in err
 
 
-def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
-    import karras_jax.cli as cli
+def test_ctrl_c_while_writing_is_one_line_exit_130_and_no_partial_file(tmp_path, capsys, monkeypatch):
+    main(["demo", "--seeds", "64", "--steps", "3", "--out", str(tmp_path), "--no-plot"])
+    before = (tmp_path / "samples.npz").read_bytes()
+    real_savez = np.savez
 
-    def interrupted(args):
-        raise KeyboardInterrupt
+    def interrupted_mid_write(file, **arrays):
+        real_savez(file, **arrays)  # the bytes are in the temporary file ...
+        raise KeyboardInterrupt  # ... when Ctrl-C arrives, before the rename
 
-    monkeypatch.setattr(cli, "_demo", interrupted)
-    assert main(["demo", "--out", str(tmp_path)]) == 130
+    monkeypatch.setattr(np, "savez", interrupted_mid_write)
+    assert main(["demo", "--seeds", "64", "--steps", "3", "--seed", "3", "--out", str(tmp_path),
+                 "--no-plot"]) == 130
     err = capsys.readouterr().err
-    assert err.strip().count("\n") == 0 and "interrupted" in err
-    assert list(tmp_path.iterdir()) == []
+    assert err.strip().count("\n") == 0 and "interrupted" in err and "Traceback" not in err
+    assert (tmp_path / "samples.npz").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples.npz"]
 
 
 def test_a_full_disk_keeps_the_previous_outputs_byte_for_byte(tmp_path):

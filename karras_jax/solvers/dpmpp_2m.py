@@ -48,8 +48,7 @@ def _weights(levels: Levels) -> jax.Array:
     """
     sigma_hat, sigma_next = levels.sigma_hat, levels.sigma_next
     log_hat = jnp.log(sigma_hat)
-    safe_next = jnp.where(sigma_next > 0, sigma_next, jnp.ones_like(sigma_next))
-    h = log_hat - jnp.log(safe_next)
+    h = jnp.log(sigma_hat * levels.inv_sigma_next)  # inv_sigma_next is 1 where sigma_next = 0
     h_last = jnp.concatenate([jnp.zeros_like(log_hat[:1]), log_hat[:-1] - log_hat[1:]])
     usable = (h_last > 0) & (sigma_next > 0) & (sigma_hat <= levels.sigma)
     safe_last = jnp.where(usable, h_last, jnp.ones_like(h_last))
