@@ -114,3 +114,21 @@ def test_check_writable_folder_creates_it_and_leaves_nothing(tmp_path):
     blocker.write_text("")
     with pytest.raises(OSError):
         check_writable_folder(blocker / "inside")
+
+
+def test_an_existing_file_keeps_its_permissions(tmp_path):
+    target = tmp_path / "target.bin"
+    target.write_bytes(OLD)
+    os.chmod(target, 0o600)
+    atomic_write(target, lambda f: f.write(b"new"))
+    assert os.stat(target).st_mode & 0o777 == 0o600
+
+
+def test_a_symlinked_target_is_written_through(tmp_path):
+    real = tmp_path / "real.bin"
+    real.write_bytes(OLD)
+    link = tmp_path / "link.bin"
+    link.symlink_to(real)
+    atomic_write(link, lambda f: f.write(b"new"))
+    assert link.is_symlink() and real.read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["link.bin", "real.bin"]

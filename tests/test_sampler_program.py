@@ -174,6 +174,7 @@ def test_make_sampler_does_not_retrace_for_new_weights_keys_cond_config_state():
     new_levels = kj.set_timesteps(new_range, 5, "karras")
     sampler((GAUSS.mean, GAUSS.std), keys_for(3, 4), cond, state=new_levels, config=new_range)
     sampler((GAUSS.mean, GAUSS.std), jax.random.key_data(keys_for(4, 4)), cond)  # raw keys
+    sampler((GAUSS.mean, GAUSS.std), keys_for(5, 4), cond, config=cfg.replace(s_churn=jnp.asarray(2.0)))
     assert len(traces) == traced_once
     assert sampler.jitted._cache_size() == 1
     assert not np.allclose(np.asarray(first), np.asarray(second))

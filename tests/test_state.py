@@ -262,3 +262,10 @@ def test_a_state_edited_to_another_step_count_is_refused(n):
         kj.initial_noise(keys, edited, (3,))
     with pytest.raises(ValueError, match="num_inference_steps"):
         kj.add_noise_to_input(kj.KarrasVeConfig(), edited, jnp.zeros(3), 1.0, jax.random.key(0))
+
+
+def test_set_timesteps_takes_a_config_holding_a_churn_sweep():
+    # Only sigma_min / sigma_max shape the levels; a grid over s_churn may ride along.
+    grid = kj.KarrasVeConfig().replace(s_churn=jnp.asarray([0.0, 10.0]))
+    state = kj.set_timesteps(grid, 5)
+    np.testing.assert_allclose(state.sigmas, kj.set_timesteps(kj.KarrasVeConfig(), 5).sigmas)
