@@ -273,9 +273,10 @@ def _sample(denoise_fn: DenoiseFn, keys: jax.Array, state: KarrasVeState, config
         x0 = start_sample(keys, state.init_noise_sigma, sample_shape, dtype)
     else:
         x0 = jnp.asarray(x_init).astype(carry)
-    failure = FirstFailure.none(levels.sigma_hat.dtype)
+    failure = None  # carried through the loop only in the debug mode
     if checks:
-        failure = failure.record(all_finite(x0), START, 0, levels.sigma_hat[0], levels.sigma[0])
+        failure = FirstFailure.none(levels.sigma_hat.dtype).record(
+            all_finite(x0), START, 0, levels.sigma_hat[0], levels.sigma[0])
     # (ok, kind, sigma) of the evaluations in the step being traced, in program order.
     events: list[tuple[jax.Array, int, jax.Array]] = []
 
@@ -302,7 +303,7 @@ def _sample(denoise_fn: DenoiseFn, keys: jax.Array, state: KarrasVeState, config
     churn = _churn_fn(k_churn, sample_shape, dtype, math.prod(full_shape))
     report = _progress_printer(n) if progress is True else progress
 
-    def iteration(i: jax.Array, x: jax.Array, solver_state: Any, failure: FirstFailure,
+    def iteration(i: jax.Array, x: jax.Array, solver_state: Any, failure: FirstFailure | None,
                   advance: Callable[..., tuple[jax.Array, jax.Array, Any]]) -> tuple[Any, ...]:
         levels_i = jax.tree_util.tree_map(lambda column: column[i], levels)
         x_hat = churn(i, x, noise_std[i])
