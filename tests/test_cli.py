@@ -161,18 +161,23 @@ def test_ctrl_c_while_writing_is_one_line_exit_130_and_no_partial_file(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["samples.npz"]
 
 
-def test_a_full_disk_keeps_the_previous_outputs_byte_for_byte(tmp_path):
-    main(["demo", "--seeds", "64", "--steps", "4", "--out", str(tmp_path), "--no-plot"])
-    before = (tmp_path / "samples.npz").read_bytes()
+def _demo_with_file_size_limit(limit, argv):
+    """``karras-jax`` run in a child process whose files may not grow beyond ``limit`` bytes."""
     script = (
         "import resource, sys\n"
         "from karras_jax.cli import main\n"
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))\n"
-        "sys.exit(main(['demo', '--seeds', '512', '--steps', '4', '--seed', '5',\n"
-        f"                '--out', {str(tmp_path)!r}]))\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        f"sys.exit(main({argv!r}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                            check=False)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def test_a_full_disk_keeps_the_previous_outputs_byte_for_byte(tmp_path):
+    main(["demo", "--seeds", "64", "--steps", "4", "--out", str(tmp_path), "--no-plot"])
+    before = (tmp_path / "samples.npz").read_bytes()
+    result = _demo_with_file_size_limit(
+        2000, ["demo", "--seeds", "512", "--steps", "4", "--seed", "5", "--out", str(tmp_path)])
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().count("\n") == 0 and "samples.npz" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
@@ -208,15 +213,8 @@ def test_a_failed_plot_keeps_the_previous_png_byte_for_byte(tmp_path):
     main(["demo", "--seeds", "256", "--steps", "4", "--out", str(tmp_path)])
     before = (tmp_path / "demo.png").read_bytes()
     assert len(before) > 40_000  # larger than the limit below; samples.npz is smaller
-    script = (
-        "import resource, sys\n"
-        "from karras_jax.cli import main\n"
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))\n"
-        "sys.exit(main(['demo', '--seeds', '256', '--steps', '4', '--seed', '9',\n"
-        f"                '--out', {str(tmp_path)!r}]))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                            check=False)
+    result = _demo_with_file_size_limit(
+        30_000, ["demo", "--seeds", "256", "--steps", "4", "--seed", "9", "--out", str(tmp_path)])
     assert result.returncode == 1, result.stderr
     assert "demo.png" in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert (tmp_path / "demo.png").read_bytes() == before
