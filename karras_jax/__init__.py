@@ -13,6 +13,7 @@ from karras_jax.compat import (
     save_config,
 )
 from karras_jax.config import KarrasVeConfig
+from karras_jax.models import PRECONDITIONINGS, iddpm_levels, precondition, precondition_coefficients
 from karras_jax.sampler import Trajectory, make_sampler, sample
 from karras_jax.schedules import SCHEDULES, custom_sigmas, diffusers_sigmas, karras_sigmas, ve_sigmas
 from karras_jax.sharding import batch_sharding, make_sharded_sampler, sample_sharded
@@ -30,6 +31,7 @@ from karras_jax.steps import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRECONDITIONINGS",
     "SCHEDULES",
     "SOLVERS",
     "FlaxKarrasVeOutput",
@@ -51,11 +53,14 @@ __all__ = [
     "euler",
     "get_solver",
     "heun",
+    "iddpm_levels",
     "initial_noise",
     "karras_sigmas",
     "load_config",
     "make_sampler",
     "make_sharded_sampler",
+    "precondition",
+    "precondition_coefficients",
     "sample",
     "sample_sharded",
     "save_config",

@@ -217,3 +217,34 @@ def gaussian_ode_solution(x0: np.ndarray, mu: float | np.ndarray, s: float, sigm
     return np.asarray(mu) + (np.asarray(x0, np.float64) - np.asarray(mu)) * s / math.sqrt(
         s**2 + sigma0**2
     )
+
+
+# --- Table 1 preconditioning --------------------------------------------------------------
+
+
+def iddpm_u(C1: float = 0.001, C2: float = 0.008, M: int = 1000) -> np.ndarray:  # noqa: N803
+    """u_0 > ... > u_M = 0 of Table 1's iDDPM column."""
+    def abar(j):
+        return math.sin(math.pi * j / (2 * M * (C2 + 1))) ** 2
+
+    u = [0.0] * (M + 1)
+    for j in range(M, 0, -1):
+        u[j - 1] = math.sqrt((u[j] ** 2 + 1) / max(abar(j - 1) / abar(j), C1) - 1)
+    return np.asarray(u)
+
+
+def precondition(sigma: float, kind: str, **c) -> tuple[float, float, float, float]:
+    """(c_skip, c_out, c_in, c_noise) of Table 1, float64."""
+    if kind == "edm":
+        sd = c.get("sigma_data", 0.5)
+        return (sd**2 / (sigma**2 + sd**2), sigma * sd / math.sqrt(sigma**2 + sd**2),
+                1 / math.sqrt(sigma**2 + sd**2), math.log(sigma) / 4)
+    if kind == "ve":
+        return 1.0, sigma, 1.0, math.log(sigma / 2)
+    if kind == "vp":
+        beta_d, beta_min, m = c.get("beta_d", 19.9), c.get("beta_min", 0.1), c.get("M", 1000)
+        t = (math.sqrt(beta_min**2 + 2 * beta_d * math.log(sigma**2 + 1)) - beta_min) / beta_d
+        return 1.0, -sigma, 1 / math.sqrt(sigma**2 + 1), (m - 1) * t
+    u = iddpm_u(c.get("C1", 0.001), c.get("C2", 0.008), c.get("M", 1000))
+    m = c.get("M", 1000)
+    return 1.0, -sigma, 1 / math.sqrt(sigma**2 + 1), float(m - 1 - np.argmin(np.abs(u - sigma)))

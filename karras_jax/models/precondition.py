@@ -1,0 +1,162 @@
+r"""Preconditioning (Table 1 of Karras et al. 2022): a trained network F as a denoiser D.
+
+.. math::
+
+    D(x; \sigma) = c_{skip}(\sigma)\, x + c_{out}(\sigma)\, F(c_{in}(\sigma)\, x,\; c_{noise}(\sigma))
+
+with the four columns of Table 1 (``sd`` = sigma_data):
+
+========= ==================== ============================ ==================== ======================
+kind      c_skip               c_out                        c_in                 c_noise
+========= ==================== ============================ ==================== ======================
+``vp``    1                    -sigma                       1/sqrt(sigma^2+1)    (M-1) t(sigma)
+``ve``    1                    sigma                        1                    ln(sigma/2)
+``iddpm`` 1                    -sigma                       1/sqrt(sigma^2+1)    M-1-argmin_j|u_j-sigma|
+``edm``   sd^2/(sigma^2+sd^2)  sigma sd/sqrt(sigma^2+sd^2)  1/sqrt(sigma^2+sd^2) ln(sigma)/4
+========= ==================== ============================ ==================== ======================
+
+VP's :math:`t(\sigma) = (\sqrt{\beta_{min}^2 + 2\beta_d \ln(\sigma^2+1)} - \beta_{min})/\beta_d`
+and iDDPM's :math:`u_j` (:func:`iddpm_levels`) are the training schedules' own. All
+coefficients are computed in the level dtype (float32, float64 under x64) whatever the
+network's dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from karras_jax._validation import concrete_value, level_dtype
+
+__all__ = ["PRECONDITIONINGS", "iddpm_levels", "precondition", "precondition_coefficients"]
+
+#: The kinds and their constants with the paper's defaults.
+PRECONDITIONINGS: dict[str, dict[str, float]] = {
+    "edm": {"sigma_data": 0.5},
+    "vp": {"beta_d": 19.9, "beta_min": 0.1, "M": 1000},
+    "ve": {},
+    "iddpm": {"C1": 0.001, "C2": 0.008, "M": 1000},
+}
+
+SIGMA_SHAPES = ("scalar", "batch")
+
+NetFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
+
+
+def iddpm_levels(C1: float = 0.001, C2: float = 0.008, M: int = 1000) -> np.ndarray:  # noqa: N803
+    r"""The noise levels of iDDPM's training schedule, :math:`u_0 > \dots > u_M = 0` (float64, Table 1).
+
+    :math:`\bar\alpha(j) = \sin^2(\pi j / (2M(C_2+1)))`, :math:`u_M = 0`,
+    :math:`u_{j-1} = \sqrt{(u_j^2+1)/\max(\bar\alpha(j-1)/\bar\alpha(j), C_1) - 1}`.
+    """
+    def alpha_bar(j: int) -> float:
+        return float(np.sin(0.5 * np.pi * j / M / (C2 + 1)) ** 2)
+
+    u = np.zeros(M + 1)
+    for j in range(M, 0, -1):
+        u[j - 1] = np.sqrt((u[j] ** 2 + 1) / max(alpha_bar(j - 1) / alpha_bar(j), C1) - 1)
+    return u
+
+
+def _constants(kind: Any, constants: dict[str, Any]) -> dict[str, Any]:
+    if kind not in PRECONDITIONINGS:
+        raise ValueError(f"kind must be one of {tuple(PRECONDITIONINGS)}, got {kind!r}.")
+    unknown = sorted(set(constants) - set(PRECONDITIONINGS[kind]))
+    if unknown:
+        allowed = ", ".join(PRECONDITIONINGS[kind]) or "none"
+        raise TypeError(f"kind={kind!r} takes the constants {allowed}; got {', '.join(unknown)}.")
+    values = {**PRECONDITIONINGS[kind], **constants}
+    for name, value in values.items():
+        concrete = concrete_value(name, value)
+        if concrete is not None and not (np.all(np.isfinite(concrete)) and np.all(concrete > 0)):
+            raise ValueError(f"{name} must be finite and > 0, got {value!r}.")
+        if name == "M" and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
+            raise TypeError(f"M must be a positive int, got {value!r}.")
+    return values
+
+
+def precondition_coefficients(
+    sigma: ArrayLike, kind: str = "edm", **constants: Any
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    r"""``(c_skip, c_out, c_in, c_noise)`` of Table 1 at noise level(s) ``sigma``.
+
+    Args:
+      sigma: Noise level(s) > 0, any shape (elementwise).
+      kind: ``"edm"`` (sigma_data=0.5), ``"vp"`` (beta_d=19.9, beta_min=0.1, M=1000),
+        ``"ve"`` or ``"iddpm"`` (C1=0.001, C2=0.008, M=1000).
+      **constants: Overrides of the kind's constants.
+
+    Returns:
+      Four arrays of ``sigma``'s shape in the level dtype.
+
+    Raises:
+      ValueError: an unknown kind or a constant that is not finite and > 0.
+      TypeError: a constant the kind does not take.
+
+    >>> [round(float(c), 4) for c in precondition_coefficients(1.0, "edm")]
+    [0.2, 0.4472, 0.8944, 0.0]
+    """
+    values = _constants(kind, constants)
+    dtype = level_dtype()
+    sigma = jnp.asarray(sigma, dtype)
+    one = jnp.ones_like(sigma)
+    if kind == "edm":
+        sd2 = jnp.asarray(values["sigma_data"], dtype) ** 2
+        norm = jnp.sqrt(sigma**2 + sd2)
+        return sd2 / (sigma**2 + sd2), sigma * jnp.sqrt(sd2) / norm, 1.0 / norm, jnp.log(sigma) / 4
+    if kind == "ve":
+        return one, sigma, one, jnp.log(0.5 * sigma)
+    c_in = 1.0 / jnp.sqrt(sigma**2 + 1)
+    if kind == "vp":
+        beta_d = jnp.asarray(values["beta_d"], dtype)
+        beta_min = jnp.asarray(values["beta_min"], dtype)
+        t = (jnp.sqrt(beta_min**2 + 2 * beta_d * jnp.log1p(sigma**2)) - beta_min) / beta_d
+        return one, -sigma, c_in, (values["M"] - 1) * t
+    u = jnp.asarray(iddpm_levels(values["C1"], values["C2"], values["M"]), dtype)
+    index = jnp.argmin(jnp.abs(sigma[..., None] - u), axis=-1)
+    return one, -sigma, c_in, (values["M"] - 1 - index).astype(dtype)
+
+
+def precondition(net_fn: NetFn, kind: str = "edm", *, sigma_shape: str = "scalar",
+                 **constants: Any) -> Callable[[Any, jax.Array, jax.Array, Any], jax.Array]:
+    r"""Wraps a network F as ``apply_fn(params, x, sigma, cond) = D(x; sigma)`` for the samplers.
+
+    .. math::
+
+        D(x; \sigma) = c_{skip} x + c_{out} F(\text{params}, c_{in} x, c_{noise}, \text{cond})
+
+    Args:
+      net_fn: ``net_fn(params, x_in, c_noise, cond) -> F`` shaped like ``x_in``.
+      kind: A column of Table 1 (see :func:`precondition_coefficients`).
+      sigma_shape: ``"scalar"`` passes ``c_noise`` as the scalar the sampler gives;
+        ``"batch"`` broadcasts it to ``(B,)`` for networks that embed one level per sample.
+      **constants: Overrides of the kind's constants.
+
+    Returns:
+      ``apply_fn(params, x, sigma, cond)``, ready for :func:`karras_jax.make_sampler`. The
+      arithmetic runs in float32 (or the wider of x's dtype and it); the result has x's dtype.
+
+    >>> import jax.numpy as jnp, karras_jax as kj
+    >>> zero_net = lambda params, x_in, c_noise, cond: jnp.zeros_like(x_in)
+    >>> denoise = kj.precondition(zero_net, "edm")
+    >>> float(denoise(None, jnp.ones((1, 2)), jnp.float32(1.0), None)[0, 0])  # c_skip * x
+    0.2
+    """
+    _constants(kind, constants)
+    if sigma_shape not in SIGMA_SHAPES:
+        raise ValueError(f"sigma_shape must be one of {SIGMA_SHAPES}, got {sigma_shape!r}.")
+
+    def apply_fn(params: Any, x: jax.Array, sigma: jax.Array, cond: Any) -> jax.Array:
+        c_skip, c_out, c_in, c_noise = precondition_coefficients(sigma, kind, **constants)
+        work = jnp.promote_types(x.dtype, level_dtype())
+        if sigma_shape == "batch":
+            c_noise = jnp.broadcast_to(c_noise, x.shape[:1])
+        f = net_fn(params, (c_in.astype(work) * x.astype(work)).astype(x.dtype), c_noise, cond)
+        return (c_skip.astype(work) * x.astype(work) + c_out.astype(work) * f.astype(work)).astype(x.dtype)
+
+    return apply_fn

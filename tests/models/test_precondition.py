@@ -1,0 +1,113 @@
+"""Preconditioning: every coefficient of Table 1 against float64, and exact networks for
+Gaussian data wrapped by each column reproduce the exact denoiser (and sample it)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import oracle
+import pytest
+from sampler_utils import edm_config, keys_for
+
+import karras_jax as kj
+from karras_jax.testing import GaussianData
+
+KINDS = ("edm", "vp", "ve", "iddpm")
+SIGMAS = (0.002, 0.05, 0.7, 1.0, 3.0, 80.0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("sigma", SIGMAS)
+def test_coefficients_match_table_1(kind, sigma):
+    got = [float(c) for c in kj.precondition_coefficients(sigma, kind)]
+    want = oracle.precondition(sigma, kind)
+    np.testing.assert_allclose(got[:3], want[:3], rtol=2e-6)
+    np.testing.assert_allclose(got[3], want[3], rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("kind, constants", [("edm", {"sigma_data": 1.3}),
+                                             ("vp", {"beta_d": 10.0, "beta_min": 0.5, "M": 500}),
+                                             ("iddpm", {"C1": 0.01, "C2": 0.02, "M": 200})])
+def test_constants_override_the_defaults(kind, constants):
+    got = [float(c) for c in kj.precondition_coefficients(0.9, kind, **constants)]
+    np.testing.assert_allclose(got, oracle.precondition(0.9, kind, **constants), rtol=2e-6, atol=2e-6)
+
+
+def test_iddpm_levels_follow_the_recursion():
+    np.testing.assert_allclose(kj.iddpm_levels(), oracle.iddpm_u(), rtol=1e-12)
+    u = kj.iddpm_levels(M=1000)
+    assert u[-1] == 0 and np.all(np.diff(u) < 0)
+    # c_noise is M - 1 - the index of the nearest u_j, exactly at the levels themselves.
+    for j in (0, 10, 500, 998):
+        assert float(kj.precondition_coefficients(u[j], "iddpm")[3]) == 999 - j
+
+
+def test_c_noise_is_float32_whatever_the_network_dtype():
+    seen = []
+
+    def net(params, x_in, c_noise, cond):
+        seen.append((x_in.dtype, c_noise.dtype, c_noise.shape))
+        return jnp.zeros_like(x_in)
+
+    x = jnp.ones((3, 2), jnp.bfloat16)
+    assert kj.precondition(net, "vp")(None, x, jnp.float32(2.0), None).dtype == jnp.bfloat16
+    kj.precondition(net, "edm", sigma_shape="batch")(None, x, jnp.float32(2.0), None)
+    assert seen == [(jnp.bfloat16, jnp.float32, ()), (jnp.bfloat16, jnp.float32, (3,))]
+
+
+def _exact_f(data: GaussianData, kind: str):
+    """The network F that makes the preconditioned D exact for N(mu, s^2 I) data."""
+    def sigma_of(c_noise):
+        if kind == "edm":
+            return jnp.exp(4 * c_noise)
+        if kind == "ve":
+            return 2 * jnp.exp(c_noise)
+        if kind == "vp":
+            t = c_noise / 999
+            return jnp.sqrt(jnp.expm1(19.9 * t**2 / 2 + 0.1 * t))
+        return jnp.asarray(kj.iddpm_levels(), jnp.float32)[999 - c_noise.astype(jnp.int32)]
+
+    def net(params, x_in, c_noise, cond):
+        sigma = sigma_of(c_noise)
+        c_skip, c_out, c_in, _ = kj.precondition_coefficients(sigma, kind)
+        x = x_in / c_in
+        return (data.denoise(x, sigma) - c_skip * x) / c_out
+
+    return net
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_exact_network_gives_the_exact_denoiser(kind):
+    data = GaussianData(mean=jnp.asarray([0.5, -1.0]), std=jnp.asarray(0.7))
+    apply_fn = kj.precondition(_exact_f(data, kind), kind)
+    x = jax.random.normal(jax.random.key(0), (5, 2)) * 3.0
+    levels = kj.iddpm_levels()[[30, 400, 900]] if kind == "iddpm" else (0.01, 0.8, 20.0)
+    for sigma in levels:
+        sigma = jnp.float32(sigma)
+        np.testing.assert_allclose(apply_fn(None, x, sigma, None), data.denoise(x, sigma),
+                                   rtol=2e-4, atol=2e-5)
+
+
+def test_a_preconditioned_network_samples_the_data():
+    data = GaussianData(mean=jnp.asarray([0.5, -1.0]), std=jnp.asarray(0.7))
+    cfg = edm_config(s_churn=0.0)
+    state = kj.set_timesteps(cfg, 32, "karras")
+    sampler = kj.make_sampler(kj.precondition(_exact_f(data, "edm"), "edm"), state, cfg, (2,))
+    x = np.asarray(sampler(None, keys_for(3, 4096)), np.float64)
+    se = 0.7 / math.sqrt(4096)
+    np.testing.assert_array_less(np.abs(x.mean(0) - [0.5, -1.0]), 5 * se)
+    np.testing.assert_array_less(np.abs(x.std(0) - 0.7), 5 * 0.7 / math.sqrt(2 * 4096))
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: kj.precondition_coefficients(1.0, "cosine"), ValueError, "kind must be one of"),
+    (lambda: kj.precondition_coefficients(1.0, "edm", beta_d=1.0), TypeError, "sigma_data"),
+    (lambda: kj.precondition_coefficients(1.0, "ve", sigma_data=1.0), TypeError, "takes the constants none"),
+    (lambda: kj.precondition_coefficients(1.0, "edm", sigma_data=-1.0), ValueError, "sigma_data must be"),
+    (lambda: kj.precondition_coefficients(1.0, "vp", M=10.5), TypeError, "M must be a positive int"),
+    (lambda: kj.precondition(lambda p, x, c, k: x, "edm", sigma_shape="image"), ValueError, "sigma_shape"),
+])
+def test_bad_input_is_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
