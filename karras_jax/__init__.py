@@ -13,7 +13,15 @@ from karras_jax.compat import (
     save_config,
 )
 from karras_jax.config import KarrasVeConfig
-from karras_jax.models import PRECONDITIONINGS, iddpm_levels, precondition, precondition_coefficients
+from karras_jax.models import (
+    PRECONDITIONINGS,
+    Guidance,
+    autoguidance,
+    classifier_free_guidance,
+    iddpm_levels,
+    precondition,
+    precondition_coefficients,
+)
 from karras_jax.sampler import Trajectory, make_sampler, sample
 from karras_jax.schedules import SCHEDULES, custom_sigmas, diffusers_sigmas, karras_sigmas, ve_sigmas
 from karras_jax.sharding import batch_sharding, make_sharded_sampler, sample_sharded
@@ -36,6 +44,7 @@ __all__ = [
     "SOLVERS",
     "FlaxKarrasVeOutput",
     "FlaxKarrasVeScheduler",
+    "Guidance",
     "KarrasVeConfig",
     "KarrasVeOutput",
     "KarrasVeScheduler",
@@ -45,8 +54,10 @@ __all__ = [
     "Trajectory",
     "__version__",
     "add_noise_to_input",
+    "autoguidance",
     "batch_sharding",
     "churn_gamma",
+    "classifier_free_guidance",
     "custom_sigmas",
     "diffusers_sigmas",
     "dpmpp_2m",

@@ -1,5 +1,6 @@
-"""Bringing trained networks to the sampler: preconditioning (Table 1)."""
+"""Bringing trained networks to the sampler: preconditioning (Table 1) and guidance."""
 
+from karras_jax.models.guidance import Guidance, autoguidance, classifier_free_guidance
 from karras_jax.models.precondition import (
     PRECONDITIONINGS,
     iddpm_levels,
@@ -7,4 +8,12 @@ from karras_jax.models.precondition import (
     precondition_coefficients,
 )
 
-__all__ = ["PRECONDITIONINGS", "iddpm_levels", "precondition", "precondition_coefficients"]
+__all__ = [
+    "PRECONDITIONINGS",
+    "Guidance",
+    "autoguidance",
+    "classifier_free_guidance",
+    "iddpm_levels",
+    "precondition",
+    "precondition_coefficients",
+]
