@@ -18,12 +18,20 @@ from karras_jax.models import (
     Guidance,
     autoguidance,
     classifier_free_guidance,
-    iddpm_levels,
     precondition,
     precondition_coefficients,
 )
 from karras_jax.sampler import Trajectory, make_sampler, sample
-from karras_jax.schedules import SCHEDULES, custom_sigmas, diffusers_sigmas, karras_sigmas, ve_sigmas
+from karras_jax.schedules import (
+    SCHEDULES,
+    custom_sigmas,
+    diffusers_sigmas,
+    iddpm_levels,
+    iddpm_sigmas,
+    karras_sigmas,
+    ve_sigmas,
+    vp_sigmas,
+)
 from karras_jax.sharding import batch_sharding, make_sharded_sampler, sample_sharded
 from karras_jax.solvers import SOLVERS, Levels, Solver, dpmpp_2m, euler, get_solver, heun
 from karras_jax.state import KarrasVeState, set_timesteps
@@ -65,6 +73,7 @@ __all__ = [
     "get_solver",
     "heun",
     "iddpm_levels",
+    "iddpm_sigmas",
     "initial_noise",
     "karras_sigmas",
     "load_config",
@@ -80,4 +89,5 @@ __all__ = [
     "step",
     "step_correct",
     "ve_sigmas",
+    "vp_sigmas",
 ]

@@ -40,11 +40,14 @@ __all__ = [
     "SCHEDULES",
     "custom_sigmas",
     "diffusers_sigmas",
+    "iddpm_levels",
+    "iddpm_sigmas",
     "karras_sigmas",
     "ve_sigmas",
+    "vp_sigmas",
 ]
 
-SCHEDULES = ("ve", "karras", "diffusers")
+SCHEDULES = ("ve", "karras", "diffusers", "vp", "iddpm")
 
 
 def _ramp(xp: Any, num_steps: int) -> Any:
@@ -158,6 +161,79 @@ def karras_sigmas(
         check_representable_levels(levels, f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r} and "
                                            f"rho={rho!r}")
     return jnp.asarray(levels, level_dtype())
+
+
+def iddpm_levels(C1: float = 0.001, C2: float = 0.008, M: int = 1000) -> np.ndarray:  # noqa: N803
+    r"""The noise levels of iDDPM's training schedule, :math:`u_0 > \dots > u_M = 0` (float64, Table 1).
+
+    :math:`\bar\alpha(j) = \sin^2(\pi j / (2M(C_2+1)))`, :math:`u_M = 0`,
+    :math:`u_{j-1} = \sqrt{(u_j^2+1)/\max(\bar\alpha(j-1)/\bar\alpha(j), C_1) - 1}`.
+    """
+    def alpha_bar(j: int) -> float:
+        return float(np.sin(0.5 * np.pi * j / M / (C2 + 1)) ** 2)
+
+    u = np.zeros(M + 1)
+    for j in range(M, 0, -1):
+        u[j - 1] = np.sqrt((u[j] ** 2 + 1) / max(alpha_bar(j - 1) / alpha_bar(j), C1) - 1)
+    return u
+
+
+def vp_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int,
+              epsilon_s: float = 1e-3) -> jax.Array:
+    r"""The VP column of Table 1, with the betas refitted to [sigma_min, sigma_max] as EDM does.
+
+    :math:`t_i = 1 + \tfrac{i}{N-1}(\epsilon_s - 1)`,
+    :math:`\sigma_i = \sqrt{e^{\beta_d t_i^2/2 + \beta_{min} t_i} - 1}` with
+    :math:`\beta_d = 2(\ln(\sigma_{min}^2+1)/\epsilon_s - \ln(\sigma_{max}^2+1))/(\epsilon_s - 1)`,
+    :math:`\beta_{min} = \ln(\sigma_{max}^2+1) - \beta_d/2`, so the ends are sigma_max
+    and sigma_min (pinned exactly). Table 1's own range is sigma_vp(1e-3) = 0.0064 ..
+    sigma_vp(1) = 152.9 (beta_d=19.9, beta_min=0.1).
+
+    Returns:
+      (N,) levels in sampling order, descending.
+    """
+    num_steps = check_num_steps(num_steps)
+    KarrasVeConfig(sigma_min=sigma_min, sigma_max=sigma_max)
+    if not 0 < epsilon_s < 1:
+        raise ValueError(f"epsilon_s must be in (0, 1), got {epsilon_s!r}.")
+    xp, (lo, hi) = _backend(sigma_min=sigma_min, sigma_max=sigma_max)
+    log_hi, log_lo = xp.log1p(hi**2), xp.log1p(lo**2)
+    beta_d = 2 * (log_lo / epsilon_s - log_hi) / (epsilon_s - 1)
+    beta_min = log_hi - beta_d / 2
+    t = 1 + _ramp(xp, num_steps) * (epsilon_s - 1)
+    levels = _pin_ends(xp, xp.sqrt(xp.expm1(beta_d * t**2 / 2 + beta_min * t)), hi, lo)
+    if xp is np:
+        check_representable_levels(levels, f"sigma_min={sigma_min!r} and sigma_max={sigma_max!r}")
+    return jnp.asarray(levels, level_dtype())
+
+
+def iddpm_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int, C1: float = 0.001,  # noqa: N803
+                 C2: float = 0.008, M: int = 1000) -> jax.Array:  # noqa: N803
+    """The iDDPM column of Table 1, subsampled from the training levels.
+
+    The levels :func:`iddpm_levels` inside [sigma_min, sigma_max], descending, at the
+    indices ``round((len - 1) i / (N - 1))`` (halves to even, as EDM rounds).
+
+    Needs concrete sigma_min/sigma_max (the number of levels kept depends on them).
+
+    Returns:
+      (N,) levels in sampling order, descending.
+
+    Raises:
+      ValueError: fewer than two training levels lie in the range, or traced bounds.
+    """
+    num_steps = check_num_steps(num_steps)
+    KarrasVeConfig(sigma_min=sigma_min, sigma_max=sigma_max)
+    lo, hi = concrete_value("sigma_min", sigma_min), concrete_value("sigma_max", sigma_max)
+    if lo is None or hi is None:
+        raise ValueError("schedule 'iddpm' needs concrete sigma_min and sigma_max (it filters a table).")
+    u = iddpm_levels(C1, C2, M)
+    kept = u[(u >= float(lo)) & (u <= float(hi))]
+    if kept.size < 2:
+        raise ValueError(f"fewer than two iDDPM levels lie in [sigma_min, sigma_max] = [{float(lo)}, "
+                         f"{float(hi)}]; widen the range.")
+    index = np.round((kept.size - 1) * _ramp(np, num_steps)).astype(np.int64)
+    return jnp.asarray(kept[index], level_dtype())
 
 
 def custom_sigmas(sigmas: ArrayLike) -> jax.Array:

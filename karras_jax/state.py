@@ -119,6 +119,10 @@ def set_timesteps(
             levels = schedules.karras_sigmas(config.sigma_min, config.sigma_max, n, rho)
         elif name == "diffusers":
             levels = schedules.diffusers_sigmas(config.sigma_min, config.sigma_max, n)
+        elif name == "vp":
+            levels = schedules.vp_sigmas(config.sigma_min, config.sigma_max, n)
+        elif name == "iddpm":
+            levels = schedules.iddpm_sigmas(config.sigma_min, config.sigma_max, n)
         else:
             raise ValueError(
                 f"schedule must be one of {schedules.SCHEDULES} (or pass sigmas=...), got {schedule!r}."

@@ -1,5 +1,7 @@
 """Noise-level schedules against the float64 oracle (ALGORITHM.md, "Noise levels")."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -206,3 +208,49 @@ def test_custom_levels_that_round_to_subnormals_are_refused():
 def test_extreme_but_representable_levels_are_fine():
     state = kj.set_timesteps(kj.KarrasVeConfig(sigma_min=1e-30, sigma_max=1e30), 5, "karras", rho=3.0)
     assert np.all(np.isfinite(np.asarray(state.sigmas))) and float(state.sigmas[-2]) > 0
+
+
+# --- the other discretizations of Table 1 ----------------------------------------------------
+
+
+def _vp_oracle(sigma_min, sigma_max, n, eps=1e-3):
+    beta_d = 2 * (math.log(sigma_min**2 + 1) / eps - math.log(sigma_max**2 + 1)) / (eps - 1)
+    beta_min = math.log(sigma_max**2 + 1) - beta_d / 2
+    t = [1 + (i / (n - 1) if n > 1 else 0.0) * (eps - 1) for i in range(n)]
+    return np.asarray([math.sqrt(math.exp(beta_d * ti**2 / 2 + beta_min * ti) - 1) for ti in t])
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 18, 100])
+@pytest.mark.parametrize("lo, hi", [(0.002, 80.0), (0.0064, 152.9)])
+def test_vp_levels_match_table_1(n, lo, hi):
+    got = np.asarray(kj.set_timesteps(kj.KarrasVeConfig(sigma_min=lo, sigma_max=hi), n, "vp").sigmas)
+    np.testing.assert_allclose(got[:-1], _vp_oracle(lo, hi, n), rtol=5e-6)
+    assert got[0] == np.float32(hi) and (n == 1 or got[-2] == np.float32(lo)) and got[-1] == 0
+
+
+def test_vp_inverse_recovers_t():
+    # t(sigma) of Table 1 inverts sigma_vp(t) (with Table 1's own betas).
+    t = np.linspace(1e-3, 1.0, 7)
+    sigma = np.sqrt(np.expm1(19.9 * t**2 / 2 + 0.1 * t))
+    back = (np.sqrt(0.1**2 + 2 * 19.9 * np.log1p(sigma**2)) - 0.1) / 19.9
+    np.testing.assert_allclose(back, t, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(kj.precondition_coefficients(sigma.astype(np.float32), "vp")[3]),
+                               999 * t, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 18, 256])
+def test_iddpm_levels_are_the_subsampled_training_levels(n):
+    import oracle
+
+    cfg = kj.KarrasVeConfig(sigma_min=0.002, sigma_max=81.0)
+    u = oracle.iddpm_u()
+    kept = u[(u >= 0.002) & (u <= 81.0)]
+    index = np.round((len(kept) - 1) * (np.arange(n) / (n - 1) if n > 1 else np.zeros(1))).astype(int)
+    got = np.asarray(kj.set_timesteps(cfg, n, "iddpm").sigmas)
+    np.testing.assert_allclose(got[:-1], kept[index], rtol=1e-6)
+    assert np.all(np.diff(got[:-1]) < 0) or n == 1
+
+
+def test_iddpm_needs_levels_in_range():
+    with pytest.raises(ValueError, match="fewer than two iDDPM levels"):
+        kj.set_timesteps(kj.KarrasVeConfig(sigma_min=0.0100, sigma_max=0.0101), 5, "iddpm")

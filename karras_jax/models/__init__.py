@@ -3,7 +3,6 @@
 from karras_jax.models.guidance import Guidance, autoguidance, classifier_free_guidance
 from karras_jax.models.precondition import (
     PRECONDITIONINGS,
-    iddpm_levels,
     precondition,
     precondition_coefficients,
 )
@@ -13,7 +12,6 @@ __all__ = [
     "Guidance",
     "autoguidance",
     "classifier_free_guidance",
-    "iddpm_levels",
     "precondition",
     "precondition_coefficients",
 ]

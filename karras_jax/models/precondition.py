@@ -32,8 +32,9 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from karras_jax._validation import concrete_value, level_dtype
+from karras_jax.schedules import iddpm_levels
 
-__all__ = ["PRECONDITIONINGS", "iddpm_levels", "precondition", "precondition_coefficients"]
+__all__ = ["PRECONDITIONINGS", "precondition", "precondition_coefficients"]
 
 #: The kinds and their constants with the paper's defaults.
 PRECONDITIONINGS: dict[str, dict[str, float]] = {
@@ -46,21 +47,6 @@ PRECONDITIONINGS: dict[str, dict[str, float]] = {
 SIGMA_SHAPES = ("scalar", "batch")
 
 NetFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
-
-
-def iddpm_levels(C1: float = 0.001, C2: float = 0.008, M: int = 1000) -> np.ndarray:  # noqa: N803
-    r"""The noise levels of iDDPM's training schedule, :math:`u_0 > \dots > u_M = 0` (float64, Table 1).
-
-    :math:`\bar\alpha(j) = \sin^2(\pi j / (2M(C_2+1)))`, :math:`u_M = 0`,
-    :math:`u_{j-1} = \sqrt{(u_j^2+1)/\max(\bar\alpha(j-1)/\bar\alpha(j), C_1) - 1}`.
-    """
-    def alpha_bar(j: int) -> float:
-        return float(np.sin(0.5 * np.pi * j / M / (C2 + 1)) ** 2)
-
-    u = np.zeros(M + 1)
-    for j in range(M, 0, -1):
-        u[j - 1] = np.sqrt((u[j] ** 2 + 1) / max(alpha_bar(j - 1) / alpha_bar(j), C1) - 1)
-    return u
 
 
 def _constants(kind: Any, constants: dict[str, Any]) -> dict[str, Any]:
