@@ -18,6 +18,8 @@ from karras_jax.models import (
     Guidance,
     autoguidance,
     classifier_free_guidance,
+    discrete_sigmas,
+    discrete_time_denoiser,
     precondition,
     precondition_coefficients,
 )
@@ -68,6 +70,8 @@ __all__ = [
     "classifier_free_guidance",
     "custom_sigmas",
     "diffusers_sigmas",
+    "discrete_sigmas",
+    "discrete_time_denoiser",
     "dpmpp_2m",
     "euler",
     "get_solver",

@@ -1,5 +1,6 @@
-"""Bringing trained networks to the sampler: preconditioning (Table 1) and guidance."""
+"""Bringing trained networks to the sampler: preconditioning, discrete-time models, guidance."""
 
+from karras_jax.models.discrete import discrete_sigmas, discrete_time_denoiser
 from karras_jax.models.guidance import Guidance, autoguidance, classifier_free_guidance
 from karras_jax.models.precondition import (
     PRECONDITIONINGS,
@@ -12,6 +13,8 @@ __all__ = [
     "Guidance",
     "autoguidance",
     "classifier_free_guidance",
+    "discrete_sigmas",
+    "discrete_time_denoiser",
     "precondition",
     "precondition_coefficients",
 ]

@@ -1,0 +1,97 @@
+r"""Discrete-time (DDPM-style) networks as Karras denoisers: epsilon or v prediction at a timestep.
+
+A DDPM/diffusers UNet trained with cumulative products :math:`\bar\alpha_j` sees
+:math:`x/\sqrt{\sigma^2+1}` and a timestep index j, where :math:`\sigma_j =
+\sqrt{(1-\bar\alpha_j)/\bar\alpha_j}`, and predicts the noise :math:`\epsilon` or
+:math:`v = \alpha\epsilon - s\, x_0` (:math:`\alpha = 1/\sqrt{\sigma^2+1}`, :math:`s =
+\sigma\alpha`). As a denoiser:
+
+.. math::
+
+    D = x - \sigma\, \epsilon \quad\text{or}\quad
+    D = \frac{x}{\sigma^2+1} - \frac{\sigma}{\sqrt{\sigma^2+1}}\, v
+
+The timestep for a level sigma is the nearest training level in log sigma (``quantize``)
+or linear interpolation of the index in log sigma, as k-diffusion's discrete wrappers do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from karras_jax._validation import level_dtype
+
+__all__ = ["discrete_sigmas", "discrete_time_denoiser"]
+
+PREDICTIONS = ("epsilon", "v")
+
+
+def discrete_sigmas(alphas_cumprod: ArrayLike) -> jax.Array:
+    r"""The model's noise levels :math:`\sigma_j = \sqrt{(1-\bar\alpha_j)/\bar\alpha_j}`, ascending in j.
+
+    Raises:
+      ValueError: ``alphas_cumprod`` is not 1-D, or not all in (0, 1].
+    """
+    abar = np.asarray(alphas_cumprod, np.float64)
+    if abar.ndim != 1 or abar.size < 2:
+        raise ValueError(f"alphas_cumprod must be 1-D with at least 2 entries, got shape {abar.shape}.")
+    if not (np.all(np.isfinite(abar)) and np.all(abar > 0) and np.all(abar <= 1)):
+        raise ValueError("alphas_cumprod must lie in (0, 1].")
+    return jnp.asarray(np.sqrt((1 - abar) / abar), level_dtype())
+
+
+def discrete_time_denoiser(net_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array],
+                           alphas_cumprod: ArrayLike, prediction: str = "epsilon", quantize: bool = True,
+                           *, sigma_shape: str = "scalar") -> Callable[..., jax.Array]:
+    """Wraps ``net_fn(params, x_scaled, timestep, cond)`` as ``apply_fn(params, x, sigma, cond) = D``.
+
+    Args:
+      net_fn: The network: ``x_scaled`` = x / sqrt(sigma^2 + 1), ``timestep`` an int32 index
+        (``quantize``) or a float32 fractional one; returns epsilon or v shaped like x.
+      alphas_cumprod: The training schedule's cumulative products, (M,).
+      prediction: ``"epsilon"`` or ``"v"``.
+      quantize: Nearest training timestep (True) or interpolation in log sigma (False).
+      sigma_shape: ``"scalar"`` or ``"batch"`` (the timestep broadcast to (B,)).
+
+    Returns:
+      ``apply_fn`` for :func:`karras_jax.make_sampler`; sample with levels inside the
+      model's range, e.g. ``set_timesteps(cfg, N, sigmas=...)`` from :func:`discrete_sigmas`
+      or a named schedule with sigma_min/sigma_max inside it.
+    """
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}.")
+    if sigma_shape not in ("scalar", "batch"):
+        raise ValueError(f"sigma_shape must be one of ('scalar', 'batch'), got {sigma_shape!r}.")
+    log_sigmas = jnp.log(discrete_sigmas(alphas_cumprod))
+    if not bool(jnp.all(jnp.diff(log_sigmas) > 0)):
+        raise ValueError("alphas_cumprod must be strictly decreasing (noise grows with the timestep).")
+    steps = jnp.arange(log_sigmas.shape[0], dtype=level_dtype())
+
+    def timestep(sigma: jax.Array) -> jax.Array:
+        log_sigma = jnp.log(jnp.asarray(sigma, level_dtype()))
+        if quantize:
+            return jnp.argmin(jnp.abs(log_sigma[..., None] - log_sigmas), axis=-1).astype(jnp.int32)
+        return jnp.interp(log_sigma, log_sigmas, steps)
+
+    def apply_fn(params: Any, x: jax.Array, sigma: jax.Array, cond: Any) -> jax.Array:
+        work = jnp.promote_types(x.dtype, level_dtype())
+        s = jnp.asarray(sigma, level_dtype()).astype(work)
+        scale = 1.0 / jnp.sqrt(s**2 + 1)
+        t = timestep(sigma)
+        if sigma_shape == "batch":
+            t = jnp.broadcast_to(t, x.shape[:1])
+        out = net_fn(params, (x.astype(work) * scale).astype(x.dtype), t, cond).astype(work)
+        xw = x.astype(work)
+        if prediction == "epsilon":
+            denoised = xw - s * out
+        else:
+            denoised = xw * scale**2 - s * scale * out
+        return denoised.astype(x.dtype)
+
+    return apply_fn

@@ -1,0 +1,94 @@
+"""Discrete-time models: exact epsilon and v networks of Gaussian data wrapped by
+discrete_time_denoiser give the exact denoiser, and sampling one reproduces the data."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sampler_utils import keys_for
+
+import karras_jax as kj
+from karras_jax.testing import GaussianData
+
+ABAR = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))  # DDPM's linear betas
+DATA = GaussianData(mean=jnp.asarray([0.5, -1.0]), std=jnp.asarray(0.7))
+
+
+def test_discrete_sigmas():
+    sigmas = np.asarray(kj.discrete_sigmas(ABAR), np.float64)
+    np.testing.assert_allclose(sigmas, np.sqrt((1 - ABAR) / ABAR), rtol=1e-6)
+    assert np.all(np.diff(sigmas) > 0)
+
+
+def _exact_net(prediction, quantize):
+    """The exact epsilon / v network of DATA at timestep t (int or fractional)."""
+    log_sigmas = jnp.log(kj.discrete_sigmas(ABAR))
+
+    def net(params, x_scaled, t, cond):
+        if quantize:
+            sigma = jnp.exp(log_sigmas[t])
+        else:
+            sigma = jnp.exp(jnp.interp(t, jnp.arange(1000.0), log_sigmas))
+        alpha = 1 / jnp.sqrt(sigma**2 + 1)
+        x = x_scaled / alpha
+        d = DATA.denoise(x, sigma)
+        eps = (x - d) / sigma
+        return eps if prediction == "epsilon" else alpha * eps - sigma * alpha * d
+
+    return net
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+@pytest.mark.parametrize("quantize", [True, False])
+def test_an_exact_network_gives_the_exact_denoiser(prediction, quantize):
+    apply_fn = kj.discrete_time_denoiser(_exact_net(prediction, quantize), ABAR, prediction, quantize)
+    x = jax.random.normal(jax.random.key(0), (5, 2)) * 3
+    grid = np.asarray(kj.discrete_sigmas(ABAR))
+    levels = grid[[5, 300, 999]] if quantize else (0.05, 0.8, 20.0)  # off the grid when interpolating
+    for sigma in levels:
+        sigma = jnp.float32(sigma)
+        np.testing.assert_allclose(apply_fn(None, x, sigma, None), DATA.denoise(x, sigma),
+                                   rtol=2e-4, atol=2e-5)
+
+
+def test_timesteps_quantized_or_interpolated_and_per_sample():
+    seen = []
+
+    def net(params, x_scaled, t, cond):
+        seen.append(t)
+        return jnp.zeros_like(x_scaled)
+
+    grid = np.asarray(kj.discrete_sigmas(ABAR))
+    x = jnp.ones((3, 2))
+    kj.discrete_time_denoiser(net, ABAR)(None, x, jnp.float32(grid[417] * 1.001), None)
+    halfway = jnp.float32(math.sqrt(grid[10] * grid[11]))  # the midpoint in log sigma
+    kj.discrete_time_denoiser(net, ABAR, quantize=False)(None, x, halfway, None)
+    kj.discrete_time_denoiser(net, ABAR, sigma_shape="batch")(None, x, jnp.float32(grid[7]), None)
+    assert int(seen[0]) == 417 and seen[0].dtype == jnp.int32
+    assert abs(float(seen[1]) - 10.5) < 0.01
+    assert seen[2].shape == (3,) and np.all(np.asarray(seen[2]) == 7)
+
+
+def test_sampling_an_exact_epsilon_model_reproduces_the_data():
+    grid = np.asarray(kj.discrete_sigmas(ABAR), np.float64)
+    cfg = kj.KarrasVeConfig(sigma_min=float(grid[0]), sigma_max=float(grid[-1]), s_churn=0.0)
+    levels = grid[np.round(np.linspace(999, 0, 40)).astype(int)]
+    state = kj.set_timesteps(cfg, sigmas=levels)
+    apply_fn = kj.discrete_time_denoiser(_exact_net("epsilon", True), ABAR)
+    x = np.asarray(kj.make_sampler(apply_fn, state, cfg, (2,))(None, keys_for(4, 4096)), np.float64)
+    se = 0.7 / math.sqrt(4096)
+    np.testing.assert_array_less(np.abs(x.mean(0) - [0.5, -1.0]), 5 * se)
+    np.testing.assert_array_less(np.abs(x.std(0) - 0.7), 5 * 0.7 / math.sqrt(2 * 4096))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: kj.discrete_time_denoiser(lambda p, x, t, c: x, ABAR, "x0"), "prediction must be"),
+    (lambda: kj.discrete_time_denoiser(lambda p, x, t, c: x, ABAR[::-1]), "strictly decreasing"),
+    (lambda: kj.discrete_sigmas(np.asarray([0.5, 1.5])), r"\(0, 1\]"),
+    (lambda: kj.discrete_sigmas(np.ones((2, 2))), "1-D"),
+])
+def test_bad_input_is_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
