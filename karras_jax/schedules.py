@@ -21,6 +21,7 @@ use the same formula in ``jax.numpy``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -169,12 +170,18 @@ def iddpm_levels(C1: float = 0.001, C2: float = 0.008, M: int = 1000) -> np.ndar
     :math:`\bar\alpha(j) = \sin^2(\pi j / (2M(C_2+1)))`, :math:`u_M = 0`,
     :math:`u_{j-1} = \sqrt{(u_j^2+1)/\max(\bar\alpha(j-1)/\bar\alpha(j), C_1) - 1}`.
     """
+    return _iddpm_table(float(C1), float(C2), int(M)).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _iddpm_table(C1: float, C2: float, M: int) -> np.ndarray:  # noqa: N803
     def alpha_bar(j: int) -> float:
         return float(np.sin(0.5 * np.pi * j / M / (C2 + 1)) ** 2)
 
     u = np.zeros(M + 1)
     for j in range(M, 0, -1):
         u[j - 1] = np.sqrt((u[j] ** 2 + 1) / max(alpha_bar(j - 1) / alpha_bar(j), C1) - 1)
+    u.flags.writeable = False
     return u
 
 
