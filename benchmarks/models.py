@@ -1,9 +1,10 @@
 """The denoisers: an MLP (d=64, hidden 256) and a small conv net on 32x32x3, in Flax linen,
-plus a PyTorch MLP that takes the Flax MLP's weights.
+the package's class-conditional ``kj.UNet`` on 8x8x1 (the digits example's size), plus a
+PyTorch MLP that takes the Flax MLP's weights.
 
-Both networks are wrapped in EDM preconditioning (Karras et al. 2022, Table 1), so
-``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)`` with sigma_data = 0.5. The weights are
-random (initialised, not trained): speed does not depend on them.
+Every network is wrapped in EDM preconditioning by ``kj.precondition`` (Karras et al. 2022,
+Table 1), so ``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)`` with sigma_data = 0.5.
+The weights are random (initialised, not trained): speed does not depend on them.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import karras_jax as kj
+
 SIGMA_DATA = 0.5
 MLP_DIM = 64
 MLP_HIDDEN = 256
 IMAGE_SHAPE = (32, 32, 3)
+UNET = {"channels": 16, "channel_mult": (1, 2), "num_classes": 10}
+UNET_SHAPE = (8, 8, 1)
 
 ApplyFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 
@@ -52,26 +57,31 @@ class ConvNet(nn.Module):
         return nn.Conv(x.shape[-1], (3, 3), name="conv_2")(h)
 
 
-def edm_coefficients(sigma: Any, xp: Any = jnp) -> tuple[Any, Any, Any, Any]:
-    """(c_skip, c_out, c_in, c_noise) of EDM preconditioning; ``xp`` is jnp, np or torch."""
+def edm_coefficients(sigma: Any, xp: Any) -> tuple[Any, Any, Any, Any]:
+    """(c_skip, c_out, c_in, c_noise) of EDM preconditioning for the PyTorch twin (JAX code uses
+    ``kj.precondition``; bench_torch checks that the two networks agree)."""
     sd2 = SIGMA_DATA**2
     total = sigma**2 + sd2
     return sd2 / total, sigma * SIGMA_DATA / xp.sqrt(total), 1.0 / xp.sqrt(total), xp.log(sigma) / 4.0
 
 
-def make_denoiser(module: nn.Module) -> ApplyFn:
-    """``apply_fn(params, x, sigma, cond) -> D(x; sigma)`` for :func:`karras_jax.make_sampler`."""
-
-    def apply_fn(params: Any, x: jax.Array, sigma: jax.Array, cond: Any = None) -> jax.Array:
-        del cond
-        c_skip, c_out, c_in, c_noise = edm_coefficients(jnp.asarray(sigma, jnp.float32))
-        return c_skip * x + c_out * module.apply(params, c_in * x, c_noise)
-
-    return apply_fn
+def make_denoiser(module: nn.Module, conditional: bool = False) -> ApplyFn:
+    """``apply_fn(params, x, sigma, cond) -> D(x; sigma)`` for :func:`karras_jax.make_sampler`
+    (``cond`` goes to the network as its labels when ``conditional``)."""
+    if conditional:
+        return kj.precondition(lambda p, x_in, c_noise, cond: module.apply(p, x_in, c_noise, cond), "edm",
+                               sigma_data=SIGMA_DATA)
+    return kj.precondition(lambda p, x_in, c_noise, cond: module.apply(p, x_in, c_noise), "edm",
+                           sigma_data=SIGMA_DATA)
 
 
 def init_model(name: str, conv_channels: int = 32, seed: int = 0) -> tuple[ApplyFn, Any, tuple[int, ...]]:
-    """Returns ``(apply_fn, params, sample_shape)`` for ``"mlp"`` or ``"conv"``."""
+    """Returns ``(apply_fn, params, sample_shape)`` for ``"mlp"``, ``"conv"`` or ``"unet"``."""
+    if name == "unet":
+        unet = kj.UNet(**UNET)
+        labels = jnp.zeros((1,), jnp.int32)
+        params = jax.jit(unet.init)(jax.random.key(seed), jnp.zeros((1, *UNET_SHAPE)), jnp.zeros(()), labels)
+        return make_denoiser(unet, conditional=True), params, UNET_SHAPE
     if name == "mlp":
         module: nn.Module = MLP()
         shape: tuple[int, ...] = (MLP_DIM,)
@@ -79,7 +89,7 @@ def init_model(name: str, conv_channels: int = 32, seed: int = 0) -> tuple[Apply
         module = ConvNet(channels=conv_channels)
         shape = IMAGE_SHAPE
     else:
-        raise ValueError(f"unknown model {name!r}; expected 'mlp' or 'conv'.")
+        raise ValueError(f"unknown model {name!r}; expected 'mlp', 'conv' or 'unet'.")
     params = module.init(jax.random.key(seed), jnp.zeros((1, *shape)), jnp.zeros(()))
     return make_denoiser(module), params, shape
 

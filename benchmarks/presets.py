@@ -29,6 +29,7 @@ class Preset:
     budget_s: float = 1.0  # timed seconds per variant (repeats adapt to it)
     min_repeats: int = 3
     conv_channels: int = 32
+    unet_batches: tuple[int, ...] = (1, 64)  # measurement 9
     # (model, B, N) measured in measurement 1/5 on top of the product above
     extra_cases: tuple[tuple[str, int, int], ...] = ()
     # measurement ids in run order (a time budget skips the tail); empty: run.py's order
@@ -90,7 +91,8 @@ GPU = Preset(
     budget_s=0.5,
     min_repeats=5,
     extra_cases=(("mlp", 1, 50),),
-    order=("6", "1", "5", "8", "2", "3", "7", "4ab", "4c"),
+    unet_batches=(1, 1024),
+    order=("6", "1", "5", "8", "9", "2", "3", "7", "4ab", "4c"),
 )
 
 PRESETS = {p.name: p for p in (QUICK, FULL, GPU)}

@@ -203,6 +203,21 @@ def call_table(rows: list[Row]) -> str:
     return _table(header, lines)
 
 
+def models_table(rows: list[Row]) -> str:
+    """Measurement 9: CFG batching and the preconditioned UNet's overhead."""
+    lines = []
+    for r in rows:
+        c, t = r["case"], r["times"]
+        case = f"UNet 8x8, B={c['B']}, N={c['N']}"
+        if r["measurement"] == "9a_cfg_batching":
+            lines.append(["CFG: two calls of B / one call of 2B", case, _ms(t["cfg_two_calls"]["median"]),
+                          _ms(t["cfg_one_call"]["median"]), _x(r["two_calls_ratio"], 2)])
+        elif r["measurement"] == "9b_adapter_overhead":
+            lines.append(["kj.sample (preconditioned) / network alone", case, _ms(t["kj.sample"]["median"]),
+                          _ms(t["network_only"]["median"]), _x(r["overhead_ratio"], 2)])
+    return _table(["comparison", "case", "ms", "vs ms", "ratio"], lines)
+
+
 def seeds_table(rows: list[Row]) -> str:
     lines = []
     for r in rows:
@@ -360,6 +375,8 @@ def render(result: dict[str, Any]) -> str:
         fusions_table(rows),
         "**Per-call cost of the sampler wrappers (measurement 8)**",
         call_table(rows),
+        "**Trained-network adapters, package UNet (measurement 9)**",
+        models_table(rows),
     ]
     if result.get("errors"):
         parts.append("**Errors**\n" + "\n".join(f"- {k}: {e}" for k, e in result["errors"].items()))

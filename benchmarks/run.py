@@ -38,6 +38,7 @@ MEASUREMENTS = {
     "6": ("bench_memory", "memory-bound limit, threefry and rbg keys"),
     "7": ("bench_fusions", "kernels in the compiled loop body (compile only)"),
     "8": ("bench_call", "per-call cost of the sampler wrappers over their jitted programs"),
+    "9": ("bench_models", "UNet: CFG in one batched call vs two; kj.sample vs the network alone"),
 }
 
 

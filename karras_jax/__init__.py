@@ -16,6 +16,7 @@ from karras_jax.config import KarrasVeConfig
 from karras_jax.models import (
     PRECONDITIONINGS,
     Guidance,
+    UNet,
     autoguidance,
     classifier_free_guidance,
     discrete_sigmas,
@@ -62,6 +63,7 @@ __all__ = [
     "Levels",
     "Solver",
     "Trajectory",
+    "UNet",
     "__version__",
     "add_noise_to_input",
     "autoguidance",

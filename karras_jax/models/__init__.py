@@ -1,4 +1,7 @@
-"""Bringing trained networks to the sampler: preconditioning, discrete-time models, guidance."""
+"""Bringing trained networks to the sampler.
+
+Preconditioning, discrete-time models, guidance, and a small UNet.
+"""
 
 from karras_jax.models.discrete import discrete_sigmas, discrete_time_denoiser
 from karras_jax.models.guidance import Guidance, autoguidance, classifier_free_guidance
@@ -7,10 +10,12 @@ from karras_jax.models.precondition import (
     precondition,
     precondition_coefficients,
 )
+from karras_jax.models.unet import UNet
 
 __all__ = [
     "PRECONDITIONINGS",
     "Guidance",
+    "UNet",
     "autoguidance",
     "classifier_free_guidance",
     "discrete_sigmas",
