@@ -26,6 +26,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from karras_jax._validation import level_dtype
+from karras_jax.models._batch import per_sample
 
 __all__ = ["discrete_sigmas", "discrete_time_denoiser"]
 
@@ -57,7 +58,8 @@ def discrete_time_denoiser(net_fn: Callable[[Any, jax.Array, jax.Array, Any], ja
       alphas_cumprod: The training schedule's cumulative products, (M,).
       prediction: ``"epsilon"`` or ``"v"``.
       quantize: Nearest training timestep (True) or interpolation in log sigma (False).
-      sigma_shape: ``"scalar"`` or ``"batch"`` (the timestep broadcast to (B,)).
+      sigma_shape: ``"scalar"`` or ``"batch"`` (the timestep broadcast to (B,)). ``apply_fn``
+        also takes one sigma per sample (``(B,)`` or ``(B, 1, ..., 1)``); the timestep is then ``(B,)``.
 
     Returns:
       ``apply_fn`` for :func:`karras_jax.make_sampler`; sample with levels inside the
@@ -81,9 +83,10 @@ def discrete_time_denoiser(net_fn: Callable[[Any, jax.Array, jax.Array, Any], ja
 
     def apply_fn(params: Any, x: jax.Array, sigma: jax.Array, cond: Any) -> jax.Array:
         work = jnp.promote_types(x.dtype, level_dtype())
-        s = jnp.asarray(sigma, level_dtype()).astype(work)
+        sigma, level = per_sample(jnp.asarray(sigma, level_dtype()), x)
+        s = sigma.astype(work)
         scale = 1.0 / jnp.sqrt(s**2 + 1)
-        t = timestep(sigma)
+        t = timestep(level)
         if sigma_shape == "batch":
             t = jnp.broadcast_to(t, x.shape[:1])
         out = net_fn(params, (x.astype(work) * scale).astype(x.dtype), t, cond).astype(work)

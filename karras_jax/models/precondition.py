@@ -32,6 +32,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from karras_jax._validation import concrete_value, level_dtype
+from karras_jax.models._batch import per_sample
 from karras_jax.schedules import iddpm_levels
 
 __all__ = ["PRECONDITIONINGS", "precondition", "precondition_coefficients"]
@@ -121,6 +122,8 @@ def precondition(net_fn: NetFn, kind: str = "edm", *, sigma_shape: str = "scalar
       kind: A column of Table 1 (see :func:`precondition_coefficients`).
       sigma_shape: ``"scalar"`` passes ``c_noise`` as the scalar the sampler gives;
         ``"batch"`` broadcasts it to ``(B,)`` for networks that embed one level per sample.
+        ``apply_fn`` also takes one sigma per sample (``(B,)`` or ``(B, 1, ..., 1)``, as a
+        training loss passes them); ``c_noise`` then reaches the network as ``(B,)``.
       **constants: Overrides of the kind's constants.
 
     Returns:
@@ -138,7 +141,9 @@ def precondition(net_fn: NetFn, kind: str = "edm", *, sigma_shape: str = "scalar
         raise ValueError(f"sigma_shape must be one of {SIGMA_SHAPES}, got {sigma_shape!r}.")
 
     def apply_fn(params: Any, x: jax.Array, sigma: jax.Array, cond: Any) -> jax.Array:
-        c_skip, c_out, c_in, c_noise = precondition_coefficients(sigma, kind, **constants)
+        sigma, level = per_sample(jnp.asarray(sigma, level_dtype()), x)
+        c_skip, c_out, c_in, _ = precondition_coefficients(sigma, kind, **constants)
+        c_noise = precondition_coefficients(level, kind, **constants)[3]
         work = jnp.promote_types(x.dtype, level_dtype())
         if sigma_shape == "batch":
             c_noise = jnp.broadcast_to(c_noise, x.shape[:1])

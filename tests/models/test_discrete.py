@@ -92,3 +92,15 @@ def test_sampling_an_exact_epsilon_model_reproduces_the_data():
 def test_bad_input_is_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_one_sigma_per_sample_equals_each_sample_at_its_own_scalar_sigma(prediction):
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    net = lambda params, x_scaled, t, cond: jnp.cos(x_scaled) * (1 + t.reshape((-1, 1)) / 1000)  # noqa: E731
+    apply_fn = kj.discrete_time_denoiser(net, abar, prediction)
+    x = jax.random.normal(jax.random.key(1), (3, 2))
+    sigma = jnp.asarray([0.05, 1.0, 30.0])
+    together = apply_fn(None, x, sigma, None)
+    for i in range(3):
+        np.testing.assert_allclose(together[i], apply_fn(None, x[i:i + 1], sigma[i], None)[0], rtol=1e-6)

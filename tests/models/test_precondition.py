@@ -111,3 +111,27 @@ def test_a_preconditioned_network_samples_the_data():
 def test_bad_input_is_named(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("kind", ["edm", "vp", "ve", "iddpm"])
+@pytest.mark.parametrize("layout", [(3,), (3, 1, 1)])
+def test_one_sigma_per_sample_equals_each_sample_at_its_own_scalar_sigma(kind, layout):
+    seen = []
+
+    def net(params, x_in, c_noise, cond):
+        seen.append(c_noise.shape)
+        return jnp.sin(x_in) * (1 + c_noise.reshape((-1,) + (1,) * (x_in.ndim - 1)) / 100)
+
+    apply_fn = kj.precondition(net, kind)
+    x = jax.random.normal(jax.random.key(0), (3, 2, 2))
+    sigma = jnp.asarray([0.05, 1.0, 30.0])
+    together = apply_fn(None, x, sigma.reshape(layout), None)
+    assert seen[-1] == (3,)
+    for i in range(3):
+        np.testing.assert_allclose(together[i], apply_fn(None, x[i:i + 1], sigma[i], None)[0], rtol=1e-6)
+
+
+def test_sigma_that_is_neither_scalar_nor_per_sample_is_refused():
+    apply_fn = kj.precondition(lambda p, x_in, c_noise, cond: x_in, "edm")
+    with pytest.raises(ValueError, match="one level per sample"):
+        apply_fn(None, jnp.ones((3, 2)), jnp.ones((2,)), None)
