@@ -45,6 +45,7 @@ __all__ = [
     "iddpm_sigmas",
     "karras_sigmas",
     "ve_sigmas",
+    "vp_sigma",
     "vp_sigmas",
 ]
 
@@ -185,6 +186,25 @@ def _iddpm_table(C1: float, C2: float, M: int) -> np.ndarray:  # noqa: N803
     return u
 
 
+def _sigma_vp(xp: Any, t: Any, beta_d: Any, beta_min: Any) -> Any:
+    return xp.sqrt(xp.expm1(beta_d * t**2 / 2 + beta_min * t))
+
+
+def vp_sigma(t: ArrayLike, beta_d: ArrayLike = 19.9, beta_min: ArrayLike = 0.1) -> jax.Array:
+    r"""VP's noise level at time t (Table 1).
+
+    :math:`\sigma_{vp}(t) = \sqrt{e^{\beta_d t^2/2 + \beta_{min} t} - 1}`.
+
+    Elementwise, in the level dtype. Its inverse is the ``c_noise`` of
+    :func:`karras_jax.precondition_coefficients` (``kind="vp"``) divided by M - 1.
+
+    >>> round(float(vp_sigma(1.0)), 1)
+    152.9
+    """
+    dtype = level_dtype()
+    return _sigma_vp(jnp, jnp.asarray(t, dtype), jnp.asarray(beta_d, dtype), jnp.asarray(beta_min, dtype))
+
+
 def vp_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int,
               epsilon_s: float = 1e-3) -> jax.Array:
     r"""The VP column of Table 1, with the betas refitted to [sigma_min, sigma_max] as EDM does.
@@ -208,7 +228,7 @@ def vp_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int,
     beta_d = 2 * (log_lo / epsilon_s - log_hi) / (epsilon_s - 1)
     beta_min = log_hi - beta_d / 2
     t = 1 + _ramp(xp, num_steps) * (epsilon_s - 1)
-    levels = _pin_ends(xp, xp.sqrt(xp.expm1(beta_d * t**2 / 2 + beta_min * t)), hi, lo)
+    levels = _pin_ends(xp, _sigma_vp(xp, t, beta_d, beta_min), hi, lo)
     if xp is np:
         check_representable_levels(levels, f"sigma_min={sigma_min!r} and sigma_max={sigma_max!r}")
     return jnp.asarray(levels, level_dtype())

@@ -1,0 +1,360 @@
+"""The digits example: a class-conditional EDM model trained on scikit-learn's 8x8 digits.
+
+Data: ``sklearn.datasets.load_digits()`` (1797 images, 0..16 pixels, shipped inside the
+package: no download), split by ``train_test_split(X, y, test_size=0.3, random_state=0,
+stratify=y)``. Only the 1257 training images are trained on; the 540 test images are held
+out for the quality figures. Pixels p become ``p / 8 - 1`` in [-1, 1] for the network
+(their standard deviation, 0.75, is sigma_data) and go back to 0..16 (clipped) on output.
+
+Model: :class:`karras_jax.UNet` (16 channels, 8x8 and 4x4, 10 classes + the null class
+10) under EDM preconditioning, trained with :func:`karras_jax.edm_loss` (label dropout 0.1
+for classifier-free guidance), Adam and the power-function EMA; sampled with Heun on the
+EDM ("karras") schedule, deterministic (s_churn = 0).
+
+Quality (:func:`evaluate`): a classifier (scikit-learn ``MLPClassifier``, one hidden layer
+of 64 ReLU units) fitted on the training split scores the generated digits: the accuracy
+of guided conditional samples (w = 2) against their labels, the class histogram of
+unguided samples, and the Frechet distance in the classifier's hidden-layer features
+between unguided samples and the test split, next to that between the training and test
+splits (the floor) and that of a per-class Gaussian fit (a baseline any real model must
+beat). "Unguided" is EDM2's sense for a class-conditional model: conditional samples
+without guidance (w = 1), classes balanced; the unconditional model (the null class,
+``sample-digits --unconditional``) is the weaker one, trained on the 10% of dropped labels.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from karras_jax._files import atomic_write
+from karras_jax.config import KarrasVeConfig
+from karras_jax.models import Guidance, UNet, classifier_free_guidance, precondition
+from karras_jax.sampler import make_sampler
+from karras_jax.state import set_timesteps
+from karras_jax.testing import frechet_distance
+from karras_jax.training import TrainState, edm_loss, fit, load_checkpoint, make_train_step
+
+__all__ = ["DigitsConfig", "evaluate", "load_model", "load_split", "sample_digits", "train_digits"]
+
+NUM_CLASSES = 10
+NULL_CLASS = NUM_CLASSES
+IMAGE_SHAPE = (8, 8, 1)
+PIXEL_MAX = 16.0
+
+
+@dataclass(frozen=True)
+class DigitsConfig:
+    """Every setting of a digits run (stored in its checkpoint; a resume must match it)."""
+
+    steps: int = 2400
+    batch: int = 64
+    seed: int = 0
+    channels: int = 16
+    learning_rate: float = 2e-3
+    warmup_steps: int = 200
+    sigma_data: float = 0.75
+    cond_drop_prob: float = 0.1
+    ema_sigma_rel: float = 0.05
+    sample_steps: int = 12
+    guidance: float = 2.0
+
+    def module(self) -> UNet:
+        """The network F."""
+        return UNet(channels=self.channels, channel_mult=(1, 2), num_res_blocks=1, num_classes=NUM_CLASSES)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DigitsConfig:
+        """The config saved in a checkpoint's metadata."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+
+def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, y_train, x_test, y_test)``: (N, 8, 8) float32 pixels 0..16 and int64 labels.
+
+    Raises:
+      ImportError: scikit-learn is not installed (``pip install "karras-jax[digits]"``).
+    """
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as err:
+        raise ImportError('the digits example needs scikit-learn: pip install "karras-jax[digits]"') from err
+    x, y = load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+    shape = (-1, 8, 8)
+    return (x_train.reshape(shape).astype(np.float32), y_train.astype(np.int64),
+            x_test.reshape(shape).astype(np.float32), y_test.astype(np.int64))
+
+
+def to_model(pixels: np.ndarray) -> np.ndarray:
+    """0..16 pixels (N, 8, 8) to network inputs (N, 8, 8, 1) in [-1, 1]."""
+    return (np.asarray(pixels, np.float32) / (PIXEL_MAX / 2) - 1.0)[..., None]
+
+
+def to_pixels(x: Any) -> np.ndarray:
+    """Network outputs (N, 8, 8, 1) to 0..16 pixels (N, 8, 8) float32, clipped."""
+    return np.clip((np.asarray(x, np.float32)[..., 0] + 1.0) * (PIXEL_MAX / 2), 0.0, PIXEL_MAX)
+
+
+def _denoiser(cfg: DigitsConfig) -> Any:
+    module = cfg.module()
+    return precondition(lambda p, x_in, c_noise, labels: module.apply(p, x_in, c_noise, labels), "edm",
+                        sigma_data=cfg.sigma_data)
+
+
+def _init_params(cfg: DigitsConfig) -> Any:
+    labels = jnp.zeros((1,), jnp.int32)
+    # jitted: initialised op by op, XLA compiles one small program per parameter shape
+    return jax.jit(cfg.module().init)(jax.random.key(cfg.seed), jnp.zeros((1, *IMAGE_SHAPE)), jnp.zeros(()),
+                                      labels)
+
+
+def _optimizer(cfg: DigitsConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps, cfg.steps,
+                                                  end_value=cfg.learning_rate / 20)
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+
+
+def _initial_state(cfg: DigitsConfig) -> TrainState:
+    return TrainState.create(_init_params(cfg), _optimizer(cfg))
+
+
+def train_digits(out: str | Path, cfg: DigitsConfig = DigitsConfig(), *, progress: bool = True,
+                 checkpoint_every: int = 200) -> Any:
+    """Trains (or resumes training) into ``out``; returns the :class:`karras_jax.TrainingRun`."""
+    x_train, y_train, _, _ = load_split()
+    images, labels = jnp.asarray(to_model(x_train)), jnp.asarray(y_train, jnp.int32)
+    n = images.shape[0]
+    per_epoch = n // cfg.batch
+    if per_epoch < 1:
+        raise ValueError(f"batch must be at most the {n} training images, got {cfg.batch}.")
+    apply_fn = _denoiser(cfg)
+
+    def loss_fn(params: Any, batch: tuple[jax.Array, jax.Array], key: jax.Array) -> jax.Array:
+        x, y = batch
+        return edm_loss(apply_fn, params, x, key, y, sigma_data=cfg.sigma_data,
+                        cond_drop_prob=cfg.cond_drop_prob, null_cond=NULL_CLASS)
+
+    step_fn = make_train_step(loss_fn, _optimizer(cfg), ema_sigma_rel=cfg.ema_sigma_rel)
+    orders: dict[int, np.ndarray] = {}
+
+    def batch_at(step: int) -> tuple[jax.Array, jax.Array]:
+        # epoch e visits the images in permutation(seed, e), the last partial batch dropped
+        epoch, offset = divmod(step, per_epoch)
+        if epoch not in orders:
+            orders.clear()
+            orders[epoch] = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+        index = orders[epoch][offset * cfg.batch:(offset + 1) * cfg.batch]
+        return images[index], labels[index]
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return fit(step_fn, _initial_state(cfg), batch_at, jax.random.key(cfg.seed), cfg.steps, folder=out,
+               checkpoint_every=checkpoint_every, metadata={"example": "digits", **asdict(cfg)},
+               batch_size=cfg.batch, progress=progress)
+
+
+def load_model(folder: str | Path) -> tuple[DigitsConfig, Any]:
+    """``(config, ema_params)`` of a digits checkpoint folder.
+
+    Raises:
+      FileNotFoundError: no checkpoint in ``folder``.
+      ValueError: the checkpoint is not a digits model.
+    """
+    from karras_jax.training.checkpoint import CHECKPOINT_FILE
+
+    path = Path(folder) / CHECKPOINT_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint in {folder} (expected {path}); train one with "
+                                "`karras-jax train-digits --out DIR`.")
+    import flax.serialization
+
+    meta = json.loads(flax.serialization.msgpack_restore(path.read_bytes()).get("metadata", "{}"))
+    if meta.get("example") != "digits":
+        raise ValueError(f"{path} is not a digits checkpoint.")
+    cfg = DigitsConfig.from_dict(meta)
+    saved = load_checkpoint(folder, _initial_state(cfg))
+    return cfg, saved.state.ema
+
+
+def sample_digits(cfg: DigitsConfig, params: Any, n: int, *, labels: np.ndarray | None = None,
+                  guidance: float | None = None, seed: int = 0, batch: int = 1000) -> np.ndarray:
+    """``(n, 8, 8)`` float32 digits on the 0..16 scale.
+
+    ``labels`` (n,) conditions each sample on a class (guided with scale ``guidance``,
+    default the config's); None samples the unconditional model (the null class). Sample i
+    uses key ``jax.random.fold_in(jax.random.key(seed), i)``, so it does not depend on ``batch``.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}.")
+    if labels is not None and (np.shape(labels) != (n,) or np.any(np.asarray(labels) < 0)
+                               or np.any(np.asarray(labels) >= NUM_CLASSES)):
+        raise ValueError(f"labels must be ({n},) classes in 0..{NUM_CLASSES - 1}.")
+    if guidance is not None and not (np.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"guidance must be finite and >= 0, got {guidance!r}.")
+    config = KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=0.0)
+    state = set_timesteps(config, cfg.sample_steps, "karras")
+    apply_fn = _denoiser(cfg)
+    scale = cfg.guidance if guidance is None else float(guidance)
+    if labels is None or scale == 1.0:  # w = 1 is the conditional denoiser: half the network rows
+        sampler = make_sampler(apply_fn, state, config, IMAGE_SHAPE)
+        weights: Any = params
+        cond = np.full((n,), NULL_CLASS, np.int32) if labels is None else np.asarray(labels, np.int32)
+    else:
+        sampler = make_sampler(classifier_free_guidance(apply_fn, NULL_CLASS), state, config, IMAGE_SHAPE)
+        weights = (params, Guidance(scale=scale))
+        cond = np.asarray(labels, np.int32)
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(n))
+    out = []
+    for lo in range(0, n, batch):
+        hi = min(lo + batch, n)
+        size = hi - lo
+        pad = batch - size if n > batch else 0  # one compiled shape for every chunk
+        k = jnp.concatenate([keys[lo:hi], keys[:pad]]) if pad else keys[lo:hi]
+        c = np.concatenate([cond[lo:hi], cond[:pad]]) if pad else cond[lo:hi]
+        out.append(to_pixels(sampler(weights, k, jnp.asarray(c)))[:size])
+    return np.concatenate(out)
+
+
+def _classifier(x_train: np.ndarray, y_train: np.ndarray) -> Any:
+    from sklearn.neural_network import MLPClassifier
+
+    clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=2000, random_state=0)
+    return clf.fit(x_train.reshape(len(x_train), -1) / PIXEL_MAX, y_train)
+
+
+def _features(clf: Any, pixels: np.ndarray) -> np.ndarray:
+    flat = np.asarray(pixels, np.float64).reshape(len(pixels), -1) / PIXEL_MAX
+    return np.maximum(flat @ clf.coefs_[0] + clf.intercepts_[0], 0.0)
+
+
+def gaussian_baseline(x_train: np.ndarray, y_train: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` digits from a per-class Gaussian fit (class frequencies as in training), clipped to 0..16."""
+    rng = np.random.default_rng(seed)
+    flat = x_train.reshape(len(x_train), -1).astype(np.float64)
+    classes = rng.choice(y_train, size=n)
+    out = np.empty((n, flat.shape[1]))
+    for c in range(NUM_CLASSES):
+        rows = classes == c
+        members = flat[y_train == c]
+        out[rows] = rng.multivariate_normal(members.mean(0), np.cov(members, rowvar=False), rows.sum())
+    return np.clip(out, 0, PIXEL_MAX).reshape(n, 8, 8).astype(np.float32)
+
+
+def balanced_labels(n: int) -> np.ndarray:
+    """``(n,)`` int64 classes 0, 1, ..., 9, 0, 1, ...: balanced over the 10 classes."""
+    return np.arange(n, dtype=np.int64) % NUM_CLASSES
+
+
+def evaluate(guided: np.ndarray, guided_labels: np.ndarray, unguided: np.ndarray,
+             unguided_labels: np.ndarray) -> dict[str, Any]:
+    """The quality figures of the module docstring, as a JSON-ready dict."""
+    x_train, y_train, x_test, y_test = load_split()
+    clf = _classifier(x_train, y_train)
+    flat = lambda a: np.asarray(a).reshape(len(a), -1) / PIXEL_MAX  # noqa: E731
+    test_features = _features(clf, x_test)
+    floor = frechet_distance(_features(clf, x_train), test_features)
+    baseline = gaussian_baseline(x_train, y_train, len(unguided))
+    return {
+        "classifier_test_accuracy": float(clf.score(flat(x_test), y_test)),
+        "guided_accuracy": float(np.mean(clf.predict(flat(guided)) == guided_labels)),
+        "unguided_accuracy": float(np.mean(clf.predict(flat(unguided)) == unguided_labels)),
+        "unguided_class_histogram": np.bincount(clf.predict(flat(unguided)), minlength=NUM_CLASSES).tolist(),
+        "frechet_unguided_vs_test": frechet_distance(_features(clf, unguided), test_features),
+        "frechet_train_vs_test_floor": floor,
+        "frechet_gaussian_baseline_vs_test": frechet_distance(_features(clf, baseline), test_features),
+        "guided_samples": len(guided),
+        "unguided_samples": len(unguided),
+    }
+
+
+def write_json(path: Path, values: dict[str, Any]) -> None:
+    """Writes ``values`` as indented JSON, atomically."""
+    text = json.dumps(values, indent=1).encode()
+    atomic_write(path, lambda f: f.write(text))
+
+
+def _png(path: Path, fig: Any) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def plot_grid(path: Path, pixels: np.ndarray, rows: int, title: str) -> None:
+    """A ``rows`` x (len / rows) grid of digits as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = len(pixels) // rows
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.6, rows * 0.6 + 0.4))
+    for ax, img in zip(np.ravel(axes), pixels, strict=False):
+        ax.imshow(img, cmap="gray_r", vmin=0, vmax=PIXEL_MAX)
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.2)
+    _png(path, fig)
+    plt.close(fig)
+
+
+def plot_losses(path: Path, losses: np.ndarray) -> None:
+    """The per-step loss and its 50-step running mean, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(losses, lw=0.5, alpha=0.4, label="batch loss")
+    window = min(50, len(losses))
+    ax.plot(np.arange(window - 1, len(losses)), np.convolve(losses, np.ones(window) / window, "valid"),
+            label=f"{window}-step mean")
+    ax.set_xlabel("step")
+    ax.set_ylabel("EDM loss")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    _png(path, fig)
+    plt.close(fig)
+
+
+def run_example(out: str | Path, cfg: DigitsConfig = DigitsConfig(), *, guided: int = 500,
+                unguided: int = 1000, progress: bool = True, checkpoint_every: int = 200) -> dict[str, Any]:
+    """``karras-jax train-digits``: train, sample, score, write the figures; returns the metrics."""
+    out = Path(out)
+    began = time.perf_counter()
+    run = train_digits(out, cfg, progress=progress, checkpoint_every=checkpoint_every)
+    trained = time.perf_counter()
+    params = run.state.ema
+    labels, free_labels = balanced_labels(guided), balanced_labels(unguided)
+    with_w = sample_digits(cfg, params, guided, labels=labels, seed=cfg.seed)
+    free = sample_digits(cfg, params, unguided, labels=free_labels, guidance=1.0, seed=cfg.seed + 1)
+    sampled = time.perf_counter()
+    metrics = evaluate(with_w, labels, free, free_labels)
+    metrics.update(train_seconds=trained - began, sample_seconds=sampled - trained,
+                   total_seconds=time.perf_counter() - began, steps=cfg.steps, batch=cfg.batch,
+                   final_loss_50=float(np.nanmean(run.losses[-50:])), resumed_from=run.resumed_from)
+    metrics["frechet_ratio_to_floor"] = (metrics["frechet_unguided_vs_test"]
+                                         / metrics["frechet_train_vs_test_floor"])
+    def rows(pixels: np.ndarray, classes: np.ndarray) -> np.ndarray:  # 10 of each class, a row per class
+        return np.concatenate([pixels[classes == c][:10] for c in range(NUM_CLASSES)])
+
+    plot_grid(out / "guided.png", rows(with_w, labels), NUM_CLASSES,
+              f"guided (w = {cfg.guidance}), one row per class")
+    plot_grid(out / "unguided.png", rows(free, free_labels), NUM_CLASSES,
+              "unguided (w = 1), one row per class")
+    plot_losses(out / "loss.png", run.losses)
+    write_json(out / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,25 @@
+"""Training with optax: Table 1's losses, a pure train step, the weights' EMA, checkpoints."""
+
+from karras_jax.training.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
+from karras_jax.training.ema import ema_decay, ema_gamma, ema_update
+from karras_jax.training.loop import TrainingRun, fit
+from karras_jax.training.loss import LOSSES, edm_loss, loss_weight, training_sigmas
+from karras_jax.training.train_step import TrainState, make_train_step
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "LOSSES",
+    "Checkpoint",
+    "TrainState",
+    "TrainingRun",
+    "edm_loss",
+    "ema_decay",
+    "ema_gamma",
+    "ema_update",
+    "fit",
+    "load_checkpoint",
+    "make_train_step",
+    "save_checkpoint",
+    "loss_weight",
+    "training_sigmas",
+]

@@ -1,0 +1,119 @@
+"""A resumable training loop: deterministic data order and keys, atomic checkpoints, progress bar.
+
+Everything a step uses is a pure function of the step number: its batch is
+``batch_at(step)`` and its key ``jax.random.fold_in(key, step)``. A checkpoint therefore
+only needs the train state, the step reached (the data-order position) and the run's key;
+a run killed at any moment and started again from its folder repeats nothing and skips
+nothing, and ends with bitwise the parameters of an uninterrupted run (same machine and
+software: the same compiled program).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from karras_jax._progress import Progress
+from karras_jax.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from karras_jax.training.train_step import TrainState
+
+__all__ = ["TrainingRun", "fit"]
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What :func:`fit` returns.
+
+    Attributes:
+      state: The train state after the last step.
+      losses: ``(num_steps,)`` float32 batch loss of every step of the run (resumed parts included).
+      resumed_from: The step the run resumed at (0 for a fresh run).
+    """
+
+    state: TrainState
+    losses: np.ndarray
+    resumed_from: int
+
+
+def fit(train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]], state: TrainState,
+        batch_at: Callable[[int], Any], key: jax.Array, num_steps: int, *,
+        folder: str | os.PathLike | None = None, checkpoint_every: int = 100,
+        metadata: dict[str, Any] | None = None, batch_size: int | None = None,
+        progress: bool = True, label: str = "train ") -> TrainingRun:
+    """Runs ``train_step`` from the state's step to ``num_steps``, resuming from ``folder``.
+
+    Args:
+      train_step: From :func:`karras_jax.make_train_step`.
+      state: The initial state (also the structure a checkpoint is read into).
+      batch_at: ``batch_at(step)`` -> the batch of that step; must be a pure function of
+        ``step`` for resumed runs to equal uninterrupted ones.
+      key: The run's typed PRNG key; step ``s`` uses ``fold_in(key, s)``.
+      num_steps: Total number of steps of the run.
+      folder: Where the checkpoint lives. If it holds one, the run resumes from it (its
+        metadata must equal ``metadata``); a checkpoint is written every
+        ``checkpoint_every`` steps and at the end.
+      checkpoint_every: Steps between checkpoints.
+      metadata: JSON settings stored with the checkpoint and compared on resume.
+      batch_size: For the progress bar's images/s (steps/s without it).
+      progress: Show a progress bar (loss, rate, ETA) on stderr.
+      label: The progress bar's prefix.
+
+    Returns:
+      A :class:`TrainingRun`.
+
+    Raises:
+      ValueError: the folder's checkpoint was made with other settings (the differing
+        keys are named), or ``num_steps`` / ``checkpoint_every`` are not positive.
+    """
+    for name, value in (("num_steps", num_steps), ("checkpoint_every", checkpoint_every)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+    metadata = dict(metadata or {})
+    losses = np.full((num_steps,), np.nan, np.float32)
+    start = 0
+    if folder is not None and (Path(folder) / CHECKPOINT_FILE).exists():
+        saved = load_checkpoint(folder, state)
+        differ = sorted(k for k in set(saved.metadata) | set(metadata)
+                        if k != "losses" and saved.metadata.get(k) != metadata.get(k))
+        if differ:
+            raise ValueError(f"{folder} holds a checkpoint of another run; settings that differ: "
+                             + ", ".join(f"{k} (saved {saved.metadata.get(k)!r}, now {metadata.get(k)!r})"
+                                         for k in differ))
+        if not np.array_equal(jax.random.key_data(saved.key), jax.random.key_data(key)):
+            raise ValueError(f"{folder} holds a checkpoint made with another key (seed).")
+        state, start = saved.state, saved.position
+        history = np.asarray(saved.metadata.get("losses", []), np.float32)[:num_steps]
+        losses[: history.size] = history
+    unit, scale = ("img", batch_size) if batch_size else ("steps", 1)
+    bar = Progress(num_steps * scale, unit=unit, start=start * scale, label=label) if progress else None
+    pending: list[tuple[int, jax.Array]] = []
+
+    def drain() -> None:
+        for step, loss in pending:
+            losses[step] = float(loss)
+        pending.clear()
+
+    def save(step: int) -> None:
+        drain()
+        save_checkpoint(folder, state, position=step, key=key,
+                        metadata={**metadata, "losses": [float(v) for v in losses[:step]]})
+
+    for step in range(start, num_steps):
+        state, metrics = train_step(state, batch_at(step), jax.random.fold_in(key, step))
+        pending.append((step, metrics["loss"]))
+        done = step + 1
+        if folder is not None and (done % checkpoint_every == 0 or done == num_steps):
+            save(done)
+        if bar is not None and (done % 10 == 0 or done == num_steps):
+            drain()  # reading the loss waits for the step: only every 10 steps
+            bar.update(done * scale, loss=float(losses[step]))
+    drain()
+    if bar is not None:
+        bar.close()
+    return TrainingRun(state=state, losses=losses, resumed_from=start)

@@ -1,0 +1,205 @@
+r"""Training losses: the four training rows of Table 1 (Karras et al. 2022).
+
+.. math::
+
+    \mathcal{L}_i = \lambda(\sigma_i)\, \frac{1}{d} \big\lVert D(x_i + \sigma_i \epsilon_i;
+    \sigma_i, c_i) - x_i \big\rVert^2, \qquad \epsilon_i \sim \mathcal{N}(0, I_d)
+
+per sample i (d = the number of elements of one sample: the squared error is *averaged*
+over a sample's elements, so the loss's scale does not depend on the image size; EDM's code
+sums instead, which only rescales the gradient by d):
+
+========= ============================================ ============================
+kind      sigma drawn as                               lambda(sigma)
+========= ============================================ ============================
+``edm``   ln sigma ~ N(p_mean, p_std^2)                (sigma^2 + sd^2)/(sigma sd)^2
+``vp``    sigma_vp(t), t ~ U(epsilon_t, 1)             1/sigma^2
+``ve``    ln sigma ~ U(ln sigma_min, ln sigma_max)     1/sigma^2
+``iddpm`` u_j, j ~ U{0, ..., M-1}                      1/sigma^2
+========= ============================================ ============================
+
+**Randomness (a contract).** ``key`` is either one key for the batch, split as
+``jax.random.split(key, B)`` into one key per sample, or a ``(B,)`` batch of keys, one per
+sample. Sample i's key ``k_i`` gives ``k_sigma, k_noise, k_drop = jax.random.split(k_i, 3)``:
+its noise level from ``k_sigma``, its noise :math:`\epsilon_i` = ``normal(k_noise, x.shape[1:])``
+(float32), and its label dropout from ``uniform(k_drop) < cond_drop_prob``. A sample's draws
+therefore depend only on its own key, whatever the devices the batch is split over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from karras_jax._validation import concrete_value, level_dtype
+from karras_jax.schedules import iddpm_levels, vp_sigma
+
+__all__ = ["LOSSES", "edm_loss", "loss_weight", "training_sigmas"]
+
+#: The training rows and their constants with the paper's defaults.
+LOSSES: dict[str, dict[str, float]] = {
+    "edm": {"p_mean": -1.2, "p_std": 1.2, "sigma_data": 0.5},
+    "vp": {"beta_d": 19.9, "beta_min": 0.1, "epsilon_t": 1e-5},
+    "ve": {"sigma_min": 0.02, "sigma_max": 100.0},
+    "iddpm": {"C1": 0.001, "C2": 0.008, "M": 1000},
+}
+
+ApplyFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
+
+
+def _constants(kind: Any, constants: dict[str, Any]) -> dict[str, Any]:
+    if kind not in LOSSES:
+        raise ValueError(f"kind must be one of {tuple(LOSSES)}, got {kind!r}.")
+    unknown = sorted(set(constants) - set(LOSSES[kind]))
+    if unknown:
+        raise TypeError(f"kind={kind!r} takes the constants {', '.join(LOSSES[kind])}; "
+                        f"got {', '.join(unknown)}.")
+    values = {**LOSSES[kind], **constants}
+    for name, value in values.items():
+        concrete = concrete_value(name, value)
+        if concrete is None:
+            continue
+        if not np.all(np.isfinite(concrete)) or (name != "p_mean" and not np.all(concrete > 0)):
+            allowed = "finite" if name == "p_mean" else "finite and > 0"
+            raise ValueError(f"{name} must be {allowed}, got {value!r}.")
+    if kind == "ve" and concrete_value("sigma_min", values["sigma_min"]) is not None and \
+            concrete_value("sigma_max", values["sigma_max"]) is not None and \
+            not values["sigma_min"] < values["sigma_max"]:
+        raise ValueError(f"sigma_min must be < sigma_max, got {values['sigma_min']!r} >= "
+                         f"{values['sigma_max']!r}.")
+    if kind == "vp" and concrete_value("epsilon_t", values["epsilon_t"]) is not None and \
+            not 0 < values["epsilon_t"] < 1:
+        raise ValueError(f"epsilon_t must be in (0, 1), got {values['epsilon_t']!r}.")
+    if kind == "iddpm" and (not isinstance(values["M"], (int, np.integer)) or isinstance(values["M"], bool)):
+        raise TypeError(f"M must be a positive int, got {values['M']!r}.")
+    return values
+
+
+def training_sigmas(keys: jax.Array, kind: str = "edm", **constants: Any) -> jax.Array:
+    r"""One training noise level per key, drawn as the ``kind`` row of Table 1.
+
+    Args:
+      keys: ``(B,)`` typed PRNG keys (each the sample's ``k_sigma``).
+      kind: ``"edm"``, ``"vp"``, ``"ve"`` or ``"iddpm"``.
+      **constants: Overrides of the row's constants (:data:`LOSSES`).
+
+    Returns:
+      ``(B,)`` noise levels in the level dtype (float32; float64 under x64).
+
+    >>> import jax, karras_jax as kj
+    >>> kj.training_sigmas(jax.random.split(jax.random.key(0), 3), "ve").shape
+    (3,)
+    """
+    values = _constants(kind, constants)
+    dtype = level_dtype()
+    if kind == "edm":
+        z = jax.vmap(lambda k: jax.random.normal(k, (), dtype))(keys)
+        return jnp.exp(jnp.asarray(values["p_mean"], dtype) + jnp.asarray(values["p_std"], dtype) * z)
+    if kind == "iddpm":
+        u = jnp.asarray(iddpm_levels(values["C1"], values["C2"], values["M"])[:-1], dtype)
+        return u[jax.vmap(lambda k: jax.random.randint(k, (), 0, values["M"]))(keys)]
+    r = jax.vmap(lambda k: jax.random.uniform(k, (), dtype))(keys)
+    if kind == "ve":
+        lo = jnp.log(jnp.asarray(values["sigma_min"], dtype))
+        hi = jnp.log(jnp.asarray(values["sigma_max"], dtype))
+        return jnp.exp(lo + r * (hi - lo))
+    t = values["epsilon_t"] + r * (1 - values["epsilon_t"])
+    return vp_sigma(t, values["beta_d"], values["beta_min"])
+
+
+def loss_weight(sigma: ArrayLike, kind: str = "edm", **constants: Any) -> jax.Array:
+    r"""The loss weight :math:`\lambda(\sigma)` of the ``kind`` row of Table 1 (elementwise).
+
+    >>> import karras_jax as kj
+    >>> float(kj.loss_weight(0.5, "edm"))   # (0.25 + 0.25) / (0.25 * 0.25)
+    8.0
+    """
+    values = _constants(kind, constants)
+    dtype = level_dtype()
+    sigma = jnp.asarray(sigma, dtype)
+    if kind == "edm":
+        sd = jnp.asarray(values["sigma_data"], dtype)
+        return (sigma**2 + sd**2) / (sigma * sd) ** 2
+    return 1.0 / sigma**2
+
+
+def sample_keys(key: Any, batch: int) -> jax.Array:
+    """``(B,)`` typed keys, one per sample: ``key`` itself if it is a batch, else ``split(key, B)``."""
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is None:
+        raise TypeError(f"key must be a PRNG key or a (B,) batch of keys, got {type(key).__name__}.")
+    if dtype == jnp.uint32:  # raw keys
+        if shape[-1:] != (2,) or len(shape) not in (1, 2):
+            raise ValueError(f"raw uint32 keys must have shape (2,) or (B, 2), got {shape}.")
+        key = jax.random.wrap_key_data(key)
+        shape = key.shape
+    elif not jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        raise TypeError(f"key must be a PRNG key or a (B,) batch of keys, got dtype {dtype}.")
+    if shape == ():
+        return jax.random.split(key, batch)
+    if shape != (batch,):
+        raise ValueError(f"key must be one key or one per sample, shape ({batch},); got shape {shape}.")
+    return key
+
+
+def edm_loss(apply_fn: ApplyFn, params: Any, x: ArrayLike, key: Any, cond: Any = None, *,
+             kind: str = "edm", cond_drop_prob: ArrayLike = 0.0, null_cond: Any = None,
+             **constants: Any) -> jax.Array:
+    r"""Per-sample training losses of a denoiser (Table 1's training rows; EDM's by default).
+
+    Args:
+      apply_fn: ``apply_fn(params, x, sigma, cond) -> D`` called with one sigma per sample,
+        shape ``(B,)`` (what :func:`karras_jax.precondition` and
+        :func:`karras_jax.discrete_time_denoiser` take).
+      params: The network's weights (what is differentiated).
+      x: ``(B, ...)`` clean training samples, in the network's dtype.
+      key: One PRNG key for the batch or ``(B,)`` keys, one per sample (module docstring).
+      cond: The conditioning, an array with a leading batch axis (class labels) or None.
+      kind: The training row: ``"edm"`` (p_mean=-1.2, p_std=1.2, sigma_data=0.5), ``"vp"``
+        (beta_d=19.9, beta_min=0.1, epsilon_t=1e-5), ``"ve"`` (sigma_min=0.02,
+        sigma_max=100) or ``"iddpm"`` (C1=0.001, C2=0.008, M=1000).
+      cond_drop_prob: Label dropout for classifier-free guidance: each sample's ``cond`` is
+        replaced by ``null_cond`` with this probability. Traced.
+      null_cond: The "no condition" value (the one given to
+        :func:`karras_jax.classifier_free_guidance`); needed when ``cond_drop_prob > 0``.
+      **constants: Overrides of the row's constants.
+
+    Returns:
+      ``(B,)`` float32 losses :math:`\lambda(\sigma_i)\, \mathrm{mean}((D_i - x_i)^2)`; their
+      mean is the batch's loss.
+
+    Raises:
+      ValueError: bad constants, ``cond_drop_prob`` outside [0, 1], dropout without
+        ``null_cond`` or without ``cond``.
+    """
+    values = _constants(kind, constants)
+    x = jnp.asarray(x)
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batch (B, ...), got shape {x.shape}.")
+    batch = x.shape[0]
+    p = concrete_value("cond_drop_prob", cond_drop_prob)
+    if p is not None and not 0 <= float(p) <= 1:
+        raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob!r}.")
+    dropping = p is None or float(p) > 0
+    if dropping and (cond is None or null_cond is None):
+        raise ValueError("label dropout (cond_drop_prob > 0) needs cond and null_cond "
+                         "(the 'no class' value).")
+    keys = jax.vmap(lambda k: jax.random.split(k, 3))(sample_keys(key, batch))
+    dtype = level_dtype()
+    sigma = training_sigmas(keys[:, 0], kind, **values)
+    noise = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], dtype))(keys[:, 1])
+    if dropping:
+        cond = jnp.asarray(cond)
+        drop = jax.vmap(lambda k: jax.random.uniform(k, (), dtype))(keys[:, 2]) < cond_drop_prob
+        drop = drop.reshape((batch,) + (1,) * (cond.ndim - 1))
+        cond = jnp.where(drop, jnp.asarray(null_cond, cond.dtype), cond)
+    clean = x.astype(dtype)
+    shaped = sigma.reshape((batch,) + (1,) * (x.ndim - 1))
+    denoised = apply_fn(params, (clean + shaped * noise).astype(x.dtype), sigma, cond)
+    error = jnp.mean(jnp.reshape((denoised.astype(dtype) - clean) ** 2, (batch, -1)), axis=1)
+    return loss_weight(sigma, kind, **values) * error
