@@ -24,6 +24,7 @@ without guidance (w = 1), classes balanced; the unconditional model (the null cl
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass, fields
@@ -128,6 +129,22 @@ def _initial_state(cfg: DigitsConfig) -> TrainState:
     return TrainState.create(_init_params(cfg), _optimizer(cfg))
 
 
+def _state_template(cfg: DigitsConfig) -> TrainState:
+    """The train state's structure, shapes and dtypes only: nothing is computed or compiled."""
+    return jax.eval_shape(lambda: TrainState.create(_init_params(cfg), _optimizer(cfg)))
+
+
+@functools.lru_cache(maxsize=8)
+def _sampler(cfg: DigitsConfig, guided: bool) -> Any:
+    """The compiled sampler of a config, plain or guided (cached: one compilation per process)."""
+    config = KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=0.0)
+    state = set_timesteps(config, cfg.sample_steps, "karras")
+    apply_fn = _denoiser(cfg)
+    if guided:
+        apply_fn = classifier_free_guidance(apply_fn, NULL_CLASS)
+    return make_sampler(apply_fn, state, config, IMAGE_SHAPE)
+
+
 def train_digits(out: str | Path, cfg: DigitsConfig = DigitsConfig(), *, progress: bool = True,
                  checkpoint_every: int = 200) -> Any:
     """Trains (or resumes training) into ``out``; returns the :class:`karras_jax.TrainingRun`."""
@@ -182,7 +199,7 @@ def load_model(folder: str | Path) -> tuple[DigitsConfig, Any]:
     if meta.get("example") != "digits":
         raise ValueError(f"{path} is not a digits checkpoint.")
     cfg = DigitsConfig.from_dict(meta)
-    saved = load_checkpoint(folder, _initial_state(cfg))
+    saved = load_checkpoint(folder, _state_template(cfg))
     return cfg, saved.state.ema
 
 
@@ -201,16 +218,13 @@ def sample_digits(cfg: DigitsConfig, params: Any, n: int, *, labels: np.ndarray 
         raise ValueError(f"labels must be ({n},) classes in 0..{NUM_CLASSES - 1}.")
     if guidance is not None and not (np.isfinite(guidance) and guidance >= 0):
         raise ValueError(f"guidance must be finite and >= 0, got {guidance!r}.")
-    config = KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=0.0)
-    state = set_timesteps(config, cfg.sample_steps, "karras")
-    apply_fn = _denoiser(cfg)
     scale = cfg.guidance if guidance is None else float(guidance)
     if labels is None or scale == 1.0:  # w = 1 is the conditional denoiser: half the network rows
-        sampler = make_sampler(apply_fn, state, config, IMAGE_SHAPE)
+        sampler = _sampler(cfg, guided=False)
         weights: Any = params
         cond = np.full((n,), NULL_CLASS, np.int32) if labels is None else np.asarray(labels, np.int32)
     else:
-        sampler = make_sampler(classifier_free_guidance(apply_fn, NULL_CLASS), state, config, IMAGE_SHAPE)
+        sampler = _sampler(cfg, guided=True)
         weights = (params, Guidance(scale=scale))
         cond = np.asarray(labels, np.int32)
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(n))

@@ -68,6 +68,7 @@ def save_checkpoint(folder: str | os.PathLike, state: Any, *, position: int, key
     Raises:
       OSError: the write failed; the previous checkpoint is intact.
       TypeError: metadata is not JSON-serialisable, or key is not a typed key.
+      ValueError: position is not an int >= 0.
     """
     if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or position < 0:
         raise ValueError(f"position must be an int >= 0, got {position!r}.")
@@ -85,12 +86,22 @@ def save_checkpoint(folder: str | os.PathLike, state: Any, *, position: int, key
     return atomic_write(Path(folder) / CHECKPOINT_FILE, lambda f: f.write(data))
 
 
+def _leaves(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{"params/conv/kernel": (shape, dtype name)}`` of a state dict (any array-like leaf)."""
+    flat = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+        flat[name] = (tuple(np.shape(leaf)), str(getattr(leaf, "dtype", np.asarray(leaf).dtype)))
+    return flat
+
+
 def load_checkpoint(folder: str | os.PathLike, target: Any) -> Checkpoint:
     """Reads ``folder/checkpoint.msgpack`` into the structure of ``target`` (a freshly created state).
 
     Raises:
       FileNotFoundError: there is no checkpoint in ``folder``.
-      ValueError: the file is not a karras_jax checkpoint, or its structure does not match ``target``.
+      ValueError: the file is not a karras_jax checkpoint, or its entries, shapes or dtypes
+        differ from ``target``'s (which may be abstract: ``jax.eval_shape`` of the creation).
     """
     path = Path(folder) / CHECKPOINT_FILE
     try:
@@ -101,10 +112,19 @@ def load_checkpoint(folder: str | os.PathLike, target: Any) -> Checkpoint:
         raise ValueError(f"{path} is not a readable checkpoint: {err}") from None
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a karras_jax checkpoint (format {_FORMAT}).")
+    expected, saved = _leaves(flax.serialization.to_state_dict(target)), _leaves(payload["state"])
+    if expected.keys() != saved.keys():
+        missing, extra = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+        raise ValueError(f"{path} does not match the state being restored: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}.")
+    for name, (shape, dtype) in expected.items():
+        if saved[name] != (shape, dtype):
+            raise ValueError(f"{path} does not match the state being restored: {name} is saved as "
+                             f"{saved[name][1]}{list(saved[name][0])}, expected {dtype}{list(shape)}.")
     try:
         state = flax.serialization.from_state_dict(target, payload["state"])
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} does not match the model being restored: {err}") from None
+        raise ValueError(f"{path} does not match the state being restored: {err}") from None
     key = jax.random.wrap_key_data(np.asarray(payload["key"]), impl=payload["key_impl"])
     return Checkpoint(state=state, position=int(payload["position"]), key=key,
                       metadata=json.loads(payload["metadata"]))

@@ -12,7 +12,7 @@ far: the average covers a fixed *fraction* of training, with relative standard d
 ``sigma_rel`` :math:`= \sqrt{(\gamma+1)/((\gamma+2)^2(\gamma+3))}`. Chosen over EDM's
 half-life EMA because it needs no batch size, no warm-up ramp and no knowledge of the run's
 length, and a short run (the digits example) averages as much of it as a long one;
-``sigma_rel=0.05`` (gamma = 6.94) is the default. :math:`\beta_1 = 0`, so the average starts
+``sigma_rel=0.05`` (gamma = 16.97) is the default. :math:`\beta_1 = 0`, so the average starts
 as the first update's weights.
 """
 
@@ -35,14 +35,14 @@ def ema_gamma(sigma_rel: float) -> float:
     as :math:`\gamma^3 + 7\gamma^2 + (16 - \sigma_{rel}^{-2})\gamma + 12 - \sigma_{rel}^{-2} = 0`).
 
     Raises:
-      ValueError: ``sigma_rel`` is not in (0, 0.28) (larger widths need gamma < 0).
+      ValueError: ``sigma_rel`` is not in (0, 1/sqrt(12)) (wider averages need gamma <= 0).
 
-    >>> round(ema_gamma(0.05), 2)
-    6.94
+    >>> round(ema_gamma(0.05), 2), round(ema_gamma(0.10), 2)
+    (16.97, 6.94)
     """
     if isinstance(sigma_rel, bool) or not isinstance(sigma_rel, (int, float, np.floating)) or \
-            not 0 < sigma_rel < 0.28:
-        raise ValueError(f"sigma_rel must be a float in (0, 0.28), got {sigma_rel!r}.")
+            not 0 < sigma_rel < 12**-0.5:
+        raise ValueError(f"sigma_rel must be a float in (0, 1/sqrt(12) = 0.2887), got {sigma_rel!r}.")
     t = float(sigma_rel) ** -2
     return float(np.roots([1.0, 7.0, 16.0 - t, 12.0 - t]).real.max())
 

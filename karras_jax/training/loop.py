@@ -77,6 +77,9 @@ def fit(train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]], stat
     metadata = dict(metadata or {})
     losses = np.full((num_steps,), np.nan, np.float32)
     start = 0
+    if folder is not None:
+        for stale in Path(folder).glob(f".{CHECKPOINT_FILE}.*.tmp"):  # left by a kill mid-write
+            stale.unlink(missing_ok=True)
     if folder is not None and (Path(folder) / CHECKPOINT_FILE).exists():
         saved = load_checkpoint(folder, state)
         differ = sorted(k for k in set(saved.metadata) | set(metadata)

@@ -10,11 +10,14 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from karras_jax.training.ema import ema_gamma, ema_update
 
 __all__ = ["TrainState", "make_train_step"]
+
+# optax.tree.norm (optax >= 0.2.5) replaces the deprecated optax.global_norm
+_global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
 
 LossFn = Callable[[Any, Any, jax.Array], jax.Array]
 Metrics = dict[str, jax.Array]
@@ -70,7 +73,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       mesh: Data parallelism: every leaf of ``batch`` is split along its leading axis over
         ``axis_name`` of this mesh, the state and key are replicated, and XLA averages the
         gradients across devices (the mean over the whole batch, as on one device). The
-        batch size must divide evenly.
+        batch size must divide evenly. The step runs on the mesh's devices with its axes
+        treated as ``AxisType.Auto`` whatever their declared type.
       axis_name: The mesh axis (or axes) the batch is split over.
 
     Returns:
@@ -91,17 +95,23 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         step = state.step + 1
         new = TrainState(params=params, opt_state=opt_state, ema=ema_update(state.ema, params, step, gamma),
                          step=step)
-        return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return new, {"loss": loss, "grad_norm": _global_norm(grads)}
 
     if mesh is None:
         return jax.jit(train_step)
+    names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+    for name in names:
+        if name not in mesh.shape:
+            raise ValueError(f"axis_name {name!r} is not an axis of the mesh {dict(mesh.shape)}.")
+    devices = math.prod(mesh.shape[a] for a in names)
+    # Auto axes: XLA partitions the step (gradient all-reduce included). On jax.make_mesh's
+    # default Explicit axes a label lookup (nn.Embed) in a sharded batch fails to trace.
+    mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
     replicated = NamedSharding(mesh, PartitionSpec())
     split = NamedSharding(mesh, PartitionSpec(axis_name))
     jitted = jax.jit(train_step, out_shardings=replicated)
 
     def sharded_step(state: TrainState, batch: Any, key: jax.Array) -> tuple[TrainState, Metrics]:
-        names = (axis_name,) if isinstance(axis_name, str) else axis_name
-        devices = math.prod(mesh.shape[a] for a in names)
         for leaf in jax.tree_util.tree_leaves(batch):
             if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] % devices:
                 raise ValueError(f"every batch leaf's leading axis must divide evenly over the {devices} "
