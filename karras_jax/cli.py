@@ -173,11 +173,14 @@ def _train_digits(args: argparse.Namespace) -> int:
                               seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     check_writable_folder(args.out)
-    if args.no_eval:
-        run = train_digits(args.out, cfg, checkpoint_every=args.checkpoint_every)
-        print(f"trained {cfg.steps} steps (resumed at {run.resumed_from}); checkpoint in {args.out}")
-        return 0
-    m = run_example(args.out, cfg, checkpoint_every=args.checkpoint_every)
+    try:
+        if args.no_eval:
+            run = train_digits(args.out, cfg, checkpoint_every=args.checkpoint_every)
+            print(f"trained {cfg.steps} steps (resumed at {run.resumed_from}); checkpoint in {args.out}")
+            return 0
+        m = run_example(args.out, cfg, checkpoint_every=args.checkpoint_every)
+    except (ImportError, ValueError) as err:  # no scikit-learn; a checkpoint of other settings in --out
+        raise SystemExit(f"karras-jax: error: {err}") from None
     resumed = f" (resumed at step {m['resumed_from']})" if m["resumed_from"] else ""
     print(f"trained {m['steps']} steps of {m['batch']} in {m['train_seconds']:.0f} s{resumed}; "
           f"sampled in {m['sample_seconds']:.0f} s; total {m['total_seconds']:.0f} s")

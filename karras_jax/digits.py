@@ -42,7 +42,7 @@ from karras_jax.models import Guidance, UNet, classifier_free_guidance, precondi
 from karras_jax.sampler import make_sampler
 from karras_jax.state import set_timesteps
 from karras_jax.testing import frechet_distance
-from karras_jax.training import TrainState, edm_loss, fit, load_checkpoint, make_train_step
+from karras_jax.training import CHECKPOINT_FILE, TrainState, edm_loss, fit, load_checkpoint, make_train_step
 
 __all__ = ["DigitsConfig", "evaluate", "load_model", "load_split", "sample_digits", "train_digits"]
 
@@ -120,7 +120,8 @@ def _init_params(cfg: DigitsConfig) -> Any:
 
 
 def _optimizer(cfg: DigitsConfig) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps, cfg.steps,
+    warmup = min(cfg.warmup_steps, cfg.steps // 2)  # a short run keeps half its steps for the decay
+    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(cfg.steps, warmup + 1),
                                                   end_value=cfg.learning_rate / 20)
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
@@ -175,7 +176,10 @@ def train_digits(out: str | Path, cfg: DigitsConfig = DigitsConfig(), *, progres
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return fit(step_fn, _initial_state(cfg), batch_at, jax.random.key(cfg.seed), cfg.steps, folder=out,
+    # resuming reads the weights into the state's shapes: no need to initialise (and compile) anything
+    resuming = (out / CHECKPOINT_FILE).exists()
+    start = _state_template(cfg) if resuming else _initial_state(cfg)
+    return fit(step_fn, start, batch_at, jax.random.key(cfg.seed), cfg.steps, folder=out,
                checkpoint_every=checkpoint_every, metadata={"example": "digits", **asdict(cfg)},
                batch_size=cfg.batch, progress=progress)
 
@@ -187,8 +191,6 @@ def load_model(folder: str | Path) -> tuple[DigitsConfig, Any]:
       FileNotFoundError: no checkpoint in ``folder``.
       ValueError: the checkpoint is not a digits model.
     """
-    from karras_jax.training.checkpoint import CHECKPOINT_FILE
-
     path = Path(folder) / CHECKPOINT_FILE
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint in {folder} (expected {path}); train one with "

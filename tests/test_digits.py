@@ -100,3 +100,15 @@ def test_sample_digits_errors_are_one_line(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sample-digits", "--checkpoint", str(out), "--out", str(tmp_path / "x.npz"), "--n", "0"])
     assert "positive integer" in capsys.readouterr().err
+
+
+def test_train_digits_command_trains_writes_a_checkpoint_and_resumes(tmp_path, capsys):
+    args = ["train-digits", "--out", str(tmp_path), "--steps", "4", "--batch", "16", "--channels", "4",
+            "--checkpoint-every", "2", "--no-eval"]
+    assert main(args) == 0
+    assert "trained 4 steps (resumed at 0)" in capsys.readouterr().out
+    assert (tmp_path / "checkpoint.msgpack").exists()
+    assert main(args) == 0
+    assert "resumed at 4" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="batch"):
+        main([*args[:-1], "--batch", "32", "--no-eval"])
