@@ -106,7 +106,8 @@ def to_pixels(x: Any) -> np.ndarray:
     return np.clip((np.asarray(x, np.float32)[..., 0] + 1.0) * (PIXEL_MAX / 2), 0.0, PIXEL_MAX)
 
 
-def _denoiser(cfg: DigitsConfig) -> Any:
+def denoiser(cfg: DigitsConfig) -> Any:
+    """The EDM-preconditioned UNet of a config: ``apply_fn(params, x, sigma, labels)``."""
     module = cfg.module()
     return precondition(lambda p, x_in, c_noise, labels: module.apply(p, x_in, c_noise, labels), "edm",
                         sigma_data=cfg.sigma_data)
@@ -140,7 +141,7 @@ def _sampler(cfg: DigitsConfig, guided: bool) -> Any:
     """The compiled sampler of a config, plain or guided (cached: one compilation per process)."""
     config = KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=0.0)
     state = set_timesteps(config, cfg.sample_steps, "karras")
-    apply_fn = _denoiser(cfg)
+    apply_fn = denoiser(cfg)
     if guided:
         apply_fn = classifier_free_guidance(apply_fn, NULL_CLASS)
     return make_sampler(apply_fn, state, config, IMAGE_SHAPE)
@@ -155,7 +156,7 @@ def train_digits(out: str | Path, cfg: DigitsConfig = DigitsConfig(), *, progres
     per_epoch = n // cfg.batch
     if per_epoch < 1:
         raise ValueError(f"batch must be at most the {n} training images, got {cfg.batch}.")
-    apply_fn = _denoiser(cfg)
+    apply_fn = denoiser(cfg)
 
     def loss_fn(params: Any, batch: tuple[jax.Array, jax.Array], key: jax.Array) -> jax.Array:
         x, y = batch

@@ -1,0 +1,17 @@
+"""Generation at scale: seed sets to sharded, checksummed, resumable files (``karras-jax generate``)."""
+
+from karras_jax.generate.job import MANIFEST, GenerateResult, generate, verify
+from karras_jax.generate.models import GenerateModel, load_generate_model
+from karras_jax.generate.seeds import MAX_SEED, parse_seeds, seed_keys
+
+__all__ = [
+    "MANIFEST",
+    "MAX_SEED",
+    "GenerateModel",
+    "GenerateResult",
+    "generate",
+    "load_generate_model",
+    "parse_seeds",
+    "seed_keys",
+    "verify",
+]

@@ -1,0 +1,418 @@
+"""``kj.generate``: many seeds to sharded files, resumable after a kill, on many devices and hosts.
+
+Layout of ``DIR``:
+
+- ``manifest.json``: what the job is (model identity, seeds, sampler config, levels,
+  schedule, solver, guidance, sample shape, shard size and the shard table), the package
+  versions of the run that created it, and, once every shard is written, the SHA-256 of
+  each shard file.
+- ``shard-XXXXXX.npz``: shard i holds the i-th run of ``shard_size`` seeds (in ascending
+  order): arrays ``seeds`` (int64) and ``samples`` (float32, ``(n, *sample_shape)``).
+- with ``png=True``, one PNG per sample in ``DIR/{seed - seed % 1000:06d}/{seed:06d}.png``.
+- while a job runs, ``progress-pN.json`` (process N's finished shards and checksums).
+
+Every file is written atomically (temporary file in the same folder, fsync, rename).
+Re-running the same job finishes it: a shard is kept if it loads (each ``.npz`` member
+carries a CRC-32), holds exactly its seeds and the right shapes, and matches its recorded
+checksum; anything else is generated again. A killed run, resumed, leaves exactly the
+files of an uninterrupted run. A folder holding another job is refused, naming what differs.
+
+Multi-host: every process runs the same call; shard i is generated and written by process
+``i % process_count`` on its local devices; process 0 writes the final manifest once all
+processes are done. Sample s depends only on seed s (:func:`seed_keys` and the noise-stream
+contract), so the union of the shards equals a single-process run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from karras_jax._files import atomic_write
+from karras_jax._progress import Progress
+from karras_jax.config import KarrasVeConfig
+from karras_jax.generate.models import GenerateModel, load_generate_model
+from karras_jax.generate.seeds import parse_seeds, seed_keys
+from karras_jax.generate.writer import ShardWriter
+from karras_jax.models import Guidance, classifier_free_guidance
+from karras_jax.sampler import make_sampler
+from karras_jax.sharding import make_sharded_sampler
+from karras_jax.state import set_timesteps
+
+__all__ = ["GenerateResult", "MANIFEST", "generate", "verify"]
+
+MANIFEST = "manifest.json"
+_FORMAT = "karras_jax.generate/1"
+# job fields that a resume must match (the rest: versions, checksums)
+_JOB_FIELDS = ("format", "model", "seeds", "num_seeds", "sample_shape", "dtype", "config", "steps",
+               "schedule", "sigmas", "solver", "guidance", "shard_size", "num_shards")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateResult:
+    """What :func:`generate` did in this process.
+
+    Attributes:
+      folder: The output folder.
+      shards: Number of shards of the job.
+      written: Shards this process generated and wrote now.
+      skipped: Shards this process found complete and kept.
+      seconds: Wall time of the call.
+      samples_per_s: Samples generated per second by this process (0 if none).
+    """
+
+    folder: Path
+    shards: int
+    written: int
+    skipped: int
+    seconds: float
+    samples_per_s: float
+
+
+def _ranges(seeds: np.ndarray) -> str:
+    """Seeds as EDM's syntax, runs of consecutive seeds collapsed (``0-9,20``)."""
+    if seeds.size == 0:
+        return ""
+    breaks = np.flatnonzero(np.diff(seeds) != 1) + 1
+    runs = np.split(seeds, breaks)
+    return ",".join(f"{r[0]}" if r.size == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as metadata
+
+    out = {}
+    for name in ("karras-jax", "jax", "jaxlib", "flax", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _shard_name(index: int) -> str:
+    return f"shard-{index:06d}.npz"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, values: dict[str, Any]) -> None:
+    text = (json.dumps(values, indent=1, sort_keys=True) + "\n").encode()
+    atomic_write(path, lambda f: f.write(text))
+
+
+def _check_shard(path: Path, seeds: np.ndarray, shape: tuple[int, ...], checksum: str | None) -> str | None:
+    """None if the shard at ``path`` is complete and right, else what is wrong with it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    if checksum is not None and hashlib.sha256(data).hexdigest() != checksum:
+        return "checksum differs from the manifest"
+    try:
+        import io
+
+        with np.load(io.BytesIO(data)) as npz:
+            if sorted(npz.files) != ["samples", "seeds"]:
+                return f"holds {sorted(npz.files)}, not seeds and samples"
+            saved, samples = npz["seeds"], npz["samples"]  # reading checks each member's CRC-32
+    except Exception as err:  # noqa: BLE001 - a corrupt zip raises many unrelated types
+        return f"corrupt ({type(err).__name__}: {err})"
+    if saved.dtype != np.int64 or not np.array_equal(saved, seeds):
+        return "holds other seeds"
+    if samples.dtype != np.float32 or samples.shape != (len(seeds), *shape):
+        return f"samples are {samples.dtype}{list(samples.shape)}, expected float32{[len(seeds), *shape]}"
+    if not np.all(np.isfinite(samples)):
+        return "samples are not all finite"
+    return None
+
+
+def _job(model: GenerateModel, seeds: np.ndarray, config: KarrasVeConfig, state: Any, steps: int,
+         schedule: str, solver: str, guidance: float | None, shard_size: int) -> dict[str, Any]:
+    return {
+        "format": _FORMAT,
+        "model": model.identity,
+        "seeds": _ranges(seeds),
+        "num_seeds": int(seeds.size),
+        "sample_shape": list(model.sample_shape),
+        "dtype": "float32",
+        "config": {f.name: float(getattr(config, f.name)) for f in dataclasses.fields(config)},
+        "steps": int(steps),
+        "schedule": schedule,
+        "sigmas": [float(s) for s in np.asarray(state.sigmas)],
+        "solver": solver,
+        "guidance": guidance,
+        "shard_size": int(shard_size),
+        "num_shards": int(-(-seeds.size // shard_size)),
+    }
+
+
+def _differences(saved: dict[str, Any], job: dict[str, Any]) -> list[str]:
+    out = []
+    for key in _JOB_FIELDS:
+        if saved.get(key) != job.get(key):
+            if key == "config" and isinstance(saved.get(key), dict):
+                out += [f"config.{k} (folder {saved[key].get(k)!r}, now {job[key].get(k)!r})"
+                        for k in sorted(set(saved[key]) | set(job[key]))
+                        if saved[key].get(k) != job[key].get(k)]
+            elif key == "sigmas":
+                out.append("sigmas (the noise levels)")
+            else:
+                out.append(f"{key} (folder {saved.get(key)!r}, now {job.get(key)!r})")
+    return out
+
+
+def _local_sampler(model: GenerateModel, state: Any, config: KarrasVeConfig, solver: str,
+                   guidance: float | None) -> tuple[Any, Any, int]:
+    """``(sampler, weights, devices)``: over this process's devices, sharded when there are several."""
+    apply_fn, weights = model.apply_fn, model.params
+    if guidance is not None:
+        apply_fn = classifier_free_guidance(model.apply_fn, model.null_cond)
+        weights = (model.params, Guidance(scale=guidance))
+    devices = jax.local_devices()
+    if len(devices) == 1:
+        return make_sampler(apply_fn, state, config, model.sample_shape, solver=solver), weights, 1
+    mesh = Mesh(np.asarray(devices), ("data",))
+    sampler = make_sharded_sampler(apply_fn, state, config, model.sample_shape, mesh, solver=solver)
+    return sampler, weights, len(devices)
+
+
+def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray, out: str | os.PathLike, *,
+             batch: int = 512, steps: int | None = None, schedule: str | None = None, solver: str = "heun",
+             s_churn: float | None = None, s_noise: float | None = None, s_min: float | None = None,
+             s_max: float | None = None, guidance: float | None = None, png: bool = False,
+             shard_size: int | None = None, progress: bool = True) -> GenerateResult:
+    """Generates one sample per seed into sharded files in ``out``, resuming what is there.
+
+    Args:
+      model: A :class:`GenerateModel`, or a MODEL string (``"mixture"``, a train-digits
+        folder, ``"package.module:function"``).
+      seeds: EDM's syntax (``"0-49999"``, ``"0,5,10-20"``) or the seeds themselves
+        (distinct, in 0 .. 2**32 - 1); generated and sharded in ascending order.
+      out: The output folder (created).
+      batch: Samples per sampler call (rounded up to a multiple of the local devices);
+        does not change any sample.
+      steps, schedule: Override the model's defaults.
+      solver: A name in ``kj.SOLVERS``.
+      s_churn, s_noise, s_min, s_max: Override the model's sampler config.
+      guidance: Classifier-free guidance scale for a conditional model (None: unguided).
+      png: Also write one PNG per sample (image models only).
+      shard_size: Seeds per shard for a new job (default ``batch``); a resumed job keeps
+        the size it was created with.
+      progress: Show a progress bar (samples/s, ETA) on stderr.
+
+    Returns:
+      A :class:`GenerateResult`.
+
+    Raises:
+      ValueError: bad arguments, or ``out`` holds another job (the message names what differs).
+      OSError: a write failed (disk full, permissions): shards written before are intact
+        and a re-run continues from them.
+    """
+    began = time.perf_counter()
+    if isinstance(model, str):
+        model = load_generate_model(model)
+    if not isinstance(model, GenerateModel):
+        raise TypeError(f"model must be a GenerateModel or a MODEL string, got {type(model).__name__}.")
+    if isinstance(seeds, str):
+        seed_array = parse_seeds(seeds)
+    else:
+        seed_array = np.asarray(seeds)
+        if seed_array.ndim != 1 or seed_array.size == 0 or not np.issubdtype(seed_array.dtype, np.integer):
+            raise ValueError("seeds must be a non-empty 1-D list of integers.")
+        seed_array = parse_seeds(",".join(map(str, seed_array.tolist())))  # sorted, range and repeats checked
+    for name, value in (("batch", batch), ("shard_size", shard_size)):
+        bad = isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
+        if value is not None and bad:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+    if guidance is not None and model.cond_fn is None:
+        raise ValueError("guidance needs a conditional model (its cond_fn gives each seed's condition).")
+    if guidance is not None and not (np.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"guidance must be finite and >= 0, got {guidance!r}.")
+    overrides = {k: v for k, v in (("s_churn", s_churn), ("s_noise", s_noise), ("s_min", s_min),
+                                   ("s_max", s_max)) if v is not None}
+    config = model.config.replace(**overrides) if overrides else model.config
+    steps = model.steps if steps is None else steps
+    schedule = model.schedule if schedule is None else schedule
+    state = set_timesteps(config, steps, schedule)
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = _read_json(folder / MANIFEST)
+    if shard_size is None:
+        shard_size = int(saved["shard_size"]) if saved and "shard_size" in saved else batch
+    job = _job(model, seed_array, config, state, steps, schedule, solver,
+               None if guidance is None else float(guidance), shard_size)
+    process, processes = jax.process_index(), jax.process_count()
+    if saved is not None:
+        differ = _differences(saved, job)
+        if differ:
+            raise ValueError(f"{folder} holds another generation job; what differs: {'; '.join(differ)}.")
+        manifest = saved
+    else:
+        manifest = {**job, "versions": _versions(), "checksums": {}}
+        if process == 0:
+            _write_json(folder / MANIFEST, manifest)
+    for stale in folder.glob(".*.tmp"):  # left by a kill mid-write; every process may clean
+        stale.unlink(missing_ok=True)
+
+    known = dict(manifest.get("checksums", {}))
+    for record in folder.glob("progress-p*.json"):
+        known.update(_read_json(record) or {})
+    shape = tuple(model.sample_shape)
+    shards = [(i, seed_array[i * shard_size:(i + 1) * shard_size]) for i in range(job["num_shards"])]
+    mine = [(i, s) for i, s in shards if i % processes == process]
+    todo, done = [], {}
+    for i, shard_seeds in mine:
+        name = _shard_name(i)
+        problem = _check_shard(folder / name, shard_seeds, shape, known.get(name))
+        if problem is None:
+            done[name] = known.get(name) or hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        else:
+            todo.append((i, shard_seeds))
+
+    own_record = folder / f"progress-p{process}.json"
+    lock = threading.Lock()
+
+    def record(name: str, checksum: str) -> None:
+        with lock:
+            done[name] = checksum
+            _write_json(own_record, dict(sorted(done.items())))
+
+    total = sum(len(s) for _, s in todo)
+    generated = 0
+    if todo:
+        sampler, weights, devices = _local_sampler(model, state, config, solver, job["guidance"])
+        chunk = -(-min(batch, shard_size) // devices) * devices
+        writer = ShardWriter(folder, record, model.image_range if png else None)
+        bar = Progress(total, unit="samples", label="generate ") if progress else None
+        try:
+            generated = _run(todo, sampler, weights, model, chunk, writer, bar)
+        finally:
+            try:
+                writer.close()
+            finally:
+                if bar is not None:
+                    bar.close()
+    elif done:
+        _write_json(own_record, dict(sorted(done.items())))
+    _finish(folder, manifest, processes, process)
+    seconds = time.perf_counter() - began
+    return GenerateResult(folder=folder, shards=job["num_shards"], written=len(todo),
+                          skipped=len(mine) - len(todo), seconds=seconds,
+                          samples_per_s=generated / seconds if generated else 0.0)
+
+
+def _run(todo: list[tuple[int, np.ndarray]], sampler: Any, weights: Any, model: GenerateModel, chunk: int,
+         writer: ShardWriter, bar: Progress | None) -> int:
+    """Samples the shards chunk by chunk; the next chunk is dispatched before the last one is fetched."""
+    work = [(i, lo, shard_seeds) for i, shard_seeds in todo for lo in range(0, len(shard_seeds), chunk)]
+    pending: list[tuple[int, int, np.ndarray, Any]] = []
+    parts: dict[int, list[np.ndarray]] = {}
+    generated = 0
+
+    def collect(i: int, lo: int, shard_seeds: np.ndarray, out: Any) -> None:
+        nonlocal generated
+        size = min(chunk, len(shard_seeds) - lo)
+        samples = np.asarray(out)[:size].astype(np.float32)
+        if model.postprocess is not None:
+            samples = np.asarray(model.postprocess(samples), np.float32)
+        parts.setdefault(i, []).append(samples)
+        generated += size
+        if lo + chunk >= len(shard_seeds):
+            writer.put(_shard_name(i), shard_seeds, np.concatenate(parts.pop(i)))
+        if bar is not None:
+            bar.update(generated)
+
+    for i, lo, shard_seeds in work:
+        chunk_seeds = shard_seeds[lo:lo + chunk]
+        padded = np.concatenate([chunk_seeds, np.full(chunk - len(chunk_seeds), chunk_seeds[0])])
+        cond = None if model.cond_fn is None else model.cond_fn(padded)
+        out = sampler(weights, seed_keys(padded), cond)  # dispatched: runs while we fetch the last one
+        if pending:
+            collect(*pending.pop())
+        pending.append((i, lo, shard_seeds, out))
+    while pending:
+        collect(*pending.pop())
+    return generated
+
+
+def _finish(folder: Path, manifest: dict[str, Any], processes: int, process: int) -> None:
+    """Once every process is done: process 0 writes the checksums into the manifest."""
+    if processes > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("karras_jax.generate: shards written")
+    if process == 0:
+        checksums = dict(manifest.get("checksums", {}))
+        records = sorted(folder.glob("progress-p*.json"))
+        for record in records:
+            checksums.update(_read_json(record) or {})
+        expected = {_shard_name(i) for i in range(manifest["num_shards"])}
+        if set(checksums) >= expected:
+            final = {**manifest, "checksums": {k: checksums[k] for k in sorted(expected)}}
+            _write_json(folder / MANIFEST, final)
+            for record in records:
+                record.unlink(missing_ok=True)
+    if processes > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("karras_jax.generate: manifest written")
+
+
+def verify(out: str | os.PathLike) -> dict[str, Any]:
+    """Checks a generation folder against its manifest without generating anything.
+
+    Returns:
+      ``{"ok": bool, "shards": n, "complete": [...], "missing": [...], "corrupt": {name: why},
+      "unrecorded": [...]}``: a shard is complete when it loads, holds its seeds, has the
+      manifest's shapes and matches the manifest's checksum; ``unrecorded`` shards look
+      right but the manifest has no checksum for them yet (an unfinished job).
+
+    Raises:
+      FileNotFoundError: ``out`` has no manifest.
+      ValueError: the manifest is unreadable.
+    """
+    folder = Path(out)
+    path = folder / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"no {MANIFEST} in {folder}: not a generation folder.")
+    manifest = _read_json(path)
+    if manifest is None or manifest.get("format") != _FORMAT:
+        raise ValueError(f"{path} is not a karras_jax generation manifest.")
+    seeds = parse_seeds(manifest["seeds"])
+    size, shape = int(manifest["shard_size"]), tuple(manifest["sample_shape"])
+    checksums = manifest.get("checksums", {})
+    report: dict[str, Any] = {"ok": True, "shards": int(manifest["num_shards"]), "complete": [],
+                              "missing": [], "corrupt": {}, "unrecorded": []}
+    for i in range(int(manifest["num_shards"])):
+        name = _shard_name(i)
+        problem = _check_shard(folder / name, seeds[i * size:(i + 1) * size], shape, checksums.get(name))
+        if problem == "missing":
+            report["missing"].append(name)
+        elif problem is not None:
+            report["corrupt"][name] = problem
+        elif name not in checksums:
+            report["unrecorded"].append(name)
+        else:
+            report["complete"].append(name)
+    report["ok"] = len(report["complete"]) == report["shards"]
+    return report
