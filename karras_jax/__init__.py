@@ -13,7 +13,7 @@ from karras_jax.compat import (
     save_config,
 )
 from karras_jax.config import KarrasVeConfig
-from karras_jax.generate import (
+from karras_jax.generation import (
     MANIFEST,
     MAX_SEED,
     GenerateModel,

@@ -155,7 +155,7 @@ def _generate_parser(sub: Any) -> None:
 
 
 def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from karras_jax.generate import generate, verify
+    from karras_jax.generation import generate, verify
 
     if args.verify is not None:
         try:

@@ -42,9 +42,9 @@ from jax.sharding import Mesh
 from karras_jax._files import atomic_write
 from karras_jax._progress import Progress
 from karras_jax.config import KarrasVeConfig
-from karras_jax.generate.models import GenerateModel, load_generate_model
-from karras_jax.generate.seeds import parse_seeds, seed_keys
-from karras_jax.generate.writer import ShardWriter
+from karras_jax.generation.models import GenerateModel, load_generate_model
+from karras_jax.generation.seeds import parse_seeds, seed_keys
+from karras_jax.generation.writer import ShardWriter
 from karras_jax.models import Guidance, classifier_free_guidance
 from karras_jax.sampler import make_sampler
 from karras_jax.sharding import make_sharded_sampler
@@ -53,7 +53,7 @@ from karras_jax.state import set_timesteps
 __all__ = ["GenerateResult", "MANIFEST", "generate", "verify"]
 
 MANIFEST = "manifest.json"
-_FORMAT = "karras_jax.generate/1"
+_FORMAT = "karras_jax.generation/1"
 # job fields that a resume must match (the rest: versions, checksums)
 _JOB_FIELDS = ("format", "model", "seeds", "num_seeds", "sample_shape", "dtype", "config", "steps",
                "schedule", "sigmas", "solver", "guidance", "shard_size", "num_shards")
@@ -269,10 +269,12 @@ def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray
         manifest = saved
     else:
         manifest = {**job, "versions": _versions(), "checksums": {}}
-        if process == 0:
+    if process == 0:  # the others wait: a temporary file being cleaned might be theirs
+        for stale in folder.glob(".*.tmp"):  # left by a kill mid-write
+            stale.unlink(missing_ok=True)
+        if saved is None:
             _write_json(folder / MANIFEST, manifest)
-    for stale in folder.glob(".*.tmp"):  # left by a kill mid-write; every process may clean
-        stale.unlink(missing_ok=True)
+    _barrier(processes, "karras_jax.generation: folder ready")
 
     known = dict(manifest.get("checksums", {}))
     for record in folder.glob("progress-p*.json"):
@@ -357,10 +359,7 @@ def _run(todo: list[tuple[int, np.ndarray]], sampler: Any, weights: Any, model: 
 
 def _finish(folder: Path, manifest: dict[str, Any], processes: int, process: int) -> None:
     """Once every process is done: process 0 writes the checksums into the manifest."""
-    if processes > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("karras_jax.generate: shards written")
+    _barrier(processes, "karras_jax.generation: shards written")
     if process == 0:
         checksums = dict(manifest.get("checksums", {}))
         records = sorted(folder.glob("progress-p*.json"))
@@ -372,10 +371,15 @@ def _finish(folder: Path, manifest: dict[str, Any], processes: int, process: int
             _write_json(folder / MANIFEST, final)
             for record in records:
                 record.unlink(missing_ok=True)
+    _barrier(processes, "karras_jax.generation: manifest written")
+
+
+def _barrier(processes: int, name: str) -> None:
+    """Waits for every process of a multi-process run (nothing to wait for in one process)."""
     if processes > 1:
         from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices("karras_jax.generate: manifest written")
+        multihost_utils.sync_global_devices(name)
 
 
 def verify(out: str | os.PathLike) -> dict[str, Any]:

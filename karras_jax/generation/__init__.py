@@ -1,8 +1,8 @@
 """Generation at scale: seed sets to sharded, checksummed, resumable files (``karras-jax generate``)."""
 
-from karras_jax.generate.job import MANIFEST, GenerateResult, generate, verify
-from karras_jax.generate.models import GenerateModel, load_generate_model
-from karras_jax.generate.seeds import MAX_SEED, parse_seeds, seed_keys
+from karras_jax.generation.job import MANIFEST, GenerateResult, generate, verify
+from karras_jax.generation.models import GenerateModel, load_generate_model
+from karras_jax.generation.seeds import MAX_SEED, parse_seeds, seed_keys
 
 __all__ = [
     "MANIFEST",

@@ -1,0 +1,100 @@
+"""Killed, disk-full and multi-process generation runs (subprocesses) against an uninterrupted one."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS = Path(__file__).resolve().parent.parent
+WORKER = TESTS / "generate_worker.py"
+SEEDS, BATCH = "0-239", 48  # 5 shards
+
+
+def _env():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(TESTS)}
+    env.pop("XLA_FLAGS", None)  # one CPU device unless the worker asks for more
+    return env
+
+
+def _worker(out, *args, **kwargs):
+    return subprocess.run([sys.executable, str(WORKER), str(out), SEEDS, str(BATCH), *map(str, args)],
+                          env=_env(), capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def _files(folder):
+    paths = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in paths}
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    run = _worker(out)
+    assert run.returncode == 0, run.stderr
+    return _files(out)
+
+
+@pytest.mark.parametrize("kill_at, where", [(0, "sample"), (3, "sample"), (0, "write"), (2, "write"),
+                                            (4, "write")])
+def test_sigkill_at_any_point_then_resume_leaves_exactly_the_files_of_an_uninterrupted_run(
+        tmp_path, whole, kill_at, where):
+    killed = _worker(tmp_path, "--kill-at", kill_at, "--where", where)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (tmp_path / "manifest.json").exists()
+    resumed = _worker(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _files(tmp_path) == whole
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_earlier_shards(tmp_path, whole):
+    for name in ("manifest.json", "shard-000000.npz", "shard-000001.npz"):  # a run that lost shards 2-4
+        (tmp_path / name).write_bytes(whole[name])
+    limit = len(whole["shard-000000.npz"]) // 2  # RLIMIT_FSIZE: no further shard fits
+    args = ["generate", "--model", "mixture", "--seeds", SEEDS, "--batch", str(BATCH), "--out", str(tmp_path),
+            "--no-progress"]
+    code = (f"import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+            f"sys.argv = ['karras-jax', *{args!r}]; runpy.run_module('karras_jax', run_name='__main__')")
+    run = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 1, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("karras-jax: error: cannot write")
+    assert "shard-00000" in lines[0] and "File too large" in lines[0]
+    for name in ("shard-000000.npz", "shard-000001.npz"):
+        assert (tmp_path / name).read_bytes() == whole[name]
+    assert not list(tmp_path.glob(".*.tmp"))
+    resumed = _worker(tmp_path)  # with space again, the same command finishes the job
+    assert resumed.returncode == 0, resumed.stderr
+    assert _files(tmp_path) == whole
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_write_the_shards_of_one_process(tmp_path, whole):
+    port = _free_port()
+    cmd = [sys.executable, str(WORKER), str(tmp_path), SEEDS, str(BATCH), "--processes", "2",
+           "--port", str(port)]
+    procs = [subprocess.Popen([*cmd, "--process", str(i)], env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    files = _files(tmp_path)
+    assert sorted(files) == sorted(whole)
+    for name in files:
+        if name.startswith("shard-"):
+            with np.load(tmp_path / name) as mine:
+                import io
+
+                with np.load(io.BytesIO(whole[name])) as ref:
+                    np.testing.assert_array_equal(mine["seeds"], ref["seeds"])
+                    np.testing.assert_allclose(mine["samples"], ref["samples"], rtol=1e-5, atol=1e-6)
