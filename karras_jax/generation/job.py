@@ -180,18 +180,32 @@ def _differences(saved: dict[str, Any], job: dict[str, Any]) -> list[str]:
     return out
 
 
+# Compiled samplers by (network, shape, config, levels, solver, guided, devices): a second job
+# (another seed range, a resume in the same process) does not compile again.
+_SAMPLERS: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+
+
 def _local_sampler(model: GenerateModel, state: Any, config: KarrasVeConfig, solver: str,
                    guidance: float | None) -> tuple[Any, Any, int]:
     """``(sampler, weights, devices)``: over this process's devices, sharded when there are several."""
-    apply_fn, weights = model.apply_fn, model.params
+    devices = jax.local_devices()
+    key = (id(model.apply_fn), tuple(model.sample_shape), config, tuple(np.asarray(state.sigmas).tolist()),
+           solver, guidance is not None, repr(model.null_cond), tuple(d.id for d in devices))
+    weights = model.params if guidance is None else (model.params, Guidance(scale=guidance))
+    cached = _SAMPLERS.get(key)
+    if cached is not None and cached[1] is model.apply_fn:
+        return cached[0], weights, len(devices)
+    apply_fn = model.apply_fn
     if guidance is not None:
         apply_fn = classifier_free_guidance(model.apply_fn, model.null_cond)
-        weights = (model.params, Guidance(scale=guidance))
-    devices = jax.local_devices()
     if len(devices) == 1:
-        return make_sampler(apply_fn, state, config, model.sample_shape, solver=solver), weights, 1
-    mesh = Mesh(np.asarray(devices), ("data",))
-    sampler = make_sharded_sampler(apply_fn, state, config, model.sample_shape, mesh, solver=solver)
+        sampler = make_sampler(apply_fn, state, config, model.sample_shape, solver=solver)
+    else:
+        mesh = Mesh(np.asarray(devices), ("data",))
+        sampler = make_sharded_sampler(apply_fn, state, config, model.sample_shape, mesh, solver=solver)
+    if len(_SAMPLERS) >= 8:
+        _SAMPLERS.pop(next(iter(_SAMPLERS)))
+    _SAMPLERS[key] = (sampler, model.apply_fn)  # the network kept alive: its id stays its own
     return sampler, weights, len(devices)
 
 
