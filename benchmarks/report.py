@@ -207,6 +207,8 @@ def models_table(rows: list[Row]) -> str:
     """Measurement 9: CFG batching and the preconditioned UNet's overhead."""
     lines = []
     for r in rows:
+        if r["measurement"] not in ("9a_cfg_batching", "9b_adapter_overhead"):
+            continue
         c, t = r["case"], r["times"]
         case = f"UNet 8x8, B={c['B']}, N={c['N']}"
         if r["measurement"] == "9a_cfg_batching":
@@ -216,6 +218,16 @@ def models_table(rows: list[Row]) -> str:
             lines.append(["kj.sample (preconditioned) / network alone", case, _ms(t["kj.sample"]["median"]),
                           _ms(t["network_only"]["median"]), _x(r["overhead_ratio"], 2)])
     return _table(["comparison", "case", "ms", "vs ms", "ratio"], lines)
+
+
+def generate_table(rows: list[Row]) -> str:
+    """Measurement 11: generation throughput against sampling alone."""
+    lines = [[r["case"]["model"], str(r["case"]["seeds"]), str(r["case"]["batch"]),
+              _ms(r["times"]["generate"]["median"]), _ms(r["times"]["sample_only"]["median"]),
+              f"{r['samples_per_s']:,.0f}", _x(r["throughput_ratio"], 3)]
+             for r in rows if r["measurement"] == "11_generate"]
+    header = ["model", "seeds", "batch", "generate ms", "sample only ms", "samples/s", "throughput ratio"]
+    return _table(header, lines)
 
 
 def seeds_table(rows: list[Row]) -> str:
@@ -377,6 +389,8 @@ def render(result: dict[str, Any]) -> str:
         call_table(rows),
         "**Trained-network adapters, package UNet (measurement 9)**",
         models_table(rows),
+        "**Generation end to end vs sampling alone (measurement 11)**",
+        generate_table(rows),
     ]
     if result.get("errors"):
         parts.append("**Errors**\n" + "\n".join(f"- {k}: {e}" for k, e in result["errors"].items()))

@@ -209,6 +209,12 @@ def _calls(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
     ]
 
 
+def _generate(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
+    return [_target(f"kj.generate throughput / sampling alone, {r['case']['model']}", r["throughput_ratio"],
+                    0.95, True, f"seeds={r['case']['seeds']}, batch={r['case']['batch']}")
+            for r in _rows(rows, "11_generate")]
+
+
 def _case(r: Row | None, skip: tuple[str, ...] = ()) -> str:
     if r is None:
         return "not measured"
@@ -226,6 +232,7 @@ CHECKS: list[Callable[[list[Row], bool], list[dict[str, Any]]]] = [
     _seeds,
     _memory,
     _calls,
+    _generate,
 ]
 
 
