@@ -198,8 +198,8 @@ def vp_sigma(t: ArrayLike, beta_d: ArrayLike = 19.9, beta_min: ArrayLike = 0.1) 
     Elementwise, in the level dtype. Its inverse is the ``c_noise`` of
     :func:`karras_jax.precondition_coefficients` (``kind="vp"``) divided by M - 1.
 
-    >>> round(float(vp_sigma(1.0)), 1)
-    152.9
+    >>> round(float(vp_sigma(1.0)), 1), round(float(vp_sigma(1e-3)), 4)
+    (152.2, 0.0105)
     """
     dtype = level_dtype()
     return _sigma_vp(jnp, jnp.asarray(t, dtype), jnp.asarray(beta_d, dtype), jnp.asarray(beta_min, dtype))
@@ -213,8 +213,8 @@ def vp_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int,
     :math:`\sigma_i = \sqrt{e^{\beta_d t_i^2/2 + \beta_{min} t_i} - 1}` with
     :math:`\beta_d = 2(\ln(\sigma_{min}^2+1)/\epsilon_s - \ln(\sigma_{max}^2+1))/(\epsilon_s - 1)`,
     :math:`\beta_{min} = \ln(\sigma_{max}^2+1) - \beta_d/2`, so the ends are sigma_max
-    and sigma_min (pinned exactly). Table 1's own range is sigma_vp(1e-3) = 0.0064 ..
-    sigma_vp(1) = 152.9 (beta_d=19.9, beta_min=0.1).
+    and sigma_min (pinned exactly). Table 1's own range is sigma_vp(1e-3) = 0.0105 ..
+    sigma_vp(1) = 152.2 (beta_d=19.9, beta_min=0.1).
 
     Returns:
       (N,) levels in sampling order, descending.

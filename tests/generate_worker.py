@@ -38,8 +38,8 @@ def main():
         jax.distributed.initialize(f"127.0.0.1:{args.port}", args.processes, args.process)
 
     import karras_jax as kj
+    import karras_jax.generation._writer as writer
     import karras_jax.generation.job as job
-    import karras_jax.generation.writer as writer
 
     target = f"shard-{args.kill_at:06d}.npz" if args.kill_at is not None else None
     if args.where == "write":

@@ -42,9 +42,9 @@ from jax.sharding import Mesh
 from karras_jax._files import atomic_write
 from karras_jax._progress import Progress
 from karras_jax.config import KarrasVeConfig
+from karras_jax.generation._writer import ShardWriter
 from karras_jax.generation.models import GenerateModel, load_generate_model
 from karras_jax.generation.seeds import parse_seeds, seed_keys
-from karras_jax.generation.writer import ShardWriter
 from karras_jax.models import Guidance, classifier_free_guidance
 from karras_jax.sampler import make_sampler
 from karras_jax.sharding import make_sharded_sampler

@@ -6,7 +6,7 @@ import zlib
 import numpy as np
 import pytest
 
-from karras_jax.generation.writer import ShardWriter, png_bytes, shard_bytes
+from karras_jax.generation._writer import ShardWriter, png_bytes, shard_bytes
 
 
 def test_png_is_a_valid_grayscale_image_with_the_scaled_pixels():
