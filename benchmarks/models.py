@@ -37,7 +37,8 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, c_noise: jax.Array) -> jax.Array:
-        column = jnp.broadcast_to(jnp.asarray(c_noise, x.dtype), (x.shape[0], 1))
+        c_noise = jnp.asarray(c_noise, x.dtype)  # a scalar (sampling) or one per sample (training)
+        column = jnp.broadcast_to(c_noise.reshape(-1, 1) if c_noise.ndim else c_noise, (x.shape[0], 1))
         h = jnp.concatenate([x, column], axis=-1)
         h = nn.silu(nn.Dense(self.hidden, name="dense_0")(h))
         h = nn.silu(nn.Dense(self.hidden, name="dense_1")(h))

@@ -30,6 +30,7 @@ class Preset:
     min_repeats: int = 3
     conv_channels: int = 32
     unet_batches: tuple[int, ...] = (1, 64)  # measurement 9
+    train_batches: tuple[int, ...] = (64, 512)  # measurement 10
     # measurement 11: seeds per job and batch, per model
     generate_seeds: dict = field(default_factory=lambda: {"mixture": 65536, "unet": 1024})
     generate_batch: dict = field(default_factory=lambda: {"mixture": 4096, "unet": 256})
@@ -95,7 +96,7 @@ GPU = Preset(
     min_repeats=5,
     extra_cases=(("mlp", 1, 50),),
     unet_batches=(1, 1024),
-    order=("6", "1", "5", "8", "9", "11", "2", "3", "7", "4ab", "4c"),
+    order=("6", "1", "5", "8", "9", "11", "10", "2", "3", "7", "4ab", "4c"),
 )
 
 PRESETS = {p.name: p for p in (QUICK, FULL, GPU)}

@@ -220,6 +220,15 @@ def models_table(rows: list[Row]) -> str:
     return _table(["comparison", "case", "ms", "vs ms", "ratio"], lines)
 
 
+def train_table(rows: list[Row]) -> str:
+    """Measurement 10: train-step throughput against PyTorch."""
+    lines = [[f"MLP, B={r['case']['B']}", _ms(r["times"]["kj"]["median"]), _ms(r["times"]["torch"]["median"]),
+              f"{r['samples_per_s_kj']:,.0f}", f"{r['samples_per_s_torch']:,.0f}", _x(r["speedup"], 2)]
+             for r in rows if r["measurement"] == "10_train_step"]
+    header = ["case", "kj step ms", "PyTorch step ms", "kj samples/s", "PyTorch samples/s", "speedup"]
+    return _table(header, lines)
+
+
 def generate_table(rows: list[Row]) -> str:
     """Measurement 11: generation throughput against sampling alone."""
     lines = [[r["case"]["model"], str(r["case"]["seeds"]), str(r["case"]["batch"]),
@@ -389,6 +398,8 @@ def render(result: dict[str, Any]) -> str:
         call_table(rows),
         "**Trained-network adapters, package UNet (measurement 9)**",
         models_table(rows),
+        "**Train step vs PyTorch, MLP, EDM loss, Adam, EMA (measurement 10)**",
+        train_table(rows),
         "**Generation end to end vs sampling alone (measurement 11)**",
         generate_table(rows),
     ]

@@ -39,6 +39,7 @@ MEASUREMENTS = {
     "7": ("bench_fusions", "kernels in the compiled loop body (compile only)"),
     "8": ("bench_call", "per-call cost of the sampler wrappers over their jitted programs"),
     "9": ("bench_models", "UNet: CFG in one batched call vs two; kj.sample vs the network alone"),
+    "10": ("bench_train", "train step: kj.make_train_step vs a PyTorch twin, samples/s"),
     "11": ("bench_generate", "kj.generate end to end vs sampling the same batches without writing"),
 }
 
