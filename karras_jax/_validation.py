@@ -19,6 +19,7 @@ import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
 __all__ = [
+    "check_kind_constants",
     "check_arity",
     "check_cond",
     "check_finite_array",
@@ -250,3 +251,31 @@ def check_representable_levels(levels: np.ndarray, what: str) -> None:
             f"{what} give noise levels below the smallest normal {dtype.name} ({float(info.tiny):.4g}), "
             "which XLA flushes to zero; use a larger sigma_min."
         )
+
+
+def check_kind_constants(kind: Any, table: dict[str, dict[str, Any]], constants: dict[str, Any],
+                         signed: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The constants of ``kind`` in ``table`` (a Table 1 column or row) with ``constants`` applied.
+
+    Every concrete constant must be finite, and > 0 unless named in ``signed``; ``M`` must be
+    an int.
+
+    Raises:
+      ValueError: an unknown kind, or a constant out of range.
+      TypeError: a constant the kind does not take, or a non-int M.
+    """
+    if kind not in table:
+        raise ValueError(f"kind must be one of {tuple(table)}, got {kind!r}.")
+    unknown = sorted(set(constants) - set(table[kind]))
+    if unknown:
+        allowed = ", ".join(table[kind]) or "none"
+        raise TypeError(f"kind={kind!r} takes the constants {allowed}; got {', '.join(unknown)}.")
+    values = {**table[kind], **constants}
+    for name, value in values.items():
+        concrete = concrete_value(name, value)
+        positive = name in signed or concrete is None or bool(np.all(concrete > 0))
+        if concrete is not None and not (np.all(np.isfinite(concrete)) and positive):
+            raise ValueError(f"{name} must be finite{'' if name in signed else ' and > 0'}, got {value!r}.")
+        if name == "M" and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
+            raise TypeError(f"M must be a positive int, got {value!r}.")
+    return values

@@ -28,10 +28,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
-from karras_jax._validation import concrete_value, level_dtype
+from karras_jax._validation import check_kind_constants, level_dtype
 from karras_jax.models._batch import per_sample
 from karras_jax.schedules import iddpm_levels
 
@@ -51,20 +50,7 @@ NetFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 
 
 def _constants(kind: Any, constants: dict[str, Any]) -> dict[str, Any]:
-    if kind not in PRECONDITIONINGS:
-        raise ValueError(f"kind must be one of {tuple(PRECONDITIONINGS)}, got {kind!r}.")
-    unknown = sorted(set(constants) - set(PRECONDITIONINGS[kind]))
-    if unknown:
-        allowed = ", ".join(PRECONDITIONINGS[kind]) or "none"
-        raise TypeError(f"kind={kind!r} takes the constants {allowed}; got {', '.join(unknown)}.")
-    values = {**PRECONDITIONINGS[kind], **constants}
-    for name, value in values.items():
-        concrete = concrete_value(name, value)
-        if concrete is not None and not (np.all(np.isfinite(concrete)) and np.all(concrete > 0)):
-            raise ValueError(f"{name} must be finite and > 0, got {value!r}.")
-        if name == "M" and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
-            raise TypeError(f"M must be a positive int, got {value!r}.")
-    return values
+    return check_kind_constants(kind, PRECONDITIONINGS, constants)
 
 
 def precondition_coefficients(

@@ -33,10 +33,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
-from karras_jax._validation import concrete_value, level_dtype
+from karras_jax._validation import check_kind_constants, concrete_value, level_dtype
 from karras_jax.schedules import iddpm_levels, vp_sigma
 
 __all__ = ["LOSSES", "edm_loss", "loss_weight", "training_sigmas"]
@@ -53,20 +52,7 @@ ApplyFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 
 
 def _constants(kind: Any, constants: dict[str, Any]) -> dict[str, Any]:
-    if kind not in LOSSES:
-        raise ValueError(f"kind must be one of {tuple(LOSSES)}, got {kind!r}.")
-    unknown = sorted(set(constants) - set(LOSSES[kind]))
-    if unknown:
-        raise TypeError(f"kind={kind!r} takes the constants {', '.join(LOSSES[kind])}; "
-                        f"got {', '.join(unknown)}.")
-    values = {**LOSSES[kind], **constants}
-    for name, value in values.items():
-        concrete = concrete_value(name, value)
-        if concrete is None:
-            continue
-        if not np.all(np.isfinite(concrete)) or (name != "p_mean" and not np.all(concrete > 0)):
-            allowed = "finite" if name == "p_mean" else "finite and > 0"
-            raise ValueError(f"{name} must be {allowed}, got {value!r}.")
+    values = check_kind_constants(kind, LOSSES, constants, signed=("p_mean",))
     if kind == "ve" and concrete_value("sigma_min", values["sigma_min"]) is not None and \
             concrete_value("sigma_max", values["sigma_max"]) is not None and \
             not values["sigma_min"] < values["sigma_max"]:
@@ -75,8 +61,6 @@ def _constants(kind: Any, constants: dict[str, Any]) -> dict[str, Any]:
     if kind == "vp" and concrete_value("epsilon_t", values["epsilon_t"]) is not None and \
             not 0 < values["epsilon_t"] < 1:
         raise ValueError(f"epsilon_t must be in (0, 1), got {values['epsilon_t']!r}.")
-    if kind == "iddpm" and (not isinstance(values["M"], (int, np.integer)) or isinstance(values["M"], bool)):
-        raise TypeError(f"M must be a positive int, got {values['M']!r}.")
     return values
 
 
