@@ -9,9 +9,12 @@ weights (sigma_rel 0.05) after every step: the same work per step.
 - ``kj``: ``kj.make_train_step(lambda p, x, k: kj.edm_loss(apply_fn, p, x, k), optax.adam)``,
   one call per step with a new key, the returned state feeding the next call.
 - ``torch`` (the hand-written baseline): zero_grad, forward, the loss above, backward,
-  ``torch.optim.Adam.step``, then the EMA under ``no_grad``; PyTorch's default threads.
+  ``torch.optim.Adam.step``, then the EMA under ``no_grad``; PyTorch's default threads. On
+  the CPU; on CUDA (TF32 matmuls, as JAX's default precision) when JAX runs on a GPU and
+  this torch has CUDA, each step then ended by ``torch.cuda.synchronize``.
 
-Before timing, both losses are evaluated on the same sigma and noise and must agree.
+Before timing, both losses are evaluated on the same sigma and noise (full float32
+precision) and must agree to 1e-5 relative. Each batch size gets at least 20 timed rounds.
 Figure: ``speedup`` = t(torch) / t(kj) per step; samples/s = B / t.
 """
 
@@ -26,23 +29,24 @@ import numpy as np
 import optax
 
 import karras_jax as kj
+from benchmarks.bench_torch import _full_precision, torch_device
 from benchmarks.models import MLP_DIM, SIGMA_DATA, torch_mlp
 from benchmarks.suite import Suite, ratio, row
 
 LR = 1e-4
 SIGMA_REL = 0.05
+MIN_ROUNDS = 20  # steps take milliseconds: 20 rounds cost little and steady the median
 
 
-def torch_trainer(params: Any, batch: np.ndarray) -> tuple[Any, Any]:
+def torch_trainer(params: Any, batch: np.ndarray, device: str = "cpu") -> tuple[Any, Any]:
     """``(step, loss_at)``: one PyTorch train step, and the loss at given sigma and noise."""
     import torch
 
-    model = torch_mlp(params).train()
-    model.eval = lambda: model  # noqa: ARG005 - the twin switches to eval mode on creation only
+    model = torch_mlp(params, device).train()  # no dropout or norm layers: the mode changes nothing
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     ema = [p.detach().clone() for p in model.parameters()]
     gamma = kj.ema_gamma(SIGMA_REL)
-    x = torch.from_numpy(batch)
+    x = torch.from_numpy(batch).to(device)
     count = [0]
 
     def loss_at(sigma: Any, noise: Any) -> Any:
@@ -50,8 +54,8 @@ def torch_trainer(params: Any, batch: np.ndarray) -> tuple[Any, Any]:
         weight = (sigma**2 + SIGMA_DATA**2) / (sigma * SIGMA_DATA) ** 2
         return weight * ((denoised - x) ** 2).mean(dim=1)
 
-    def step() -> float:
-        sigma = torch.exp(-1.2 + 1.2 * torch.randn(x.shape[0]))
+    def step() -> Any:
+        sigma = torch.exp(-1.2 + 1.2 * torch.randn(x.shape[0], device=device))
         noise = torch.randn_like(x)
         opt.zero_grad(set_to_none=True)
         loss = loss_at(sigma, noise).mean()
@@ -67,20 +71,22 @@ def torch_trainer(params: Any, batch: np.ndarray) -> tuple[Any, Any]:
     return step, loss_at
 
 
-def _check_agreement(apply_fn: Any, params: Any, loss_at: Any, batch: np.ndarray) -> float:
-    """Both losses at one set of sigma and noise; raises if they differ."""
+def _check_agreement(apply_fn: Any, params: Any, loss_at: Any, batch: np.ndarray,
+                     device: str = "cpu") -> float:
+    """Both losses at one set of sigma and noise (``apply_fn`` evaluated directly, not through
+    ``kj.edm_loss``'s draws): max relative difference; AssertionError above 1e-5."""
     import torch
 
     rng = np.random.default_rng(0)
     sigma = np.exp(-1.2 + 1.2 * rng.standard_normal(batch.shape[0])).astype(np.float32)
     noise = rng.standard_normal(batch.shape).astype(np.float32)
     s = jnp.asarray(sigma)
-    denoised = apply_fn(params, jnp.asarray(batch + sigma[:, None] * noise), s, None)
-    ours = np.asarray(kj.loss_weight(s) * jnp.mean((denoised - batch) ** 2, axis=1))
-    with torch.no_grad():
-        theirs = loss_at(torch.from_numpy(sigma), torch.from_numpy(noise)).numpy()
+    with _full_precision(), torch.no_grad():
+        denoised = apply_fn(params, jnp.asarray(batch + sigma[:, None] * noise), s, None)
+        ours = np.asarray(kj.loss_weight(s) * jnp.mean((denoised - batch) ** 2, axis=1))
+        theirs = loss_at(torch.from_numpy(sigma).to(device), torch.from_numpy(noise).to(device)).cpu().numpy()
     diff = float(np.max(np.abs(ours - theirs) / np.abs(theirs)))
-    if diff > 1e-4:
+    if diff > 1e-5:  # float32 on both sides: ~3e-7 here
         raise AssertionError(f"kj.edm_loss's formula and the PyTorch loss disagree: max relative {diff:.2e}")
     return diff
 
@@ -89,6 +95,10 @@ def run(suite: Suite) -> list[dict[str, Any]]:
     """Rows of measurement 10: one per batch size of the preset."""
     import torch
 
+    device = torch_device(jax.default_backend())
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # JAX's default float32 matmul precision on GPUs
+    sync = (lambda _: torch.cuda.synchronize()) if device == "cuda" else (lambda out: out)
     apply_fn, params, _ = suite.model("mlp")
     rows = []
     for batch_size in suite.preset.train_batches:
@@ -105,10 +115,12 @@ def run(suite: Suite) -> list[dict[str, Any]]:
             state[0], metrics = train_step(state[0], x, next(keys))
             return metrics["loss"]
 
-        torch_step, loss_at = torch_trainer(params, batch)
-        agreement = _check_agreement(apply_fn, params, loss_at, batch)
-        times = suite.compare({"kj": kj_step, "torch": partial(torch_step)})
-        case = {"model": "mlp", "B": batch_size, "torch_threads": torch.get_num_threads()}
+        torch_step, loss_at = torch_trainer(params, batch, device)
+        agreement = _check_agreement(apply_fn, params, loss_at, batch, device)
+        times = suite.compare({"kj": kj_step, "torch": partial(torch_step)}, syncs={"torch": sync},
+                              min_repeats=max(suite.preset.min_repeats, MIN_ROUNDS))
+        case = {"model": "mlp", "B": batch_size, "torch_threads": torch.get_num_threads(),
+                "torch_device": device}
         rows.append(row("10_train_step", case, times, samples_per_s_kj=batch_size / times["kj"].median,
                         samples_per_s_torch=batch_size / times["torch"].median,
                         speedup=ratio(times["torch"], times["kj"]), loss_agreement=agreement))

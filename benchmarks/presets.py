@@ -96,6 +96,7 @@ GPU = Preset(
     min_repeats=5,
     extra_cases=(("mlp", 1, 50),),
     unet_batches=(1, 1024),
+    train_batches=(512, 8192, 65536),
     order=("6", "1", "5", "8", "9", "11", "10", "2", "3", "7", "4ab", "4c"),
 )
 

@@ -222,9 +222,15 @@ def models_table(rows: list[Row]) -> str:
 
 def train_table(rows: list[Row]) -> str:
     """Measurement 10: train-step throughput against PyTorch."""
-    lines = [[f"MLP, B={r['case']['B']}", _ms(r["times"]["kj"]["median"]), _ms(r["times"]["torch"]["median"]),
-              f"{r['samples_per_s_kj']:,.0f}", f"{r['samples_per_s_torch']:,.0f}", _x(r["speedup"], 2)]
-             for r in rows if r["measurement"] == "10_train_step"]
+    lines = []
+    for r in rows:
+        if r["measurement"] != "10_train_step":
+            continue
+        cuda = r["case"].get("torch_device") == "cuda"
+        case = f"MLP, B={r['case']['B']}" + (", PyTorch on CUDA" if cuda else "")
+        lines.append([case, _ms(r["times"]["kj"]["median"]), _ms(r["times"]["torch"]["median"]),
+                      f"{r['samples_per_s_kj']:,.0f}", f"{r['samples_per_s_torch']:,.0f}",
+                      _x(r["speedup"], 2)])
     header = ["case", "kj step ms", "PyTorch step ms", "kj samples/s", "PyTorch samples/s", "speedup"]
     return _table(header, lines)
 

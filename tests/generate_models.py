@@ -1,8 +1,9 @@
 """A MODEL for ``karras-jax generate --model generate_models:gaussian_images`` in the tests.
 
-Images (4, 4, 1) from Gaussian data N(mean_c, 0.5^2 I) with class c = seed % 3 shifting the
-mean (class 3 = no class, mean 0): an exact conditional denoiser, so guidance and PNG
-writing can be tested without a trained network.
+Images (4, 4, 1), written as (4, 4), from Gaussian data N(mean_c, 0.5^2 I) with class
+c = seed % 3 shifting the mean (class 3 = no class, mean 0): an exact conditional
+denoiser, so guidance, postprocessing and PNG writing can be tested without a trained
+network.
 """
 
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ def gaussian_images():
         config=kj.KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=10.0),
         schedule="karras", steps=8,
         cond_fn=lambda seeds: jnp.asarray(np.asarray(seeds) % 3, jnp.int32), null_cond=3,
+        postprocess=lambda x: x[..., 0],  # written as (4, 4) images
         image_range=(-2.0, 2.0))
 
 

@@ -7,7 +7,8 @@ Layout of ``DIR``:
   versions of the run that created it, and, once every shard is written, the SHA-256 of
   each shard file.
 - ``shard-XXXXXX.npz``: shard i holds the i-th run of ``shard_size`` seeds (in ascending
-  order): arrays ``seeds`` (int64) and ``samples`` (float32, ``(n, *sample_shape)``).
+  order): arrays ``seeds`` (int64) and ``samples`` (float32, ``(n, *sample_shape)``, the
+  shape after the model's ``postprocess``, as the manifest records it).
 - with ``png=True``, one PNG per sample in ``DIR/{seed - seed % 1000:06d}/{seed:06d}.png``.
 - while a job runs, ``progress-pN.json`` (process N's finished shards and checksums).
 
@@ -145,6 +146,13 @@ def _check_shard(path: Path, seeds: np.ndarray, shape: tuple[int, ...], checksum
     return None
 
 
+def _written_shape(model: GenerateModel) -> tuple[int, ...]:
+    """One written sample's shape: the sampler's, after the model's ``postprocess``."""
+    if model.postprocess is None:
+        return tuple(model.sample_shape)
+    return tuple(np.shape(model.postprocess(np.zeros((1, *model.sample_shape), np.float32)))[1:])
+
+
 def _job(model: GenerateModel, seeds: np.ndarray, config: KarrasVeConfig, state: Any, steps: int,
          schedule: str, solver: str, guidance: float | None, shard_size: int) -> dict[str, Any]:
     return {
@@ -152,7 +160,7 @@ def _job(model: GenerateModel, seeds: np.ndarray, config: KarrasVeConfig, state:
         "model": model.identity,
         "seeds": _ranges(seeds),
         "num_seeds": int(seeds.size),
-        "sample_shape": list(model.sample_shape),
+        "sample_shape": list(_written_shape(model)),
         "dtype": "float32",
         "config": {f.name: float(getattr(config, f.name)) for f in dataclasses.fields(config)},
         "steps": int(steps),
@@ -293,7 +301,7 @@ def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray
     known = dict(manifest.get("checksums", {}))
     for record in folder.glob("progress-p*.json"):
         known.update(_read_json(record) or {})
-    shape = tuple(model.sample_shape)
+    shape = _written_shape(model)
     shards = [(i, seed_array[i * shard_size:(i + 1) * shard_size]) for i in range(job["num_shards"])]
     mine = [(i, s) for i, s in shards if i % processes == process]
     todo, done = [], {}

@@ -109,6 +109,10 @@ def test_guidance_and_pngs_for_a_conditional_image_model(tmp_path):
     _, x3 = _samples(tmp_path / "w3")
     high = (s % 3) == 2  # class mean +1
     assert abs(x1[high].mean() - 1.0) < 0.25 and x3[high].mean() > 1.5  # guidance pushes past the mean
+    assert x3.shape == (30, 4, 4) and kj.verify(tmp_path / "w3")["ok"]  # the postprocessed shape
+    again = kj.generate("generate_models:gaussian_images", seeds, tmp_path / "w3", batch=16, guidance=3.0,
+                        png=True, progress=False)
+    assert again.written == 0
     png = tmp_path / "w3" / "000000" / "000017.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((tmp_path / "w3" / "000000").glob("*.png"))) == 30
