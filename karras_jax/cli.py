@@ -1,10 +1,10 @@
 """The ``karras-jax`` command. ``karras-jax demo`` is the main job: nothing is downloaded.
 
 ``karras-jax train-digits`` / ``sample-digits`` are the training example
-(:mod:`karras_jax.digits`; needs the ``digits`` extra, scikit-learn).
+(:mod:`karras_jax.examples.digits`; needs the ``digits`` extra, scikit-learn).
 
 The demo samples thousands of seeds from a built-in 2-D Gaussian mixture through its exact
-denoiser (:func:`karras_jax.testing.default_mixture`), so the only error is the sampler's,
+denoiser (:func:`karras_jax.analytic.default_mixture`), so the only error is the sampler's,
 and reports speed and an energy distance to true samples next to the distance between two
 independent true sample sets (the floor no sampler can beat at that sample size).
 """
@@ -187,7 +187,7 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _digits_parsers(sub: Any) -> None:
-    from karras_jax.digits import DigitsConfig
+    from karras_jax.examples.digits import DigitsConfig
 
     default = DigitsConfig()
     train = sub.add_parser(
@@ -232,7 +232,7 @@ def _digits_parsers(sub: Any) -> None:
 def _train_digits(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from karras_jax.digits import DigitsConfig, run_example, train_digits
+    from karras_jax.examples.digits import DigitsConfig, run_example, train_digits
 
     cfg = dataclasses.replace(DigitsConfig(), steps=args.steps, batch=args.batch, channels=args.channels,
                               seed=args.seed)
@@ -266,7 +266,7 @@ def _sample_digits(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from karras_jax.digits import balanced_labels, load_model, sample_digits
+    from karras_jax.examples.digits import balanced_labels, load_model, sample_digits
 
     if args.out.suffix != ".npz":
         raise SystemExit(f"karras-jax: error: --out must be an .npz file, got {args.out}")
@@ -357,7 +357,7 @@ def _demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     import karras_jax as kj
-    from karras_jax.testing import default_mixture, energy_distance
+    from karras_jax.analytic import default_mixture, energy_distance
 
     mixture = default_mixture()
     config = kj.KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_noise=args.s_noise,

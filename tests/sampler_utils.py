@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import karras_jax as kj
-from karras_jax.testing import GaussianData, GaussianMixture
+from karras_jax.analytic import GaussianData, GaussianMixture
 
 
 def contract_noise(keys, init_noise_sigma, s_noise, sample_shape, num_steps, dtype=jnp.float32):

@@ -6,7 +6,7 @@ import numpy as np
 from sampler_utils import edm_config, keys_for
 
 import karras_jax as kj
-from karras_jax.testing import default_mixture
+from karras_jax.analytic import default_mixture
 
 
 def test_mixture_with_churn_matches_mean_covariance_and_weights():

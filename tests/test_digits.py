@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("sklearn", reason="the digits example needs the digits extra (scikit-learn)")
 
-from karras_jax import digits  # noqa: E402
 from karras_jax.cli import main  # noqa: E402
+from karras_jax.examples import digits  # noqa: E402
 
 # about 50 s of training on 2 cores; the full example (2400 steps of 64) takes about 3 minutes
 SMALL = dataclasses.replace(digits.DigitsConfig(), steps=500, batch=32, warmup_steps=50, learning_rate=5e-3)

@@ -8,7 +8,7 @@ import pytest
 import karras_jax as kj
 from karras_jax import sampler as sampler_module
 from karras_jax._noise import fast_keys, normal_per_key
-from karras_jax.testing import GaussianData
+from karras_jax.analytic import GaussianData
 
 KEYS = jax.random.split(jax.random.key(11), 5)
 

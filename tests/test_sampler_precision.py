@@ -8,7 +8,7 @@ import pytest
 from sampler_utils import edm_config, keys_for
 
 import karras_jax as kj
-from karras_jax.testing import default_mixture, energy_distance
+from karras_jax.analytic import default_mixture, energy_distance
 
 
 def test_bfloat16_at_1000_steps_is_as_good_as_float32():

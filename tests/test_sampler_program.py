@@ -12,7 +12,7 @@ import pytest
 from sampler_utils import GAUSS, edm_config, fast_sample, float32_tolerance, gauss_denoise, keys_for
 
 import karras_jax as kj
-from karras_jax.testing import GaussianData
+from karras_jax.analytic import GaussianData
 
 LOOP_PRIMITIVES = ("scan", "while")
 
@@ -299,7 +299,7 @@ def test_gradients_match_finite_differences_with_churn():
 
 def test_int_and_float_config_values_share_one_compiled_sampler():
     traces = []
-    data = kj.testing.GaussianData(mean=jnp.float32(0.0), std=jnp.float32(1.0))
+    data = kj.analytic.GaussianData(mean=jnp.float32(0.0), std=jnp.float32(1.0))
 
     def apply_fn(params, x, sigma, cond):
         traces.append(1)

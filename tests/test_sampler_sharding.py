@@ -25,7 +25,7 @@ from sampler_utils import (
 )
 
 import karras_jax as kj
-from karras_jax.testing import GaussianData
+from karras_jax.analytic import GaussianData
 
 COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
 

@@ -66,7 +66,7 @@ def _weights_hash(params: Any) -> str:
 
 
 def _mixture() -> GenerateModel:
-    from karras_jax.testing import default_mixture
+    from karras_jax.analytic import default_mixture
 
     mixture = default_mixture()
     return GenerateModel(
@@ -77,7 +77,14 @@ def _mixture() -> GenerateModel:
 
 
 def _digits(folder: Path) -> GenerateModel:
-    from karras_jax.digits import IMAGE_SHAPE, NULL_CLASS, NUM_CLASSES, PIXEL_MAX, denoiser, load_model
+    from karras_jax.examples.digits import (
+        IMAGE_SHAPE,
+        NULL_CLASS,
+        NUM_CLASSES,
+        PIXEL_MAX,
+        denoiser,
+        load_model,
+    )
 
     cfg, params = load_model(folder)
     return GenerateModel(

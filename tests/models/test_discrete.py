@@ -10,7 +10,7 @@ import pytest
 from sampler_utils import keys_for
 
 import karras_jax as kj
-from karras_jax.testing import GaussianData
+from karras_jax.analytic import GaussianData
 
 ABAR = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))  # DDPM's linear betas
 DATA = GaussianData(mean=jnp.asarray([0.5, -1.0]), std=jnp.asarray(0.7))

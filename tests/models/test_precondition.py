@@ -11,7 +11,7 @@ import pytest
 from sampler_utils import edm_config, keys_for
 
 import karras_jax as kj
-from karras_jax.testing import GaussianData
+from karras_jax.analytic import GaussianData
 
 KINDS = ("edm", "vp", "ve", "iddpm")
 SIGMAS = (0.002, 0.05, 0.7, 1.0, 3.0, 80.0)

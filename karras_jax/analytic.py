@@ -3,6 +3,7 @@
 For data with a known density, the ideal denoiser ``D(x; sigma) = E[y | y + n = x]``,
 ``n ~ N(0, sigma^2 I)``, has a closed form. Sampling through it isolates the sampler's
 own error from any network's: use these to test solvers, schedules and churn settings.
+The built-in mixture is also what ``karras-jax demo`` and ``generate --model mixture`` sample.
 """
 
 from __future__ import annotations

@@ -37,11 +37,11 @@ import numpy as np
 import optax
 
 from karras_jax._files import atomic_write
+from karras_jax.analytic import frechet_distance
 from karras_jax.config import KarrasVeConfig
 from karras_jax.models import Guidance, UNet, classifier_free_guidance, precondition
 from karras_jax.sampler import make_sampler
 from karras_jax.state import set_timesteps
-from karras_jax.testing import frechet_distance
 from karras_jax.training import CHECKPOINT_FILE, TrainState, edm_loss, fit, load_checkpoint, make_train_step
 
 __all__ = ["DigitsConfig", "evaluate", "load_model", "load_split", "sample_digits", "train_digits"]

@@ -1,4 +1,4 @@
-"""karras_jax.testing: the analytic denoisers, exact samplers, moments and the energy distance,
+"""karras_jax.analytic: the analytic denoisers, exact samplers, moments and the energy distance,
 checked against float64 NumPy computed independently (Bayes' rule, Tweedie's formula, an
 ODE integrator, Monte Carlo)."""
 
@@ -9,7 +9,7 @@ import oracle
 import pytest
 from sampler_utils import numpy_gaussian_denoiser, numpy_mixture_denoiser, small_mixture
 
-from karras_jax.testing import GaussianData, GaussianMixture, default_mixture, energy_distance
+from karras_jax.analytic import GaussianData, GaussianMixture, default_mixture, energy_distance
 
 SIGMAS = [0.002, 0.05, 0.3, 1.0, 4.0, 80.0]
 
