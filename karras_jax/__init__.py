@@ -8,9 +8,14 @@ from karras_jax._noise import initial_noise
 from karras_jax.compat import (
     FlaxKarrasVeOutput,
     FlaxKarrasVeScheduler,
+    KarrasVeOutput,
     KarrasVeScheduler,
+    add_noise_to_input,
     load_config,
     save_config,
+    scale_model_input,
+    step,
+    step_correct,
 )
 from karras_jax.config import KarrasVeConfig
 from karras_jax.generation import (
@@ -51,12 +56,13 @@ from karras_jax.sharding import batch_sharding, make_sharded_sampler, sample_sha
 from karras_jax.solvers import SOLVERS, Levels, Solver, dpmpp_2m, euler, get_solver, heun
 from karras_jax.state import KarrasVeState, set_timesteps
 from karras_jax.steps import (
-    KarrasVeOutput,
-    add_noise_to_input,
+    add_churn,
     churn_gamma,
-    scale_model_input,
-    step,
-    step_correct,
+    churn_levels,
+    churn_std,
+    euler_update,
+    heun_slope,
+    slope,
 )
 from karras_jax.training import (
     CHECKPOINT_FILE,
@@ -103,10 +109,13 @@ __all__ = [
     "Trajectory",
     "UNet",
     "__version__",
+    "add_churn",
     "add_noise_to_input",
     "autoguidance",
     "batch_sharding",
     "churn_gamma",
+    "churn_levels",
+    "churn_std",
     "classifier_free_guidance",
     "custom_sigmas",
     "diffusers_sigmas",
@@ -118,10 +127,12 @@ __all__ = [
     "ema_gamma",
     "ema_update",
     "euler",
+    "euler_update",
     "fit",
     "generate",
     "get_solver",
     "heun",
+    "heun_slope",
     "iddpm_levels",
     "iddpm_sigmas",
     "initial_noise",
@@ -143,6 +154,7 @@ __all__ = [
     "scale_model_input",
     "seed_keys",
     "set_timesteps",
+    "slope",
     "step",
     "step_correct",
     "training_sigmas",

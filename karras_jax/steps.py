@@ -1,29 +1,28 @@
-r"""The formulas of one step of Algorithm 2, and diffusers' public split of them.
+r"""The formulas of one step of Algorithm 2, each written once, public and pure.
 
-Each formula lives here once; the solvers (:mod:`karras_jax.solvers`), the sampling loop
-and the diffusers-shaped functions below all call it:
+Every solver (:mod:`karras_jax.solvers`), the sampling loop and diffusers' step API
+(:mod:`karras_jax.compat.steps`) call these; a solver written outside the package needs
+nothing else:
 
-* :func:`churn_gamma`, :func:`churn_std`, :func:`churn_levels`, :func:`add_churn`: the
-  churn :math:`\hat\sigma = \sigma(1+\gamma)`, :math:`\hat x = x + \sqrt{\hat\sigma^2 -
-  \sigma^2}\, S_{noise} z`;
-* :func:`slope`: :math:`d = (x - D)/\sigma`, written with the reciprocal;
+* the churn: :func:`churn_gamma` (:math:`\gamma_i`), :func:`churn_std`
+  (:math:`\sqrt{\hat\sigma^2 - \sigma^2}`), :func:`churn_levels` (:math:`\hat\sigma` and the
+  std of the noise added, for one level or all N) and :func:`add_churn`
+  (:math:`\hat x = x + \text{std}\cdot z`);
+* :func:`slope`: :math:`d = (x - D(x;\sigma))/\sigma`, written with the reciprocal;
 * :func:`euler_update`: :math:`x' = x + h\, d` with :math:`h = \sigma_{next} - \hat\sigma`;
 * :func:`heun_slope`: :math:`(d + d')/2`.
 
-diffusers' split of one iteration from ``sigma_i`` to ``sigma_{i+1}`` (``sigma_prev``):
+The churn formulas take a :class:`~karras_jax.KarrasVeConfig` and check it (cheap Python
+checks, paid once per trace); the elementwise formulas check nothing, so a loop body holds
+only arithmetic. Levels are in the level dtype (float32, or float64 under x64); the
+elementwise formulas compute in the dtype of ``x`` and cast the scalars to it.
 
-1. :func:`add_noise_to_input`: churn ``x_i -> x_hat`` at ``sigma_hat``;
-2. the caller evaluates the network at ``(x_hat, sigma_hat)``;
-3. :func:`step`: Euler step to ``sigma_prev``;
-4. if ``sigma_prev > 0``, the caller evaluates the network at the Euler result and
-   :func:`step_correct` applies Heun's correction.
-
-``model_output`` follows diffusers' convention, ``model_output = (D(x; sigma) - x) / sigma``
-where ``D`` is the denoiser, so ``pred_original_sample = x + sigma * model_output == D``.
-
-Noise-level arithmetic runs in float32 (float64 under x64) whatever the sample dtype; the
-elementwise update is computed in the wider of the two and cast back, so every output has
-the sample's dtype and a float16 sample survives diffusers' levels up to 1e4 (squares 1e8).
+>>> import jax.numpy as jnp
+>>> import karras_jax as kj
+>>> x, denoised = jnp.array([1.0, 2.0]), jnp.array([0.5, 1.0])
+>>> d = kj.slope(x, denoised, jnp.float32(1 / 2.0))           # (x - D) / sigma at sigma = 2
+>>> kj.euler_update(x, d, jnp.float32(1.0 - 2.0)).tolist()     # to sigma = 1
+[0.75, 1.5]
 """
 
 from __future__ import annotations
@@ -32,74 +31,73 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 from jax.typing import ArrayLike
 
-from karras_jax._validation import (
-    carry_dtype,
-    check_float_array,
-    check_key,
-    check_level,
-    check_same_shape,
-    level_dtype,
-)
+from karras_jax._validation import check_num_steps, level_dtype
 from karras_jax.config import KarrasVeConfig, check_config
-from karras_jax.state import KarrasVeState, check_state
 
 __all__ = [
-    "KarrasVeOutput",
-    "add_noise_to_input",
+    "add_churn",
     "churn_gamma",
-    "scale_model_input",
-    "step",
-    "step_correct",
+    "churn_levels",
+    "churn_std",
+    "euler_update",
+    "heun_slope",
+    "slope",
 ]
 
 _SQRT2_MINUS_1 = math.sqrt(2.0) - 1.0
 
 
-@struct.dataclass
-class KarrasVeOutput:
-    """What :func:`step` and :func:`step_correct` return; a pytree.
+def churn_gamma(config: KarrasVeConfig, num_inference_steps: int, sigma: ArrayLike) -> jax.Array:
+    r"""The churn factor :math:`\gamma_i` of Algorithm 2, elementwise over ``sigma``.
 
-    Attributes:
-      prev_sample: The sample at ``sigma_prev``: the next loop input (or the input to the
-        second network evaluation, after :func:`step`).
-      derivative: The slope dx/dsigma used for the update: the Euler slope from
-        :func:`step`, the averaged Heun slope from :func:`step_correct`.
-      pred_original_sample: The denoised estimate ``D`` at the level the network was
-        evaluated at.
+    .. math::
+
+        \gamma_i = \min(S_{churn}/N, \sqrt{2}-1) \text{ if } S_{min} \le \sigma_i \le S_{max}
+        \text{ else } 0
+
+    The window test is a ``jnp.where``, so traced levels and a traced config work.
+
+    Args:
+      config: Supplies s_churn, s_min, s_max (traced or concrete).
+      num_inference_steps: N, a positive Python int.
+      sigma: The level sigma_i, or all N levels (traced or concrete).
+
+    Returns:
+      gamma_i in the level dtype, of the broadcast shape of ``sigma`` and the config.
+
+    Raises:
+      TypeError: ``config`` is not a :class:`~karras_jax.KarrasVeConfig` (or holds
+        placeholders), or ``num_inference_steps`` is not an int.
+      ValueError: ``num_inference_steps`` < 1.
     """
-
-    prev_sample: jax.Array
-    derivative: jax.Array
-    pred_original_sample: jax.Array
-
-    def to_tuple(self) -> tuple[jax.Array, jax.Array]:
-        """``(prev_sample, derivative)``, diffusers' ``return_dict=False`` form."""
-        return self.prev_sample, self.derivative
-
-
-# --- the formulas ---------------------------------------------------------------------------
-
-
-def gamma_of(config: KarrasVeConfig, num_inference_steps: int, sigma: jax.Array) -> jax.Array:
-    r""":math:`\gamma_i` for a checked config; see :func:`churn_gamma`."""
-    dtype = sigma.dtype
+    check_config(config)
+    n = check_num_steps(num_inference_steps)
+    dtype = level_dtype()
+    sigma = jnp.asarray(sigma, dtype)
     s_churn = jnp.asarray(config.s_churn, dtype)
     inside = (jnp.asarray(config.s_min, dtype) <= sigma) & (sigma <= jnp.asarray(config.s_max, dtype))
-    gamma = jnp.minimum(s_churn / num_inference_steps, jnp.asarray(_SQRT2_MINUS_1, dtype))
+    gamma = jnp.minimum(s_churn / n, jnp.asarray(_SQRT2_MINUS_1, dtype))
     return jnp.where(inside, gamma, jnp.zeros_like(gamma))
 
 
-def churn_std(sigma: jax.Array, gamma: jax.Array) -> jax.Array:
+def churn_std(sigma: ArrayLike, gamma: ArrayLike) -> jax.Array:
     r""":math:`\sqrt{\hat\sigma^2 - \sigma^2}` for :math:`\hat\sigma = \sigma(1+\gamma)`, never NaN.
 
     Written as :math:`\sigma\sqrt{\gamma(2+\gamma)}`: the difference of squares can round
     (or be contracted into a fused multiply-add) to a tiny negative number when gamma is
     0 or tiny, and squaring 1e4-sized legacy levels costs range. The gradient at
     gamma = 0 is kept finite (0) with the double-``where`` trick.
+
+    Args:
+      sigma: The level(s) before the churn.
+      gamma: :math:`\gamma` from :func:`churn_gamma`, >= 0.
+
+    Returns:
+      The std, elementwise (without :math:`S_{noise}`; :func:`churn_levels` applies it).
     """
+    sigma, gamma = jnp.asarray(sigma), jnp.asarray(gamma)
     radicand = gamma * (2.0 + gamma)
     positive = radicand > 0
     root = jnp.sqrt(jnp.where(positive, radicand, jnp.ones_like(radicand)))
@@ -107,231 +105,84 @@ def churn_std(sigma: jax.Array, gamma: jax.Array) -> jax.Array:
 
 
 def churn_levels(config: KarrasVeConfig, num_inference_steps: int,
-                 sigma: jax.Array) -> tuple[jax.Array, jax.Array]:
+                 sigma: ArrayLike) -> tuple[jax.Array, jax.Array]:
     r"""The churned level and the std of the noise added, elementwise over ``sigma``.
 
-    Returns :math:`(\hat\sigma, S_{noise} \sqrt{\hat\sigma^2 - \sigma^2})` for one level
-    or all N.
+    .. math::
+
+        \hat\sigma = \sigma(1 + \gamma), \qquad
+        \text{std} = S_{noise} \sqrt{\hat\sigma^2 - \sigma^2}
+
+    with :math:`\gamma` from :func:`churn_gamma` and the root from :func:`churn_std`.
+
+    Args:
+      config: Supplies s_churn, s_min, s_max and s_noise.
+      num_inference_steps: N, a positive Python int.
+      sigma: One level or all N (the sampler computes all N once, before its loop).
+
+    Returns:
+      ``(sigma_hat, noise_std)`` in the level dtype.
+
+    Raises:
+      As :func:`churn_gamma`.
     """
-    gamma = gamma_of(config, num_inference_steps, sigma)
-    s_noise = jnp.asarray(config.s_noise, sigma.dtype)
+    gamma = churn_gamma(config, num_inference_steps, sigma)
+    sigma = jnp.asarray(sigma, gamma.dtype)
+    s_noise = jnp.asarray(config.s_noise, gamma.dtype)
     return sigma * (1.0 + gamma), churn_std(sigma, gamma) * s_noise
 
 
-def add_churn(x: jax.Array, noise_std: jax.Array, z: jax.Array) -> jax.Array:
-    r""":math:`\hat x = x + s\, z` with ``noise_std`` s from :func:`churn_levels`."""
-    return x + noise_std.astype(x.dtype) * z.astype(x.dtype)
+def add_churn(x: ArrayLike, noise_std: ArrayLike, z: ArrayLike) -> jax.Array:
+    r"""The churned sample :math:`\hat x = x + \text{std}\cdot z`, in the dtype of ``x``.
+
+    Args:
+      x: The sample at sigma_i.
+      noise_std: The std from :func:`churn_levels` (it already holds :math:`S_{noise}`).
+      z: Standard normal noise of the shape of ``x``.
+    """
+    x = jnp.asarray(x)
+    return x + jnp.asarray(noise_std).astype(x.dtype) * jnp.asarray(z).astype(x.dtype)
 
 
-def slope(x: jax.Array, denoised: jax.Array, inv_sigma: jax.Array) -> jax.Array:
+def slope(x: ArrayLike, denoised: ArrayLike, inv_sigma: ArrayLike) -> jax.Array:
     r"""The probability-flow slope :math:`d = (x - D(x;\sigma))/\sigma`.
 
     Takes :math:`1/\sigma`: one scalar division per step, then an elementwise multiply
     (an elementwise division is several times dearer on CPU, where XLA keeps it exact,
     and made the memory-bound Heun update compute-bound).
-    """
-    return (x - denoised) * inv_sigma.astype(x.dtype)
-
-
-def euler_update(x: jax.Array, d: jax.Array, h: jax.Array) -> jax.Array:
-    r"""The Euler update :math:`x + h\, d`, with :math:`h = \sigma_{next} - \hat\sigma`."""
-    return x + h.astype(x.dtype) * d
-
-
-def heun_slope(d: jax.Array, d_next: jax.Array) -> jax.Array:
-    r"""Heun's averaged slope :math:`(d + d')/2` (trapezoidal rule)."""
-    return 0.5 * d + 0.5 * d_next
-
-
-# --- diffusers' split, checked at the boundary ---------------------------------------------------
-
-
-def churn_gamma(config: KarrasVeConfig, num_inference_steps: int, sigma: ArrayLike) -> jax.Array:
-    r"""The churn factor gamma_i of Algorithm 2.
-
-    .. math::
-
-        \gamma_i = \min(S_{churn}/N, \sqrt{2}-1) \text{ if } S_{min} \le \sigma_i \le S_{max}
-        \text{ else } 0
 
     Args:
-      config: Supplies s_churn, s_min, s_max (traced or concrete).
-      num_inference_steps: N.
-      sigma: The current level sigma_i (traced or concrete).
+      x: The sample at sigma.
+      denoised: :math:`D(x;\sigma)`, the shape of ``x``.
+      inv_sigma: :math:`1/\sigma`, a scalar (or broadcastable).
 
     Returns:
-      gamma_i in the level dtype (an array of the broadcast shape of sigma and the config).
+      d in the dtype of ``x``.
     """
-    check_config(config)
-    return gamma_of(config, num_inference_steps, jnp.asarray(sigma, level_dtype()))
+    x = jnp.asarray(x)
+    return (x - denoised) * jnp.asarray(inv_sigma).astype(x.dtype)
 
 
-def add_noise_to_input(
-    config: KarrasVeConfig,
-    state: KarrasVeState,
-    sample: ArrayLike,
-    sigma: ArrayLike,
-    key: jax.Array,
-) -> tuple[jax.Array, jax.Array]:
-    r"""The churn: raise the noise level from sigma to sigma_hat by adding fresh noise.
-
-    .. math::
-
-        \hat\sigma = \sigma (1 + \gamma), \quad
-        \hat x = x + \sqrt{\hat\sigma^2 - \sigma^2}\, \epsilon, \quad
-        \epsilon = S_{noise}\, z,\; z \sim N(0, I)
-
-    with gamma from :func:`churn_gamma`. ``z = jax.random.normal(key, sample.shape,
-    sample.dtype)``. Works with a traced ``sigma`` under ``jit`` (the window test is a
-    ``jnp.where``, not a Python ``if``).
+def euler_update(x: ArrayLike, d: ArrayLike, h: ArrayLike) -> jax.Array:
+    r"""The Euler update :math:`x + h\, d`, with :math:`h = \sigma_{next} - \hat\sigma` (negative).
 
     Args:
-      config: Hyperparameters.
-      state: From :func:`set_timesteps` (supplies N).
-      sample: x_i, any float dtype and shape.
-      sigma: sigma_i, a scalar > 0.
-      key: A typed key (``jax.random.key``) or raw uint32 key (``jax.random.PRNGKey``).
-        Use a fresh key per step; it is not stored.
+      x: The sample the step starts from (:math:`\hat x`).
+      d: The slope, from :func:`slope` or :func:`heun_slope`.
+      h: The step size, a scalar (or broadcastable).
 
     Returns:
-      ``(sample_hat, sigma_hat)``: sample_hat in the sample's dtype, sigma_hat a scalar
-      in the level dtype.
-
-    Raises:
-      TypeError: bad key, non-float sample, config or state of the wrong type.
-      ValueError: sigma not a finite scalar > 0, or a state without levels.
+      The sample at :math:`\sigma_{next}`, in the dtype of ``x``.
     """
-    check_config(config)
-    n = check_state(state)
-    check_key("key", key)
-    sample = check_float_array("sample", sample)
-    sigma = check_level("sigma", sigma, positive=True)
-    sigma_hat, noise_std = churn_levels(config, n, sigma)
-    z = jax.random.normal(key, sample.shape, sample.dtype)
-    sample_hat = add_churn(sample.astype(carry_dtype(sample.dtype)), noise_std, z)
-    return sample_hat.astype(sample.dtype), sigma_hat
+    x = jnp.asarray(x)
+    return x + jnp.asarray(h).astype(x.dtype) * d
 
 
-def step(
-    model_output: ArrayLike,
-    sigma_hat: ArrayLike,
-    sigma_prev: ArrayLike,
-    sample_hat: ArrayLike,
-    return_dict: bool = True,
-) -> KarrasVeOutput | tuple[jax.Array, jax.Array]:
-    r"""Euler step from sigma_hat down to sigma_prev.
-
-    .. math::
-
-        D = \hat x + \hat\sigma\, m, \quad d = (\hat x - D)/\hat\sigma, \quad
-        x_{prev} = \hat x + (\sigma_{prev} - \hat\sigma)\, d
-
-    where ``m`` is ``model_output`` in diffusers' convention ``(D - x)/sigma``.
+def heun_slope(d: ArrayLike, d_next: ArrayLike) -> jax.Array:
+    r"""Heun's averaged slope :math:`(d + d')/2` (the trapezoidal rule).
 
     Args:
-      model_output: Network output at ``(sample_hat, sigma_hat)``, same shape as sample_hat.
-      sigma_hat: The churned level, a scalar > 0.
-      sigma_prev: The next level, a scalar >= 0.
-      sample_hat: The churned sample.
-      return_dict: False gives diffusers' tuple ``(prev_sample, derivative)``.
-
-    Returns:
-      :class:`KarrasVeOutput` (``derivative`` is the Euler slope d), or a tuple.
-
-    Raises:
-      ValueError: shapes differ, or a concrete level is out of range.
+      d: The slope at the start of the step.
+      d_next: The slope at the Euler result, at :math:`\sigma_{next}`.
     """
-    sample_hat = check_float_array("sample_hat", sample_hat)
-    model_output = check_float_array("model_output", model_output)
-    check_same_shape("model_output", model_output, "sample_hat", sample_hat)
-    s_hat = check_level("sigma_hat", sigma_hat, positive=True)
-    s_prev = check_level("sigma_prev", sigma_prev, positive=False)
-    out_dtype = sample_hat.dtype
-    work = carry_dtype(out_dtype)
-    x = sample_hat.astype(work)
-    denoised = x + s_hat.astype(work) * model_output.astype(work)
-    d = slope(x, denoised, 1.0 / s_hat)
-    out = KarrasVeOutput(
-        prev_sample=euler_update(x, d, s_prev - s_hat).astype(out_dtype),
-        derivative=d.astype(out_dtype),
-        pred_original_sample=denoised.astype(out_dtype),
-    )
-    return out if return_dict else out.to_tuple()
-
-
-def step_correct(
-    model_output: ArrayLike,
-    sigma_hat: ArrayLike,
-    sigma_prev: ArrayLike,
-    sample_hat: ArrayLike,
-    sample_prev: ArrayLike,
-    derivative: ArrayLike,
-    return_dict: bool = True,
-) -> KarrasVeOutput | tuple[jax.Array, jax.Array]:
-    r"""Heun's second-order correction of an Euler step.
-
-    .. math::
-
-        D' = x_{prev} + \sigma_{prev}\, m', \quad d' = (x_{prev} - D')/\sigma_{prev}, \quad
-        x_{prev} \leftarrow \hat x + (\sigma_{prev} - \hat\sigma)\, (d + d')/2
-
-    At ``sigma_prev == 0`` (the last step) there is nothing to correct and no division:
-    the Euler result ``sample_prev`` comes back unchanged, with the Euler slope, finite.
-    This is a ``jnp.where``, so a traced ``sigma_prev`` works.
-
-    Differences from diffusers: diffusers divides by ``sigma_prev`` unguarded (NaN at 0)
-    and returns the stale first-stage ``derivative``; here ``derivative`` is the averaged
-    slope ``(d + d')/2`` actually used for the update.
-
-    Args:
-      model_output: Network output at ``(sample_prev, sigma_prev)``.
-      sigma_hat: The churned level of this step, > 0.
-      sigma_prev: The next level, >= 0.
-      sample_hat: The churned sample the step started from.
-      sample_prev: The Euler result from :func:`step`.
-      derivative: The Euler slope from :func:`step`.
-      return_dict: False gives the tuple ``(prev_sample, derivative)``.
-
-    Returns:
-      :class:`KarrasVeOutput` with the corrected sample and the averaged slope.
-
-    Raises:
-      ValueError: shapes differ, or a concrete level is out of range.
-    """
-    sample_hat = check_float_array("sample_hat", sample_hat)
-    sample_prev = check_float_array("sample_prev", sample_prev)
-    model_output = check_float_array("model_output", model_output)
-    derivative = check_float_array("derivative", derivative)
-    for name, array in (("model_output", model_output), ("sample_prev", sample_prev),
-                        ("derivative", derivative)):
-        check_same_shape(name, array, "sample_hat", sample_hat)
-    s_hat = check_level("sigma_hat", sigma_hat, positive=True)
-    s_prev = check_level("sigma_prev", sigma_prev, positive=False)
-    out_dtype = sample_hat.dtype
-    work = carry_dtype(out_dtype)
-    last = s_prev == 0
-    # Keep 0 * inf (a network evaluated at sigma = 0) out of the arithmetic and its gradient.
-    safe_prev = jnp.where(last, jnp.ones_like(s_prev), s_prev)
-    m = jnp.where(last, jnp.zeros((), work), model_output.astype(work))
-    x_prev = sample_prev.astype(work)
-    d = derivative.astype(work)
-    denoised = x_prev + safe_prev.astype(work) * m
-    averaged = jnp.where(last, d, heun_slope(d, slope(x_prev, denoised, 1.0 / safe_prev)))
-    corrected = euler_update(sample_hat.astype(work), averaged, s_prev - s_hat)
-    out = KarrasVeOutput(
-        prev_sample=jnp.where(last, x_prev, corrected).astype(out_dtype),
-        derivative=averaged.astype(out_dtype),
-        pred_original_sample=jnp.where(last, x_prev, denoised).astype(out_dtype),
-    )
-    return out if return_dict else out.to_tuple()
-
-
-def scale_model_input(
-    state: KarrasVeState, sample: ArrayLike, timestep: ArrayLike | None = None
-) -> jax.Array:
-    """Identity: the VE model takes the sample unscaled.
-
-    Kept so that loops written for other schedulers run unchanged.
-    """
-    del state, timestep
-    return jnp.asarray(sample)
+    return 0.5 * jnp.asarray(d) + 0.5 * jnp.asarray(d_next)

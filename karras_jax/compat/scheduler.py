@@ -1,8 +1,8 @@
 """A diffusers-shaped facade over the pure functions, for code migrating from diffusers.
 
 ``KarrasVeScheduler`` (alias ``FlaxKarrasVeScheduler``) holds only the immutable config;
-every method is a thin call into :mod:`karras_jax.steps` with the state passed in and a
-new state returned, as diffusers' Flax schedulers did.
+every method is a thin call into :mod:`karras_jax.compat.steps` (diffusers' step API) with
+the state passed in and a new state returned, as diffusers' Flax schedulers did.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import jax
 from flax import struct
 from jax.typing import ArrayLike
 
-from karras_jax import steps
-from karras_jax.compat import config_file
+from karras_jax.compat import config_file, steps
 from karras_jax.config import KarrasVeConfig
 from karras_jax.state import KarrasVeState, set_timesteps
 
