@@ -34,6 +34,7 @@ class Preset:
     # measurement 11: seeds per job and batch, per model
     generate_seeds: dict = field(default_factory=lambda: {"mixture": 65536, "unet": 1024})
     generate_batch: dict = field(default_factory=lambda: {"mixture": 4096, "unet": 256})
+    diffrax_batches: tuple[int, ...] = (1, 32, 4096)  # measurement 12
     # (model, B, N) measured in measurement 1/5 on top of the product above
     extra_cases: tuple[tuple[str, int, int], ...] = ()
     # measurement ids in run order (a time budget skips the tail); empty: run.py's order
@@ -97,7 +98,8 @@ GPU = Preset(
     extra_cases=(("mlp", 1, 50),),
     unet_batches=(1, 1024),
     train_batches=(512, 8192, 65536),
-    order=("6", "1", "5", "8", "9", "11", "10", "2", "3", "7", "4ab", "4c"),
+    diffrax_batches=(1, 32, 4096, 65536),
+    order=("6", "1", "5", "8", "12", "9", "11", "10", "2", "3", "7", "4ab", "4c"),
 )
 
 PRESETS = {p.name: p for p in (QUICK, FULL, GPU)}

@@ -245,6 +245,25 @@ def generate_table(rows: list[Row]) -> str:
     return _table(header, lines)
 
 
+PROGRAMS = ("diffrax", "kj.sample", "fori_loop")  # measurement 12's columns
+
+
+def diffrax_table(rows: list[Row]) -> str:
+    """Measurement 12: deterministic sampling against diffrax (and the hand-written loop)."""
+    lines = []
+    for r in rows:
+        if r["measurement"] != "12_vs_diffrax":
+            continue
+        c, t = r["case"], r["times"]
+        lines.append([c["model"], str(c["B"]), f"{c['solver']} ({c['network_evals']})",
+                      *(f"{_ms(t[k]['min'])} / {_ms(t[k]['median'])}" for k in PROGRAMS),
+                      f"**{_x(r['ratio'])}** ({_x(r['ratio_best'])})", _x(r["ratio_to_loop"]),
+                      f"{r['max_abs_diff_diffrax']:.1e}"])
+    header = ["denoiser", "B", "solver (evals)", "diffrax ms (best / median)", "kj.sample ms", "fori_loop ms"]
+    header += ["diffrax / kj (best)", "kj / loop", "max abs diff"]
+    return _table(header, lines)
+
+
 def seeds_table(rows: list[Row]) -> str:
     lines = []
     for r in rows:
@@ -408,6 +427,8 @@ def render(result: dict[str, Any]) -> str:
         train_table(rows),
         "**Generation end to end vs sampling alone (measurement 11)**",
         generate_table(rows),
+        "**Deterministic sampling vs diffrax, N=18, s_churn=0 (measurement 12)**",
+        diffrax_table(rows),
     ]
     if result.get("errors"):
         parts.append("**Errors**\n" + "\n".join(f"- {k}: {e}" for k, e in result["errors"].items()))

@@ -41,6 +41,7 @@ MEASUREMENTS = {
     "9": ("bench_models", "UNet: CFG in one batched call vs two; kj.sample vs the network alone"),
     "10": ("bench_train", "train step: kj.make_train_step vs a PyTorch twin, samples/s"),
     "11": ("bench_generate", "kj.generate end to end vs sampling the same batches without writing"),
+    "12": ("bench_diffrax", "deterministic Heun/Euler N=18: kj.sample vs diffrax's diffeqsolve"),
 }
 
 

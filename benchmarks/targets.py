@@ -215,6 +215,12 @@ def _generate(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
             for r in _rows(rows, "11_generate")]
 
 
+def _diffrax(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
+    return [_target(f"diffrax / kj.sample, deterministic Heun N={r['case']['N']}, {r['case']['model']} "
+                    f"B={r['case']['B']}", r["ratio"], 1.0, True, "medians; >= 1: kj.sample as fast")
+            for r in _rows(rows, "12_vs_diffrax") if r["case"]["solver"] == "heun"]
+
+
 def _case(r: Row | None, skip: tuple[str, ...] = ()) -> str:
     if r is None:
         return "not measured"
@@ -233,6 +239,7 @@ CHECKS: list[Callable[[list[Row], bool], list[dict[str, Any]]]] = [
     _memory,
     _calls,
     _generate,
+    _diffrax,
 ]
 
 
