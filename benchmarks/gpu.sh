@@ -5,7 +5,8 @@
 #
 # Needs JAX with CUDA, flax and numpy (PyTorch with CUDA and diffusers for measurement 2;
 # without them it is recorded as skipped). No network is used. Writes to OUT_DIR:
-#   <machine>-<date>.json  every raw figure (rewritten after each measurement)
+#   <machine>.json         every raw figure (replaced after each measurement; fold it into
+#                          benchmarks/results with python -m benchmarks.store FILE --out ...)
 #   report.md              the printed tables
 #   log.txt                progress and warnings
 # Environment: PYTHON (default python3), BUDGET_S (default 220: measurements not yet started

@@ -430,6 +430,11 @@ def render(result: dict[str, Any]) -> str:
         "**Deterministic sampling vs diffrax, N=18, s_churn=0 (measurement 12)**",
         diffrax_table(rows),
     ]
+    earlier = [f"{mid} ({m['run']['started']}, {(m['run']['commit'] or '')[:7]})"
+               for mid, m in result.get("measurements", {}).items()
+               if "run" in m and m["run"]["started"] != result["started"]]
+    if earlier:
+        parts.insert(1, "Measurements kept from earlier runs on this machine kind: " + ", ".join(earlier))
     if result.get("errors"):
         parts.append("**Errors**\n" + "\n".join(f"- {k}: {e}" for k, e in result["errors"].items()))
     if result.get("skipped"):

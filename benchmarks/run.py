@@ -1,8 +1,10 @@
 """Run the karras_jax benchmark suite: ``python benchmarks/run.py --quick | --full | --gpu``.
 
 Prints a markdown report (targets, then tables) and writes every raw figure to
-``<out>/<machine>-<date>.json`` (default ``benchmarks/results``), rewritten after each
-measurement so that a run cut short still leaves its results. Works on whatever JAX
+``<out>/<machine>.json`` (default ``benchmarks/results``; one file per machine kind, see
+:mod:`benchmarks.store`): the measurements of this run replace that file's, the others stay.
+The file is replaced atomically after each measurement, so a run cut short still leaves its
+results. Works on whatever JAX
 backend is present; measurement 4c always runs on 8 host CPU devices in a child process.
 """
 
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 import time
 import traceback
@@ -24,6 +25,7 @@ if __package__ in (None, ""):
 from benchmarks.environment import describe  # noqa: E402
 from benchmarks.presets import PRESETS  # noqa: E402
 from benchmarks.report import render  # noqa: E402
+from benchmarks.store import merge, path_for, read, write  # noqa: E402
 from benchmarks.suite import Suite  # noqa: E402
 from benchmarks.targets import evaluate  # noqa: E402
 
@@ -82,6 +84,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def save(path: Path, previous: dict[str, Any] | None, result: dict[str, Any], gpu: bool) -> dict[str, Any]:
+    """Merges this run into the machine's previous file, evaluates the targets, replaces the file."""
+    merged = merge(previous, result, MEASUREMENTS)
+    merged["targets"] = evaluate(merged["rows"], gpu)
+    write(path, merged)
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     preset = PRESETS[args.preset]
@@ -91,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown measurement ids {unknown}; choose from {list(MEASUREMENTS)}")
     info = describe(ROOT)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{info['label']}-{info['started'].replace(':', '').replace('T', '-')}.json"
+    path = path_for(args.out, info["label"])
+    previous = read(path)
     gpu = info["machine"]["jax_backend"] == "gpu"
     result: dict[str, Any] = {
         **info,
@@ -122,13 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             result["errors"][mid] = f"{type(err).__name__}: {err}"
             traceback.print_exc()
         result["measurements"][mid] = {"what": what, "seconds": time.perf_counter() - began}
-        result["targets"] = evaluate(result["rows"], gpu)
         result["elapsed_s"] = time.perf_counter() - start
-        path.write_text(json.dumps(result, indent=1))
-    result["targets"] = evaluate(result["rows"], gpu)
+        save(path, previous, result, gpu)
     result["elapsed_s"] = time.perf_counter() - start
-    path.write_text(json.dumps(result, indent=1))
-    report = render(result)
+    save(path, previous, result, gpu)
+    result["targets"] = evaluate(result["rows"], gpu)
+    report = render(result)  # this run's measurements only (report.py renders the whole file)
     print(report)
     print(f"\nresults: {path} ({result['elapsed_s']:.0f} s)", file=sys.stderr)
     return 0
