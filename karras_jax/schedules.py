@@ -1,6 +1,9 @@
 r"""Noise levels sigma_0 > ... > sigma_{N-1} > 0 for the sampler (the trailing 0 is added later).
 
-Three families, all from Karras et al. (2022) or diffusers:
+A registry of named schedules, as :mod:`karras_jax.solvers` is of solvers: each name maps to a
+function ``(sigma_min, sigma_max, num_steps, **options) -> (N,) levels``, registered in
+one line of ``_REGISTRY`` at the end of this module; :data:`SCHEDULES` lists the names and
+:func:`get_schedule` returns the function. Five schedules, from Karras et al. (2022) or diffusers:
 
 * ``"ve"``: the VE column of Table 1, geometric in sigma,
   :math:`\sigma_i = \sigma_{max} (\sigma_{min}/\sigma_{max})^{i/(N-1)}`.
@@ -10,18 +13,26 @@ Three families, all from Karras et al. (2022) or diffusers:
 * ``"diffusers"``: what diffusers' ``KarrasVeScheduler`` does, using the paper's time
   :math:`t_i = \sigma_{max}^2 (\sigma_{min}^2/\sigma_{max}^2)^{i/(N-1)}` itself as the
   noise level (it never takes the square root). Kept only to reproduce diffusers.
+* ``"vp"``: the VP column of Table 1, :math:`\sigma_{vp}(t_i)` with
+  :math:`t_i = 1 + \tfrac{i}{N-1}(\epsilon_s - 1)`, the betas refitted so the ends are
+  sigma_max and sigma_min (as EDM's sampler does).
+* ``"iddpm"``: the iDDPM column of Table 1, iDDPM's training levels inside
+  [sigma_min, sigma_max] subsampled at :math:`\mathrm{round}((len - 1)\, i/(N-1))`.
 
 With ``N == 1`` the single level is ``sigma_max`` (``sigma_max**2`` for ``"diffusers"``);
 diffusers divides by zero there.
 
 Concrete inputs are evaluated in float64 NumPy and rounded once to the level dtype, so
 the levels are the correctly rounded values; traced inputs (a vmapped ``sigma_max``)
-use the same formula in ``jax.numpy``.
+use the same formula in ``jax.numpy`` (except ``"iddpm"``, which filters a table and needs
+concrete bounds).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -32,15 +43,16 @@ from jax.typing import ArrayLike
 from karras_jax._validation import (
     check_num_steps,
     check_representable_levels,
+    check_sigma_range,
     concrete_value,
     level_dtype,
 )
-from karras_jax.config import KarrasVeConfig
 
 __all__ = [
     "SCHEDULES",
     "custom_sigmas",
     "diffusers_sigmas",
+    "get_schedule",
     "iddpm_levels",
     "iddpm_sigmas",
     "karras_sigmas",
@@ -48,9 +60,6 @@ __all__ = [
     "vp_sigma",
     "vp_sigmas",
 ]
-
-SCHEDULES = ("ve", "karras", "diffusers", "vp", "iddpm")
-
 
 def _ramp(xp: Any, num_steps: int) -> Any:
     """I / (N - 1) for i = 0..N-1, with the single step of N == 1 at 0."""
@@ -92,7 +101,7 @@ def check_rho(rho: ArrayLike) -> None:
 
 def _geometric(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int, power: int) -> jax.Array:
     num_steps = check_num_steps(num_steps)
-    KarrasVeConfig(sigma_min=sigma_min, sigma_max=sigma_max)  # range checks on concrete values
+    check_sigma_range(sigma_min, sigma_max)
     xp, (lo, hi) = _backend(sigma_min=sigma_min, sigma_max=sigma_max)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         hi_p, lo_p = hi**power, lo**power
@@ -153,7 +162,7 @@ def karras_sigmas(
     """
     num_steps = check_num_steps(num_steps)
     check_rho(rho)
-    KarrasVeConfig(sigma_min=sigma_min, sigma_max=sigma_max)
+    check_sigma_range(sigma_min, sigma_max)
     xp, (lo, hi, r) = _backend(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         hi_r, lo_r = hi ** (1.0 / r), lo ** (1.0 / r)
@@ -220,7 +229,7 @@ def vp_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int,
       (N,) levels in sampling order, descending.
     """
     num_steps = check_num_steps(num_steps)
-    KarrasVeConfig(sigma_min=sigma_min, sigma_max=sigma_max)
+    check_sigma_range(sigma_min, sigma_max)
     if not 0 < epsilon_s < 1:
         raise ValueError(f"epsilon_s must be in (0, 1), got {epsilon_s!r}.")
     xp, (lo, hi) = _backend(sigma_min=sigma_min, sigma_max=sigma_max)
@@ -250,7 +259,7 @@ def iddpm_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int, C1:
       ValueError: fewer than two training levels lie in the range, or traced bounds.
     """
     num_steps = check_num_steps(num_steps)
-    KarrasVeConfig(sigma_min=sigma_min, sigma_max=sigma_max)
+    check_sigma_range(sigma_min, sigma_max)
     lo, hi = concrete_value("sigma_min", sigma_min), concrete_value("sigma_max", sigma_max)
     if lo is None or hi is None:
         raise ValueError("schedule 'iddpm' needs concrete sigma_min and sigma_max (it filters a table).")
@@ -300,3 +309,47 @@ def custom_sigmas(sigmas: ArrayLike) -> jax.Array:
             raise ValueError(f"sigmas must be strictly descending, got {values.tolist()}.")
         check_representable_levels(values, "sigmas")
     return jnp.asarray(sigmas, level_dtype())
+
+
+Schedule = Callable[..., jax.Array]
+
+# One line per schedule: name -> (sigma_min, sigma_max, num_steps, **options) -> (N,) levels.
+_REGISTRY: dict[str, Schedule] = {
+    "ve": ve_sigmas,
+    "karras": karras_sigmas,
+    "diffusers": diffusers_sigmas,
+    "vp": vp_sigmas,
+    "iddpm": iddpm_sigmas,
+}
+
+SCHEDULES = tuple(_REGISTRY)
+
+
+def get_schedule(name: str) -> Schedule:
+    """The function behind a registered schedule name.
+
+    >>> get_schedule("karras") is karras_sigmas
+    True
+
+    Raises:
+      ValueError: ``name`` is not a registered name (the message lists them).
+    """
+    if isinstance(name, str) and name in _REGISTRY:
+        return _REGISTRY[name]
+    raise ValueError(f"schedule must be one of {SCHEDULES} (or pass sigmas=... to set_timesteps), "
+                     f"got {name!r}.")
+
+
+def named_sigmas(name: str, sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int,
+                 **options: Any) -> jax.Array:
+    """The levels of the registered schedule ``name``, for :func:`karras_jax.set_timesteps`.
+
+    ``options`` that the schedule does not take are left out (``rho`` shapes only
+    ``"karras"``), so every schedule is called the same way.
+
+    Raises:
+      ValueError: an unknown name, or the schedule's own errors.
+    """
+    schedule = get_schedule(name)
+    takes = inspect.signature(schedule).parameters
+    return schedule(sigma_min, sigma_max, num_steps, **{k: v for k, v in options.items() if k in takes})

@@ -34,7 +34,8 @@ class KarrasVeState:
         ``sigmas[i] == schedule[N-1-i]``.
       init_noise_sigma: scalar std of the starting noise, ``x_0 ~ N(0, init_noise_sigma^2 I)``.
         ``sigmas[0]`` except for ``"diffusers"``, which starts at ``sigma_max``.
-      schedule_name: ``"ve"``, ``"karras"``, ``"diffusers"`` or ``"custom"``.
+      schedule_name: A name in :data:`karras_jax.SCHEDULES` (``"ve"``, ``"karras"``,
+        ``"diffusers"``, ``"vp"``, ``"iddpm"``), or ``"custom"`` for ``sigmas=``.
       sigma_min, sigma_max: The config values the levels were built from (None for custom
         levels). The sampler refuses a concrete config whose range differs: the levels come
         from the state, so such a config would otherwise be silently ignored.
@@ -73,9 +74,10 @@ def set_timesteps(
     Args:
       config: The sampler's hyperparameters (``sigma_min`` and ``sigma_max`` are used here).
       num_inference_steps: N, a positive Python int. May be left out when ``sigmas`` is given.
-      schedule: ``"ve"`` (default; the paper's VE column), ``"karras"`` (EDM, with ``rho``)
-        or ``"diffusers"`` (diffusers' KarrasVeScheduler exactly, t_i used as sigma).
-        See :mod:`karras_jax.schedules` for the formulas.
+      schedule: A name in :data:`karras_jax.SCHEDULES`: ``"ve"`` (default; the paper's VE
+        column), ``"karras"`` (EDM, with ``rho``), ``"diffusers"`` (diffusers'
+        KarrasVeScheduler exactly, t_i used as sigma), ``"vp"`` or ``"iddpm"`` (Table 1's
+        VP and iDDPM columns). See :mod:`karras_jax.schedules` for the formulas.
       rho: The EDM exponent, only used by ``"karras"``.
       sigmas: Custom (N,) levels instead of a named schedule: finite, > 0, strictly
         descending, without the final 0.
@@ -113,20 +115,7 @@ def set_timesteps(
             raise TypeError("num_inference_steps is required unless sigmas is given.")
         name = "ve" if schedule is None else schedule
         n = check_num_steps(num_inference_steps)
-        if name == "ve":
-            levels = schedules.ve_sigmas(config.sigma_min, config.sigma_max, n)
-        elif name == "karras":
-            levels = schedules.karras_sigmas(config.sigma_min, config.sigma_max, n, rho)
-        elif name == "diffusers":
-            levels = schedules.diffusers_sigmas(config.sigma_min, config.sigma_max, n)
-        elif name == "vp":
-            levels = schedules.vp_sigmas(config.sigma_min, config.sigma_max, n)
-        elif name == "iddpm":
-            levels = schedules.iddpm_sigmas(config.sigma_min, config.sigma_max, n)
-        else:
-            raise ValueError(
-                f"schedule must be one of {schedules.SCHEDULES} (or pass sigmas=...), got {schedule!r}."
-            )
+        levels = schedules.named_sigmas(name, config.sigma_min, config.sigma_max, n, rho=rho)
     n = levels.shape[0]
     dtype = level_dtype()
     if name == "diffusers":

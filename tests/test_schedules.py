@@ -150,12 +150,66 @@ def test_rho_must_be_finite_and_positive(rho):
         kj.karras_sigmas(0.02, 100.0, 5, rho=rho)
 
 
-@pytest.mark.parametrize("fn", [kj.ve_sigmas, kj.karras_sigmas, kj.diffusers_sigmas])
-def test_schedules_check_sigma_range(fn):
-    with pytest.raises(ValueError, match="sigma_min"):
-        fn(0.0, 100.0, 5)
-    with pytest.raises(ValueError, match="sigma_max"):
-        fn(1.0, 0.5, 5)
+@pytest.mark.parametrize("name", kj.SCHEDULES)
+@pytest.mark.parametrize("lo,hi,exc,match", [
+    (0.0, 100.0, ValueError, "sigma_min must be > 0"),
+    (-1.0, 100.0, ValueError, "sigma_min must be > 0"),
+    (1.0, 0.5, ValueError, "sigma_max must be > sigma_min"),
+    (1.0, 1.0, ValueError, "sigma_max must be > sigma_min"),
+    (math.nan, 100.0, ValueError, "sigma_min must be finite"),
+    (0.02, math.inf, ValueError, "sigma_max must be finite"),
+    (None, 100.0, TypeError, "sigma_min must be a real number"),
+    (0.02, [50.0, 100.0], TypeError, "sigma_max must be a real number"),
+    (0.02, "100", TypeError, "sigma_max must be a real number"),
+])
+def test_every_schedule_checks_its_range(name, lo, hi, exc, match):
+    with pytest.raises(exc, match=match):
+        kj.get_schedule(name)(lo, hi, 5)
+
+
+@pytest.mark.parametrize("name", ["ve", "karras", "diffusers", "vp"])
+def test_a_traced_range_passes_the_range_check(name):
+    fn = kj.get_schedule(name)
+    swept = jax.vmap(lambda hi: fn(0.02, hi, 4))(jnp.asarray([50.0, 80.0]))
+    for i, hi in enumerate((50.0, 80.0)):
+        np.testing.assert_allclose(swept[i], fn(0.02, hi, 4), rtol=1e-6)
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+
+def test_the_registry_names_every_schedule_function():
+    assert kj.SCHEDULES == ("ve", "karras", "diffusers", "vp", "iddpm")
+    functions = (kj.ve_sigmas, kj.karras_sigmas, kj.diffusers_sigmas, kj.vp_sigmas, kj.iddpm_sigmas)
+    for name, fn in zip(kj.SCHEDULES, functions, strict=True):
+        assert kj.get_schedule(name) is fn
+
+
+@pytest.mark.parametrize("bad", ["edm", "", "VE", 3, kj.ve_sigmas])  # None is set_timesteps' default
+def test_unknown_schedule_names_are_refused_listing_the_names(bad):
+    listed = r"schedule must be one of \('ve', 'karras', 'diffusers', 'vp', 'iddpm'\)"
+    with pytest.raises(ValueError, match=listed):
+        kj.get_schedule(bad)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        kj.set_timesteps(kj.KarrasVeConfig(), 5, bad)
+
+
+@pytest.mark.parametrize("name", kj.SCHEDULES)
+def test_set_timesteps_dispatches_through_the_registry(name):
+    cfg = kj.KarrasVeConfig(sigma_min=0.01, sigma_max=80.0)
+    state = kj.set_timesteps(cfg, 6, name)
+    assert state.schedule_name == name
+    np.testing.assert_array_equal(state.sigmas[:-1], kj.get_schedule(name)(0.01, 80.0, 6))
+
+
+def test_rho_reaches_only_the_schedule_that_takes_it():
+    cfg = kj.KarrasVeConfig()
+    karras_3 = kj.set_timesteps(cfg, 6, "karras", rho=3.0).sigmas
+    np.testing.assert_array_equal(karras_3[:-1], kj.karras_sigmas(cfg.sigma_min, cfg.sigma_max, 6, rho=3.0))
+    assert not np.array_equal(karras_3, kj.set_timesteps(cfg, 6, "karras").sigmas)
+    for name in ("ve", "diffusers", "vp", "iddpm"):
+        np.testing.assert_array_equal(kj.set_timesteps(cfg, 6, name, rho=3.0).sigmas,
+                                      kj.set_timesteps(cfg, 6, name).sigmas)
 
 
 @pytest.mark.parametrize("fn", [kj.ve_sigmas, kj.karras_sigmas, kj.diffusers_sigmas])
