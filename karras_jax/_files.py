@@ -10,13 +10,14 @@ untouched and no temporary file behind, and raises ``OSError`` naming the target
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "check_writable_folder"]
+__all__ = ["atomic_write", "check_writable_folder", "write_json"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -53,6 +54,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         _remove(temp)
         raise
     return target
+
+
+def write_json(path: str | os.PathLike, values: Any) -> Path:
+    """Writes ``values`` to ``path`` as JSON, atomically (see :func:`atomic_write`).
+
+    Indented one space, keys sorted and a final newline: the same values always give the
+    same bytes, so a file rewritten with unchanged content is byte-for-byte unchanged.
+
+    Raises:
+      TypeError: ``values`` is not JSON-serialisable (raised before anything is written).
+      OSError: the write failed; the previous file is intact.
+    """
+    text = (json.dumps(values, indent=1, sort_keys=True) + "\n").encode()
+    return atomic_write(path, lambda f: f.write(text))
 
 
 def check_writable_folder(folder: str | os.PathLike) -> Path:

@@ -305,3 +305,25 @@ def check_kind_constants(kind: Any, table: dict[str, dict[str, Any]], constants:
         if name == "M" and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
             raise TypeError(f"M must be a positive int, got {value!r}.")
     return values
+
+
+def check_count(name: str, value: Any, *, minimum: int = 1) -> int:
+    """Checks that ``value`` is an integer count >= ``minimum`` and returns it as a Python int.
+
+    The one check behind every step count, batch size, shard size and data position of the
+    long jobs (training, generation, the examples). Python and NumPy integers pass; a bool
+    does not (``True`` is an int to Python, never a count a caller meant).
+
+    Raises:
+      ValueError: ``value`` is not an integer, is a bool, or is below ``minimum`` (the message
+        names ``name`` and the allowed range).
+
+    >>> check_count("batch", 8)
+    8
+    >>> check_count("position", 0, minimum=0)
+    0
+    """
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer))
+            or value < minimum):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+    return int(value)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["per_sample"]
+__all__ = ["SIGMA_SHAPES", "as_sigma_shape", "check_sigma_shape", "per_sample"]
+
+#: How a wrapper hands the noise level to the network: as the sampler's scalar, or one per sample.
+SIGMA_SHAPES = ("scalar", "batch")
 
 
 def per_sample(sigma: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -26,3 +29,19 @@ def per_sample(sigma: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
                          f"({batch}, 1, ...)) for x of shape {x.shape}; got shape {sigma.shape}.")
     flat = jnp.reshape(sigma, (batch,))
     return jnp.reshape(flat, (batch,) + (1,) * (x.ndim - 1)), flat
+
+
+def check_sigma_shape(sigma_shape: str) -> str:
+    """Returns ``sigma_shape`` if it is one of :data:`SIGMA_SHAPES`.
+
+    Raises:
+      ValueError: any other value (the message names the parameter and the choices).
+    """
+    if sigma_shape not in SIGMA_SHAPES:
+        raise ValueError(f"sigma_shape must be one of {SIGMA_SHAPES}, got {sigma_shape!r}.")
+    return sigma_shape
+
+
+def as_sigma_shape(level: jax.Array, x: jax.Array, sigma_shape: str) -> jax.Array:
+    """``level`` (a scalar or ``(B,)``) as the network takes it: broadcast to ``(B,)`` for ``"batch"``."""
+    return jnp.broadcast_to(level, x.shape[:1]) if sigma_shape == "batch" else level

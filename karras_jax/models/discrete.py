@@ -26,7 +26,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from karras_jax._validation import level_dtype
-from karras_jax.models._batch import per_sample
+from karras_jax.models._batch import as_sigma_shape, check_sigma_shape, per_sample
 
 __all__ = ["discrete_sigmas", "discrete_time_denoiser"]
 
@@ -68,8 +68,7 @@ def discrete_time_denoiser(net_fn: Callable[[Any, jax.Array, jax.Array, Any], ja
     """
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}.")
-    if sigma_shape not in ("scalar", "batch"):
-        raise ValueError(f"sigma_shape must be one of ('scalar', 'batch'), got {sigma_shape!r}.")
+    check_sigma_shape(sigma_shape)
     log_sigmas = jnp.log(discrete_sigmas(alphas_cumprod))
     if not bool(jnp.all(jnp.diff(log_sigmas) > 0)):
         raise ValueError("alphas_cumprod must be strictly decreasing (noise grows with the timestep).")
@@ -86,9 +85,7 @@ def discrete_time_denoiser(net_fn: Callable[[Any, jax.Array, jax.Array, Any], ja
         sigma, level = per_sample(jnp.asarray(sigma, level_dtype()), x)
         s = sigma.astype(work)
         scale = 1.0 / jnp.sqrt(s**2 + 1)
-        t = timestep(level)
-        if sigma_shape == "batch":
-            t = jnp.broadcast_to(t, x.shape[:1])
+        t = as_sigma_shape(timestep(level), x, sigma_shape)
         out = net_fn(params, (x.astype(work) * scale).astype(x.dtype), t, cond).astype(work)
         xw = x.astype(work)
         if prediction == "epsilon":

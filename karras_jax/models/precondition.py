@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from karras_jax._validation import check_kind_constants, level_dtype
-from karras_jax.models._batch import per_sample
+from karras_jax.models._batch import as_sigma_shape, check_sigma_shape, per_sample
 from karras_jax.schedules import iddpm_levels
 
 __all__ = ["PRECONDITIONINGS", "precondition", "precondition_coefficients"]
@@ -43,8 +43,6 @@ PRECONDITIONINGS: dict[str, dict[str, float]] = {
     "ve": {},
     "iddpm": {"C1": 0.001, "C2": 0.008, "M": 1000},
 }
-
-SIGMA_SHAPES = ("scalar", "batch")
 
 NetFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 
@@ -123,16 +121,14 @@ def precondition(net_fn: NetFn, kind: str = "edm", *, sigma_shape: str = "scalar
     0.2
     """
     _constants(kind, constants)
-    if sigma_shape not in SIGMA_SHAPES:
-        raise ValueError(f"sigma_shape must be one of {SIGMA_SHAPES}, got {sigma_shape!r}.")
+    check_sigma_shape(sigma_shape)
 
     def apply_fn(params: Any, x: jax.Array, sigma: jax.Array, cond: Any) -> jax.Array:
         sigma, level = per_sample(jnp.asarray(sigma, level_dtype()), x)
         c_skip, c_out, c_in, _ = precondition_coefficients(sigma, kind, **constants)
         c_noise = precondition_coefficients(level, kind, **constants)[3]
         work = jnp.promote_types(x.dtype, level_dtype())
-        if sigma_shape == "batch":
-            c_noise = jnp.broadcast_to(c_noise, x.shape[:1])
+        c_noise = as_sigma_shape(c_noise, x, sigma_shape)
         f = net_fn(params, (c_in.astype(work) * x.astype(work)).astype(x.dtype), c_noise, cond)
         return (c_skip.astype(work) * x.astype(work) + c_out.astype(work) * f.astype(work)).astype(x.dtype)
 
