@@ -30,7 +30,7 @@ import numpy as np
 from jax.extend import random as jex_random
 from jax.typing import DTypeLike
 
-from karras_jax._validation import carry_dtype, check_dtype, check_sample_shape
+from karras_jax._validation import as_typed_keys, carry_dtype, check_dtype, check_sample_shape
 from karras_jax.state import KarrasVeState, check_state
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "fold_in_per_key",
     "initial_noise",
     "normal_per_key",
-    "normalize_keys",
     "split_per_key",
     "start_sample",
 ]
@@ -155,53 +154,17 @@ def normal_per_key(keys: jax.Array, shape: tuple[int, ...], dtype: DTypeLike) ->
     return _per_key(lambda k: jax.random.normal(k, shape, dtype), keys)
 
 
-def normalize_keys(keys: Any) -> jax.Array:
-    """Returns a (B,) batch of typed keys from typed (B,) or raw uint32 (B, 2) keys.
-
-    Works on tracers too (only dtypes and shapes are looked at), so a jitted sampler can
-    take either form.
-
-    Raises:
-      TypeError: ``keys`` is not an array of PRNG keys.
-      ValueError: ``keys`` is a single key or has the wrong number of dimensions.
-    """
-    dtype, shape = getattr(keys, "dtype", None), getattr(keys, "shape", None)
-    if dtype is None or shape is None:
-        raise TypeError(
-            "keys must be a (B,) array of PRNG keys, e.g. jax.random.split(jax.random.key(0), B); "
-            f"got {type(keys).__name__}."
-        )
-    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
-        if len(shape) != 1:
-            raise ValueError(
-                f"keys must be a 1-D batch of keys of shape (B,), got shape {shape}; for one "
-                "sample pass key[None] or jax.random.split(key, 1)."
-            )
-        return keys
-    if dtype == jnp.uint32:
-        width = jax.random.key_data(jax.random.key(0)).shape[-1]
-        if len(shape) != 2 or shape[1] != width:
-            raise ValueError(
-                f"raw uint32 keys must have shape (B, {width}) (a batch of jax.random.PRNGKey), got "
-                f"shape {shape}; for one sample pass key[None]."
-            )
-        return jax.random.wrap_key_data(keys)
-    raise TypeError(
-        "keys must be typed PRNG keys (jax.random.key / jax.random.split) or raw uint32 keys of "
-        f"shape (B, 2), got dtype {dtype}."
-    )
-
-
 def start_sample(keys: jax.Array, init_noise_sigma: jax.Array, sample_shape: tuple[int, ...],
                  dtype: jnp.dtype) -> jax.Array:
-    """x_0 of the noise stream in the carry dtype (the wider of ``dtype`` and the level dtype).
+    """x_0 of the noise stream in the carry dtype (float32, or float64 under x64).
 
-    The normals are drawn in ``dtype`` (the contract) and scaled without rounding back.
+    The normals are drawn in the carry dtype whatever ``dtype`` is: a bfloat16 draw has 8
+    bits of mantissa through the inverse CDF (coarse, its tails cut), too poor to be noise.
     """
     k_init, _ = split_per_key(keys)
-    z = normal_per_key(fast_keys(k_init, sample_shape), sample_shape, dtype)
     carry = carry_dtype(dtype)
-    return init_noise_sigma.astype(carry) * z.astype(carry)
+    z = normal_per_key(fast_keys(k_init, sample_shape), sample_shape, carry)
+    return init_noise_sigma.astype(carry) * z
 
 
 def churn_keys(keys: jax.Array, sample_shape: tuple[int, ...]) -> jax.Array:
@@ -212,8 +175,11 @@ def churn_keys(keys: jax.Array, sample_shape: tuple[int, ...]) -> jax.Array:
 
 def churn_noise(k_churn: jax.Array, step: Any, sample_shape: tuple[int, ...],
                 dtype: jnp.dtype) -> jax.Array:
-    """The unscaled churn normals of step ``step``: ``normal(fold_in(k_churn_b, step))`` per sample."""
-    return normal_per_key(fold_in_per_key(k_churn, step), sample_shape, dtype)
+    """The unscaled churn normals of step ``step`` in the carry dtype of ``dtype``.
+
+    ``normal(fold_in(k_churn_b, step))`` per sample, drawn like :func:`start_sample`'s.
+    """
+    return normal_per_key(fold_in_per_key(k_churn, step), sample_shape, carry_dtype(dtype))
 
 
 def initial_noise(keys: jax.Array, state: KarrasVeState, sample_shape: tuple[int, ...],
@@ -226,13 +192,14 @@ def initial_noise(keys: jax.Array, state: KarrasVeState, sample_shape: tuple[int
       keys: (B,) typed keys or (B, 2) raw uint32 keys, one per sample.
       state: From :func:`karras_jax.set_timesteps` (supplies ``init_noise_sigma``).
       sample_shape: Shape of one sample.
-      dtype: The sample dtype the normals are drawn in, and the dtype returned.
+      dtype: The dtype returned (the normals are drawn in float32, or float64 under x64,
+        and rounded to it once).
 
     Returns:
       (B, *sample_shape) in ``dtype``.
     """
     check_state(state)
-    keys = normalize_keys(keys)
+    keys = as_typed_keys("keys", keys, batch=True)
     sample_shape = check_sample_shape(sample_shape)
     dtype = check_dtype(dtype)
     return start_sample(keys, state.init_noise_sigma, sample_shape, dtype).astype(dtype)

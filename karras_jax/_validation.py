@@ -19,6 +19,7 @@ import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
 __all__ = [
+    "as_typed_keys",
     "check_kind_constants",
     "check_arity",
     "check_cond",
@@ -35,6 +36,7 @@ __all__ = [
     "carry_dtype",
     "concrete_value",
     "level_dtype",
+    "mesh_devices",
 ]
 
 
@@ -117,6 +119,55 @@ def check_key(name: str, key: Any) -> None:
         f"{name} must be a PRNG key from jax.random.key(seed) (a typed key) or "
         f"jax.random.PRNGKey(seed) (uint32 of shape ({width},)), got dtype {dtype} and shape {shape}."
     )
+
+
+def as_typed_keys(name: str, keys: Any, *, batch: bool) -> jax.Array:
+    """Typed PRNG keys from typed keys or raw uint32 ones (``jax.random.PRNGKey``).
+
+    Only dtypes and shapes are read, so tracers pass too.
+
+    Args:
+      name: The parameter, for messages.
+      keys: The keys.
+      batch: True: a (B,) batch of keys (raw: (B, 2)); False: one key or a batch.
+
+    Raises:
+      TypeError: not PRNG keys.
+      ValueError: the wrong number of dimensions.
+    """
+    dtype, shape = getattr(keys, "dtype", None), getattr(keys, "shape", None)
+    example = "jax.random.split(jax.random.key(0), B)"
+    if dtype is None or shape is None:
+        raise TypeError(f"{name} must be PRNG keys, e.g. {example}; got {type(keys).__name__}.")
+    ndims = (1,) if batch else (0, 1)
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        if len(shape) not in ndims:
+            single = "; for one sample pass key[None] or jax.random.split(key, 1)" if batch else ""
+            wanted = "a (B,) batch of keys" if batch else "one key or a (B,) batch"
+            raise ValueError(f"{name} must be {wanted}, got shape {shape}{single}.")
+        return keys
+    if dtype == jnp.uint32:
+        width = jax.random.key_data(jax.random.key(0)).shape[-1]
+        if len(shape) - 1 not in ndims or shape[-1] != width:
+            allowed = f"(B, {width})" if batch else f"({width},) or (B, {width})"
+            raise ValueError(f"raw uint32 {name} must have shape {allowed} (jax.random.PRNGKey), got shape "
+                             f"{shape}{'; for one sample pass key[None]' if batch else ''}.")
+        return jax.random.wrap_key_data(keys)
+    raise TypeError(f"{name} must be typed PRNG keys (jax.random.key / jax.random.split) or raw uint32 "
+                    f"keys, got dtype {dtype}.")
+
+
+def mesh_devices(mesh: Any, axis_name: str | tuple[str, ...]) -> int:
+    """The number of devices along ``axis_name`` (one axis or several) of a mesh.
+
+    Raises:
+      ValueError: a name that is not an axis of the mesh.
+    """
+    names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+    for axis in names:
+        if axis not in mesh.shape:
+            raise ValueError(f"axis_name {axis!r} is not an axis of the mesh {dict(mesh.shape)}.")
+    return math.prod(mesh.shape[axis] for axis in names)
 
 
 def check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:

@@ -8,6 +8,7 @@ GPU host, or a multi-host TPU pod after ``jax.distributed.initialize()``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -16,10 +17,10 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.typing import DTypeLike
 
-from karras_jax._noise import normalize_keys
-from karras_jax._validation import check_arity, check_cond, check_dtype, check_sample_shape
+from karras_jax._compiled import loop_config, prepare, wrap_program
+from karras_jax._validation import as_typed_keys, check_arity, check_dtype, check_sample_shape, mesh_devices
 from karras_jax.config import KarrasVeConfig
-from karras_jax.sampler import ApplyFn, check_sampler_defaults, override_resolver, sample
+from karras_jax.sampler import sample
 from karras_jax.solvers import Solver, get_solver
 from karras_jax.state import KarrasVeState
 
@@ -32,9 +33,9 @@ def batch_sharding(mesh: Mesh, axis_name: str | tuple[str, ...] = "data") -> Nam
 
 
 def make_sharded_sampler(
-    apply_fn: ApplyFn,
+    apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array],
     state: KarrasVeState,
-    config: KarrasVeConfig,
+    config: KarrasVeConfig | None,
     sample_shape: tuple[int, ...],
     mesh: Mesh,
     *,
@@ -42,72 +43,56 @@ def make_sharded_sampler(
     solver: str | Solver = "heun",
     dtype: DTypeLike = jnp.float32,
 ) -> Callable[..., jax.Array]:
-    """A jitted ``sampler(params, keys, cond=None)`` whose batch is sharded over ``mesh``.
+    """A jitted ``sampler(params, keys, cond=None, x_init=None, *, config=, state=)`` sharded over ``mesh``.
 
-    ``keys`` (B,) and every ``cond`` leaf are split along their leading axis over
-    ``axis_name`` (B must divide evenly); ``params`` are replicated; the output
+    ``keys`` (B,), every ``cond`` leaf and ``x_init`` are split along their leading axis
+    over ``axis_name`` (B must divide evenly); ``params`` are replicated; the output
     (B, *sample_shape) comes back sharded the same way. Inside, each device runs
-    :func:`karras_jax.sample` on its own keys: no collectives in the loop.
+    :func:`karras_jax.sample` on its own keys: no collectives in the loop. Checks, overrides
+    and recompilation are as for :func:`karras_jax.make_sampler`.
 
     Args:
       apply_fn: ``apply_fn(params, x, sigma, cond) -> D(x; sigma)``, batch-parallel.
       state, config, sample_shape, solver, dtype: as for :func:`karras_jax.sample`.
       mesh: A ``jax.sharding.Mesh``, e.g. ``jax.make_mesh((jax.device_count(),), ("data",))``.
       axis_name: The mesh axis (or axes) the batch is split over.
-
-    Everything is checked once here (a ``config=``/``state=`` passed to a call is checked
-    then; shapes at trace time), so a call with keys already on the batch sharding costs
-    what the jitted program's dispatch costs.
     """
-    sample_shape = check_sample_shape(sample_shape)
-    solver = get_solver(solver)
-    dtype = check_dtype(dtype)
-    _check_axis(mesh, axis_name)
+    sample_shape, solver, dtype = check_sample_shape(sample_shape), get_solver(solver), check_dtype(dtype)
+    devices = mesh_devices(mesh, axis_name)
     check_arity("apply_fn", apply_fn, "apply_fn(params, x, sigma, cond)", 4)
-    default_state, default_config = check_sampler_defaults(state, config, dtype, on_device=True)
-    resolve = override_resolver(default_state, default_config, dtype)
     spec = PartitionSpec(axis_name)
     sharding = NamedSharding(mesh, spec)
 
-    def local(params: Any, keys: jax.Array, cond: Any, config: KarrasVeConfig,
-              state: KarrasVeState) -> jax.Array:
-        def denoise_fn(x: jax.Array, sigma: jax.Array, c: Any) -> jax.Array:
-            return apply_fn(params, x, sigma, c)
+    def local(params: Any, keys: jax.Array, cond: Any, x_init: Any, state: KarrasVeState,
+              draws: bool) -> jax.Array:
+        return sample(lambda x, sigma, c: apply_fn(params, x, sigma, c), keys, state,
+                      loop_config(state, draws), sample_shape, cond, solver, x_init=x_init, dtype=dtype)
 
-        return sample(denoise_fn, keys, state, config, sample_shape, cond, solver, dtype=dtype)
+    def split_keys(keys: Any) -> jax.Array:
+        keys = as_typed_keys("keys", keys, batch=True)
+        if keys.shape[0] % devices:
+            raise ValueError(f"the batch of keys (B={keys.shape[0]}) must divide evenly over the {devices} "
+                             f"devices of mesh axis {axis_name!r}.")
+        return keys
 
-    @jax.jit
-    def run(params: Any, keys: jax.Array, cond: Any, config: KarrasVeConfig,
-            state: KarrasVeState) -> jax.Array:
-        keys = normalize_keys(keys)
-        _check_divisible(keys.shape[0], mesh, axis_name)
-        check_cond(cond, keys.shape[0])
-        cond_spec = jax.tree_util.tree_map(lambda _: spec, cond)
+    def program(params: Any, keys: jax.Array, cond: Any, x_init: Any, state: KarrasVeState,
+                draws: bool = True) -> jax.Array:
+        keys = split_keys(keys)
+        batched = jax.tree_util.tree_map(lambda _: spec, (cond, x_init))
         mapped = jax.shard_map(
-            local,
-            mesh=mesh,
-            in_specs=(PartitionSpec(), spec, cond_spec, PartitionSpec(), PartitionSpec()),
-            out_specs=spec,
-            check_vma=False,
-        )
-        return mapped(params, keys, cond, config, state)
+            functools.partial(local, draws=draws), mesh=mesh,
+            in_specs=(PartitionSpec(), spec, *batched, PartitionSpec()), out_specs=spec, check_vma=False)
+        return mapped(params, keys, cond, x_init, state)
 
-    def sampler(params: Any, keys: jax.Array, cond: Any = None, *,
-                config: KarrasVeConfig | None = None,
-                state: KarrasVeState | None = None) -> jax.Array:
+    def place(keys: Any, cond: Any, x_init: Any) -> tuple[Any, Any, Any]:
         if not _on(keys, sharding):
-            keys = normalize_keys(keys)
-            _check_divisible(keys.shape[0], mesh, axis_name)
-            keys = _place(keys, sharding)
-        if cond is not None:
-            cond = jax.tree_util.tree_map(lambda leaf: _place(leaf, sharding), cond)
-        if config is None and state is None:
-            return run(params, keys, cond, default_config, default_state)
-        state, config = resolve(state, config)
-        return run(params, keys, cond, config, state)
+            keys = _place(split_keys(keys), sharding)  # refused before the copy to the devices
+        if cond is None and x_init is None:
+            return keys, cond, x_init
+        return (keys, *jax.tree_util.tree_map(lambda leaf: _place(leaf, sharding), (cond, x_init)))
 
-    sampler.jitted = run  # type: ignore[attr-defined]
-    return sampler
+    run = jax.jit(program, static_argnums=5)
+    return wrap_program(run, prepare(state, config, dtype), dtype, place)
 
 
 def _on(array: Any, sharding: NamedSharding) -> bool:
@@ -144,31 +129,11 @@ def _place(array: Any, sharding: NamedSharding) -> Any:
     return jax.device_put(array, sharding)
 
 
-def _check_axis(mesh: Mesh, axis_name: str | tuple[str, ...]) -> tuple[str, ...]:
-    names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
-    for name in names:
-        if name not in mesh.shape:
-            raise ValueError(f"axis_name {name!r} is not an axis of the mesh {dict(mesh.shape)}.")
-    return names
-
-
-def _check_divisible(batch: int, mesh: Mesh, axis_name: str | tuple[str, ...]) -> None:
-    names = _check_axis(mesh, axis_name)
-    parts = 1
-    for name in names:
-        parts *= mesh.shape[name]
-    if batch % parts:
-        raise ValueError(
-            f"the batch of keys (B={batch}) must divide evenly over the {parts} devices of mesh "
-            f"axis {axis_name!r}."
-        )
-
-
 def sample_sharded(
     denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
     keys: jax.Array,
     state: KarrasVeState,
-    config: KarrasVeConfig,
+    config: KarrasVeConfig | None,
     sample_shape: tuple[int, ...],
     mesh: Mesh,
     cond: Any = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -36,9 +37,11 @@ class KarrasVeState:
         ``sigmas[0]`` except for ``"diffusers"``, which starts at ``sigma_max``.
       schedule_name: A name in :data:`karras_jax.SCHEDULES` (``"ve"``, ``"karras"``,
         ``"diffusers"``, ``"vp"``, ``"iddpm"``), or ``"custom"`` for ``sigmas=``.
-      sigma_min, sigma_max: The config values the levels were built from (None for custom
-        levels). The sampler refuses a concrete config whose range differs: the levels come
-        from the state, so such a config would otherwise be silently ignored.
+      config: The :class:`KarrasVeConfig` the levels were built from: the one source of
+        every hyperparameter of a run. :func:`karras_jax.sample` takes s_churn, s_noise,
+        s_min and s_max from it; its sigma_min/sigma_max are the levels' range, so they can
+        only change together with the levels (:meth:`replace` refuses a new range: build a
+        new state with :func:`set_timesteps`; to sweep sigma_max, vmap over it).
     """
 
     num_inference_steps: int | None = struct.field(pytree_node=False, default=None)
@@ -47,8 +50,7 @@ class KarrasVeState:
     sigmas: jax.Array | None = None  # (N+1,)
     init_noise_sigma: jax.Array | None = None  # ()
     schedule_name: str = struct.field(pytree_node=False, default="ve")
-    sigma_min: jax.Array | None = None  # ()
-    sigma_max: jax.Array | None = None  # ()
+    config: KarrasVeConfig | None = None
 
     @classmethod
     def create(cls) -> KarrasVeState:
@@ -59,6 +61,26 @@ class KarrasVeState:
     def is_set(self) -> bool:
         """Whether ``set_timesteps`` has filled this state."""
         return self.num_inference_steps is not None
+
+
+def _replace(self: KarrasVeState, **updates: Any) -> KarrasVeState:
+    """A new state with fields replaced; its config may change the churn, not the range.
+
+    A new range together with new ``sigmas`` (as flax.serialization restores a state) is
+    taken as it is.
+
+    Raises:
+      ValueError: ``config`` with another sigma_min/sigma_max than the levels were built
+        from (a traced one counts as another unless it is the same value).
+    """
+    if ("config" in updates and "sigmas" not in updates and self.config is not None
+            and self.schedule_name != "custom" and updates["config"] is not None):
+        check_same_range(self.config, check_config(updates["config"]), "state.replace(config=...)")
+    return dataclasses.replace(self, **updates)
+
+
+# flax.struct installs a plain replace on the class; this one keeps levels and range together.
+KarrasVeState.replace = _replace  # type: ignore[method-assign]
 
 
 def set_timesteps(
@@ -129,8 +151,7 @@ def set_timesteps(
         sigmas=jnp.concatenate([levels, jnp.zeros((1,), dtype)]),
         init_noise_sigma=init_noise_sigma,
         schedule_name=name,
-        sigma_min=None if name == "custom" else jnp.asarray(config.sigma_min, dtype),
-        sigma_max=None if name == "custom" else jnp.asarray(config.sigma_max, dtype),
+        config=config,
     )
 
 
@@ -160,24 +181,60 @@ def check_state(state: Any) -> int:
     return n
 
 
-def check_state_matches_config(state: KarrasVeState, config: KarrasVeConfig) -> None:
-    """Refuses a concrete config whose sigma_min/sigma_max differ from the state's.
+def _same_trace(a: Any, b: Any) -> bool:
+    """Whether two tracers belong to the same trace (a jit's arguments, say)."""
+    trace = getattr(a, "_trace", None)
+    return trace is not None and trace is getattr(b, "_trace", None)
 
-    Only concrete values are compared (a traced sweep is the caller's to keep consistent:
-    vmap over ``set_timesteps`` too).
+
+def check_same_range(built: KarrasVeConfig, given: KarrasVeConfig, where: str) -> None:
+    """Refuses ``given`` unless its sigma_min/sigma_max are ``built``'s: equal, or the same object.
+
+    The levels of a state come from ``built``'s range, so a config with another range would
+    be silently ignored. Concrete values are compared in the level dtype. A traced value
+    cannot be compared: it passes when it is the very value the state was built from (as
+    when ``set_timesteps`` runs inside the same trace) or when both are arguments of the
+    same ``jit`` (the caller passed both); a value traced by another transformation than
+    the state's (a ``vmap`` sweep over a state built outside it) is refused.
 
     Raises:
-      ValueError: naming both values of the field that differs.
+      ValueError: naming the field, both values (or that one is traced) and the fix.
     """
     for name in ("sigma_min", "sigma_max"):
-        built, given = getattr(state, name), getattr(config, name)
-        if built is None or isinstance(built, jax.core.Tracer) or isinstance(given, jax.core.Tracer):
+        was, now = getattr(built, name), getattr(given, name)
+        if was is now or _same_trace(was, now):
             continue
-        dtype = level_dtype()
-        built_value, given_value = np.asarray(built, dtype), np.asarray(given, dtype)
-        if built_value.shape == given_value.shape == () and built_value != given_value:
-            raise ValueError(
-                f"config.{name}={given_value!s} differs from the {name}={built_value!s} "
-                f"the state's levels were built with; call set_timesteps with this config (to sweep "
-                f"{name}, vmap over set_timesteps as well)."
-            )
+        traced = isinstance(was, jax.core.Tracer) or isinstance(now, jax.core.Tracer)
+        if not traced:
+            dtype = level_dtype()
+            was_value, now_value = np.asarray(was, dtype), np.asarray(now, dtype)
+            if was_value.shape == now_value.shape == () and was_value == now_value:
+                continue
+            shown = f"{name}={now_value!s} differs from the {name}={was_value!s}"
+        else:
+            shown = f"{name} is traced apart from the {name}"
+        raise ValueError(
+            f"{where}: config.{shown} the state's levels were built from. The levels come from the "
+            f"state: pass config=None to use the state's config, build the state with set_timesteps "
+            f"from this config (inside the same jit/vmap to sweep {name}), or change only s_churn, "
+            "s_noise, s_min and s_max."
+        )
+
+
+def resolve_config(state: KarrasVeState, config: KarrasVeConfig | None) -> KarrasVeConfig:
+    """The config a run of ``state`` samples with: ``config``, or the state's own when None.
+
+    Raises:
+      TypeError: ``config`` is not a config, or neither it nor the state has one.
+      ValueError: a field holds an array of values, or the range is not the state's
+        (:func:`check_same_range`).
+    """
+    if config is None:
+        if state.config is None:
+            raise TypeError("config is None and the state carries none: build the state with "
+                            "set_timesteps(config, N), or pass a KarrasVeConfig.")
+        config = state.config
+    check_config(config, scalar=True)
+    if state.config is not None and state.schedule_name != "custom":  # custom levels have no range
+        check_same_range(state.config, config, "sample")
+    return config

@@ -146,7 +146,7 @@ def ode_errors(solver, steps=(8, 16, 32, 64)):
 
     @jax.jit
     def run(keys, x0, state):
-        return kj.sample(data.denoise, keys, state, cfg, (4,), solver=solver, x_init=x0)
+        return kj.sample(data.denoise, keys, state, None, (4,), solver=solver, x_init=x0)
 
     errors = []
     for n in steps:

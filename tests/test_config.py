@@ -138,14 +138,6 @@ def test_placeholder_leaves_are_allowed_in_specs_but_not_in_arithmetic():
         kj.churn_gamma(kj.KarrasVeConfig(s_max=None), 5, 1.0)
 
 
-def test_config_reads_like_diffusers_frozen_dict():
-    cfg = kj.KarrasVeConfig(sigma_max=80.0)
-    assert cfg["sigma_max"] == 80.0 == cfg.sigma_max
-    assert dict(**cfg) == cfg.to_dict()
-    with pytest.raises(KeyError):
-        cfg["num_train_timesteps"]
-
-
 def test_checked_where_users_build_it_not_on_pytree_rebuilds(monkeypatch):
     # JAX rebuilds a config on every tree_map / vmap / jit; those rebuilds check nothing.
     from karras_jax import config as config_module

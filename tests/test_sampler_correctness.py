@@ -354,8 +354,9 @@ def test_dtypes(schedule, dtype):
     assert traj.sigmas.dtype == jnp.float32
     assert np.all(np.isfinite(np.asarray(out, np.float32)))
     assert seen and all(x == dtype and s == jnp.float32 and shape == () for x, s, shape in seen), seen
-    # The contract draws the normals in the sample dtype: the oracle gets those, in float64.
-    x0, noise = contract_noise(keys, state.init_noise_sigma, cfg.s_noise, (3,), 7, dtype)
+    # The contract draws the normals in float32 whatever the sample dtype: the oracle gets
+    # those, in float64.
+    x0, noise = contract_noise(keys, state.init_noise_sigma, cfg.s_noise, (3,), 7, jnp.float32)
     ref = oracle.algorithm2(numpy_gaussian_denoiser(GAUSS), x0, np.asarray(state.sigmas, np.float64),
                             cfg.s_churn, cfg.s_min, cfg.s_max, noise)
     # Round-off of the O(1) result (a few ulps per step) plus that of the start noise.

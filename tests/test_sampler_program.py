@@ -115,7 +115,7 @@ def test_make_sampler_program_has_no_host_callbacks():
     state = kj.set_timesteps(cfg, 5, "karras")
     sampler = kj.make_sampler(lambda p, x, s, c: GaussianData(p[0], p[1]).denoise(x, s), state, cfg, (3,))
     params = (GAUSS.mean, GAUSS.std)
-    lowered = sampler.jitted.lower(params, keys_for(0, 4), None, None, cfg, state)
+    lowered = sampler.jitted.lower(params, keys_for(0, 4), None, None, state)
     assert not _host_calls(lowered.as_text())
 
 
@@ -146,7 +146,7 @@ def test_progress_bar_on_stderr(capfd):
         keys_for(0, 2)).block_until_ready()
     jax.effects_barrier()
     err = capfd.readouterr().err
-    assert "4/4" in err and "1/4" in err
+    assert "sampling" in err and "4/4" in err  # tqdm on stderr, closed at the last step
 
 
 # --- no retrace ---------------------------------------------------------------------------
@@ -172,7 +172,7 @@ def test_make_sampler_does_not_retrace_for_new_weights_keys_cond_config_state():
     sampler((GAUSS.mean, GAUSS.std), keys_for(2, 4), cond, config=cfg.replace(s_churn=3.0, s_noise=1.0))
     new_range = cfg.replace(sigma_min=0.01, sigma_max=20.0)
     new_levels = kj.set_timesteps(new_range, 5, "karras")
-    sampler((GAUSS.mean, GAUSS.std), keys_for(3, 4), cond, state=new_levels, config=new_range)
+    sampler((GAUSS.mean, GAUSS.std), keys_for(3, 4), cond, state=new_levels)  # with its own config
     sampler((GAUSS.mean, GAUSS.std), jax.random.key_data(keys_for(4, 4)), cond)  # raw keys
     sampler((GAUSS.mean, GAUSS.std), keys_for(5, 4), cond, config=cfg.replace(s_churn=jnp.asarray(2.0)))
     assert len(traces) == traced_once
@@ -184,8 +184,9 @@ def test_make_sampler_does_not_retrace_for_new_weights_keys_cond_config_state():
 
     @jax.jit
     @chex.assert_max_traces(n=1)
-    def run(params, keys, cfg):
-        return kj.sample(lambda x, s, c: GaussianData(*params).denoise(x, s), keys, state, cfg, (3,))
+    def run(params, keys, cfg):  # the state built in the trace from the traced config
+        return kj.sample(lambda x, s, c: GaussianData(*params).denoise(x, s), keys,
+                         kj.set_timesteps(cfg, 5, "karras"), None, (3,))
 
     run((GAUSS.mean, GAUSS.std), keys_for(0, 4), cfg)
     run((GAUSS.mean * 2, GAUSS.std * 2), keys_for(1, 4), cfg.replace(s_churn=1.0, s_min=0.1, s_max=5.0))
@@ -314,3 +315,44 @@ def test_int_and_float_config_values_share_one_compiled_sampler():
     sampler(jnp.float32(1.0), keys, config=cfg.replace(s_churn=2))
     sampler(jnp.float32(1.0), keys, config=cfg.replace(s_noise=np.float32(1.0)))
     assert len(traces) == first
+
+
+# --- deterministic runs draw nothing --------------------------------------------------------
+
+
+def _draws(fn, *args):
+    """How many churn draws the program makes (each folds the step into its key)."""
+    return str(jax.make_jaxpr(fn)(*args)).count("random_fold_in")
+
+
+@pytest.mark.parametrize("cfg", [edm_config(s_churn=0.0),
+                                 edm_config(s_churn=40.0, s_min=500.0, s_max=900.0)],  # window empty
+                         ids=["s_churn=0", "window outside the levels"])
+def test_a_run_known_deterministic_has_no_churn_draw_and_no_branch(cfg):
+    state = kj.set_timesteps(cfg, 6, "karras")
+    keys = keys_for(0, 64)  # 64 x 3 elements: large enough for the lax.cond form when it draws
+
+    def run(k):
+        return kj.sample(gauss_denoise, k, state, None, (3,))
+
+    jaxpr = str(jax.make_jaxpr(run)(keys))
+    assert jaxpr.count("random_fold_in") == 0 and "cond[" not in jaxpr  # the start noise only
+    churned = state.replace(config=cfg.replace(s_churn=40.0, s_min=0.0, s_max=1e3))
+    assert _draws(lambda k: kj.sample(gauss_denoise, k, churned, None, (3,)), keys) > 1
+    # The same samples as the program that draws and adds zero (a traced config keeps that path).
+    traced = jax.jit(lambda k, s: kj.sample(gauss_denoise, k, s, None, (3,)))
+    assert _draws(traced, keys, state) > 1
+    np.testing.assert_allclose(run(keys), traced(keys, state), rtol=1e-6, atol=1e-6)
+
+
+def test_make_sampler_compiles_a_draw_free_program_for_a_deterministic_config():
+    cfg = edm_config(s_churn=0.0)
+    state = kj.set_timesteps(cfg, 6, "karras")
+    sampler = kj.make_sampler(lambda p, x, s, c: GaussianData(*p).denoise(x, s), state, None, (3,))
+    params, keys = (GAUSS.mean, GAUSS.std), keys_for(0, 64)
+    plain = sampler(params, keys)
+    churned = sampler(params, keys, config=cfg.replace(s_churn=40.0))  # the drawing program
+    assert sampler.jitted._cache_size() == 2 and not np.allclose(plain, churned)
+    np.testing.assert_allclose(plain, kj.sample(gauss_denoise, keys, state, None, (3,)), rtol=1e-5, atol=1e-5)
+    assert "random_fold_in" not in str(jax.make_jaxpr(sampler.jitted, static_argnums=5)(
+        params, keys, None, None, state, False))

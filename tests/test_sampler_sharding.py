@@ -207,7 +207,10 @@ def test_make_sharded_sampler(mesh):
     expected = reference((GAUSS.mean + 1, GAUSS.std), keys, cond, config=new_cfg)
     np.testing.assert_allclose(np.asarray(no_churn), np.asarray(expected), rtol=1e-5,
                                atol=float32_tolerance(kj.initial_noise(keys, STATE, (3,))))
-    assert sampler.jitted._cache_size() == 1
+    # Two programs: the churning default, and the draw-free one for the s_churn = 0 override.
+    assert sampler.jitted._cache_size() == 2
+    sampler(params, keys, cond, config=CFG.replace(s_churn=5.0))  # churning again: no new program
+    assert sampler.jitted._cache_size() == 2
 
 
 def _collectives(hlo: str) -> list:
@@ -219,7 +222,7 @@ def test_sharded_program_has_no_collectives(mesh):
     cond = jax.device_put(jnp.zeros(16), kj.batch_sharding(mesh))
     params = (GAUSS.mean, GAUSS.std)
     sampler = kj.make_sharded_sampler(_gauss_apply, STATE, CFG, (3,), mesh)
-    hlo = sampler.jitted.lower(params, keys, cond, CFG, STATE).compile().as_text()
+    hlo = sampler.jitted.lower(params, keys, cond, None, STATE).compile().as_text()
     assert not _collectives(hlo), _collectives(hlo)
     # The detector does see a collective: a batch mean over the sharded axis needs one.
     control = jax.jit(lambda k: jnp.mean(jax.random.key_data(k).astype(jnp.float32)))

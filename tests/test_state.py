@@ -98,8 +98,9 @@ def test_levels_are_float64_under_x64():
 def test_num_inference_steps_and_name_are_static_arrays_are_leaves():
     state = kj.set_timesteps(CFG, 4)
     leaves = jax.tree_util.tree_leaves(state)
-    assert len(leaves) == 6  # timesteps, schedule, sigmas, init_noise_sigma, sigma_min, sigma_max
-    assert all(isinstance(leaf, jax.Array) for leaf in leaves)
+    assert len(leaves) == 10  # timesteps, schedule, sigmas, init_noise_sigma, the config's six
+    assert all(isinstance(leaf, jax.Array) for leaf in leaves[:4])
+    assert leaves[4:] == [CFG.sigma_min, CFG.sigma_max, CFG.s_noise, CFG.s_churn, CFG.s_min, CFG.s_max]
 
     @jax.jit
     def count(s):
@@ -197,55 +198,92 @@ def test_config_must_be_a_karras_ve_config():
         kj.set_timesteps({"sigma_min": 0.02}, 5)
 
 
-# --- a state and a config that disagree ------------------------------------------------------
+# --- one source of truth: the state carries the config its levels were built from ---------------
 
 
 def _denoise(x, sigma, cond):
     return x / (1.0 + sigma**2)
 
 
+KEYS = jax.random.split(jax.random.key(0), 2)
+
+
+def test_the_state_carries_its_config_and_sampling_uses_it():
+    cfg = kj.KarrasVeConfig(s_churn=30.0, s_noise=1.0)
+    state = kj.set_timesteps(cfg, 5)
+    assert state.config is cfg
+    from_state = kj.sample(_denoise, KEYS, state, None, (3,))
+    np.testing.assert_array_equal(from_state, kj.sample(_denoise, KEYS, state, cfg, (3,)))
+    deterministic = kj.sample(_denoise, KEYS, kj.set_timesteps(cfg.replace(s_churn=0.0), 5), None, (3,))
+    assert not np.allclose(from_state, deterministic)  # s_churn really came from the state
+
+
 @pytest.mark.parametrize("field, value", [("sigma_max", 80.0), ("sigma_min", 0.01)])
-def test_sampling_with_a_config_of_another_range_is_refused_naming_both(field, value):
-    # The levels come from the state: a config with another range would be silently ignored.
+def test_a_config_of_another_range_is_refused_naming_both(field, value):
     cfg = kj.KarrasVeConfig()
     state = kj.set_timesteps(cfg, 5)
     other = cfg.replace(**{field: value})
-    keys = jax.random.split(jax.random.key(0), 2)
     built = getattr(cfg, field)
     with pytest.raises(ValueError, match=rf"config.{field}={value}.*{field}={built}.*set_timesteps"):
-        kj.sample(_denoise, keys, state, other, (3,))
+        kj.sample(_denoise, KEYS, state, other, (3,))
     with pytest.raises(ValueError, match=rf"config.{field}"):
         kj.make_sampler(lambda p, x, s, c: _denoise(x, s, c), state, other, (3,))
-    sampler = kj.make_sampler(lambda p, x, s, c: _denoise(x, s, c), state, cfg, (3,))
+    sampler = kj.make_sampler(lambda p, x, s, c: _denoise(x, s, c), state, None, (3,))
     with pytest.raises(ValueError, match=rf"config.{field}"):
-        sampler(None, keys, config=other)
-    with pytest.raises(ValueError, match=rf"config.{field}"):
-        sampler(None, keys, state=kj.set_timesteps(other, 5))
-    sampler(None, keys, state=kj.set_timesteps(other, 5), config=other)  # consistent again
+        sampler(None, KEYS, config=other)
+    with pytest.raises(ValueError, match=rf"state.replace\(config=...\): config.{field}"):
+        state.replace(config=other)
+    # A state built from the other config brings its own config along: consistent.
+    rebuilt = kj.set_timesteps(other, 5)
+    np.testing.assert_allclose(sampler(None, KEYS, state=rebuilt),
+                               kj.sample(_denoise, KEYS, rebuilt, None, (3,)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_traced_sweep_of_the_range_cannot_be_silently_ignored():
+    # The trap: vmap over cfg.replace(sigma_max=m) with a state built outside the
+    # vmap used to return the same samples for every m. It is refused now, traced or not.
+    cfg = kj.KarrasVeConfig(s_churn=0.0)
+    state = kj.set_timesteps(cfg, 5, "karras")
+    grid = jnp.asarray([20.0, 80.0])
+    with pytest.raises(ValueError, match="config.sigma_max is traced apart"):
+        jax.vmap(lambda m: kj.sample(_denoise, KEYS, state, cfg.replace(sigma_max=m), (3,)))(grid)
+    with pytest.raises(ValueError, match="config.sigma_m.. is traced apart"):
+        jax.jit(lambda c: kj.sample(_denoise, KEYS, state, c, (3,)))(cfg)
+    with pytest.raises(ValueError, match="sigma_max is traced apart"):
+        jax.vmap(lambda m: state.replace(config=cfg.replace(sigma_max=m)).sigmas)(grid)
+    # Passing the state (which holds its config) through jit is the way, and so is a churn
+    # sweep with the range untouched.
+    jitted = jax.jit(lambda s: kj.sample(_denoise, KEYS, s, None, (3,)))(state)
+    np.testing.assert_allclose(jitted, kj.sample(_denoise, KEYS, state, None, (3,)), rtol=1e-6)
+    jax.vmap(lambda c: kj.sample(_denoise, KEYS, state, cfg.replace(s_churn=c), (3,)))(grid)
 
 
 def test_other_hyperparameters_and_custom_levels_are_not_compared():
     cfg = kj.KarrasVeConfig()
-    keys = jax.random.split(jax.random.key(0), 2)
-    kj.sample(_denoise, keys, kj.set_timesteps(cfg, 5), cfg.replace(s_churn=3.0, s_min=0.1), (3,))
+    kj.sample(_denoise, KEYS, kj.set_timesteps(cfg, 5), cfg.replace(s_churn=3.0, s_min=0.1), (3,))
     custom = kj.set_timesteps(cfg, sigmas=[3.0, 1.0, 0.1])
-    assert custom.sigma_min is None and custom.sigma_max is None
-    kj.sample(_denoise, keys, custom, cfg.replace(sigma_max=7.0), (3,))  # custom levels: no range
+    kj.sample(_denoise, KEYS, custom, cfg.replace(sigma_max=7.0), (3,))  # custom levels: no range
+    assert custom.replace(config=cfg.replace(sigma_max=7.0)).config.sigma_max == 7.0
 
 
-def test_sweeping_sigma_max_vmaps_set_timesteps_too():
+def test_a_state_without_a_config_needs_one():
+    bare = kj.set_timesteps(kj.KarrasVeConfig(), 5).replace(config=None)
+    with pytest.raises(TypeError, match="carries none"):
+        kj.sample(_denoise, KEYS, bare, None, (3,))
+    assert kj.sample(_denoise, KEYS, bare, kj.KarrasVeConfig(), (3,)).shape == (2, 3)
+
+
+def test_sweeping_sigma_max_builds_the_state_inside_the_vmap():
     cfg = kj.KarrasVeConfig(s_churn=0.0)
-    keys = jax.random.split(jax.random.key(0), 2)
 
     def run(sigma_max):
-        c = cfg.replace(sigma_max=sigma_max)
-        return kj.sample(_denoise, keys, kj.set_timesteps(c, 5, "karras"), c, (3,))
+        return kj.sample(_denoise, KEYS, kj.set_timesteps(cfg.replace(sigma_max=sigma_max), 5, "karras"),
+                         None, (3,))
 
-    grid = jnp.asarray([20.0, 80.0])
-    swept = jax.vmap(run)(grid)
+    swept = jax.vmap(run)(jnp.asarray([20.0, 80.0]))
     for j, m in enumerate([20.0, 80.0]):
-        c = cfg.replace(sigma_max=m)
-        single = kj.sample(_denoise, keys, kj.set_timesteps(c, 5, "karras"), c, (3,))
+        state_m = kj.set_timesteps(cfg.replace(sigma_max=m), 5, "karras")
+        single = kj.sample(_denoise, KEYS, state_m, None, (3,))
         np.testing.assert_allclose(swept[j], single, rtol=1e-5, atol=1e-6)
     assert not np.allclose(swept[0], swept[1])
 

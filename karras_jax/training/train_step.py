@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +11,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from karras_jax._validation import mesh_devices
 from karras_jax.training.ema import ema_gamma, ema_update
 
 __all__ = ["TrainState", "make_train_step"]
@@ -99,11 +99,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
 
     if mesh is None:
         return jax.jit(train_step)
-    names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
-    for name in names:
-        if name not in mesh.shape:
-            raise ValueError(f"axis_name {name!r} is not an axis of the mesh {dict(mesh.shape)}.")
-    devices = math.prod(mesh.shape[a] for a in names)
+    devices = mesh_devices(mesh, axis_name)
     # Auto axes: XLA partitions the step (gradient all-reduce included). On jax.make_mesh's
     # default Explicit axes a label lookup (nn.Embed) in a sharded batch fails to trace.
     mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
