@@ -16,21 +16,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike, DTypeLike
+from jax.typing import DTypeLike
 
 __all__ = [
     "as_typed_keys",
-    "check_kind_constants",
     "check_arity",
     "check_cond",
     "check_finite_array",
     "check_representable_levels",
     "check_dtype",
-    "check_float_array",
-    "check_key",
-    "check_level",
     "check_num_steps",
-    "check_same_shape",
     "check_sigma_range",
     "check_sample_shape",
     "carry_dtype",
@@ -99,28 +94,6 @@ def check_num_steps(num_inference_steps: Any) -> int:
     return steps
 
 
-def check_key(name: str, key: Any) -> None:
-    """Checks that ``key`` is a single PRNG key: typed (``jax.random.key``) or raw uint32."""
-    dtype = getattr(key, "dtype", None)
-    shape = getattr(key, "shape", None)
-    if dtype is None or shape is None:
-        raise TypeError(
-            f"{name} must be a PRNG key from jax.random.key(seed) or jax.random.PRNGKey(seed), "
-            f"got {type(key).__name__}."
-        )
-    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
-        if shape != ():
-            raise ValueError(f"{name} must be a single PRNG key (shape ()), got shape {shape}.")
-        return
-    width = jax.random.key_data(jax.random.key(0)).shape[-1]
-    if dtype == jnp.uint32 and shape == (width,):
-        return
-    raise TypeError(
-        f"{name} must be a PRNG key from jax.random.key(seed) (a typed key) or "
-        f"jax.random.PRNGKey(seed) (uint32 of shape ({width},)), got dtype {dtype} and shape {shape}."
-    )
-
-
 def as_typed_keys(name: str, keys: Any, *, batch: bool) -> jax.Array:
     """Typed PRNG keys from typed keys or raw uint32 ones (``jax.random.PRNGKey``).
 
@@ -168,39 +141,6 @@ def mesh_devices(mesh: Any, axis_name: str | tuple[str, ...]) -> int:
         if axis not in mesh.shape:
             raise ValueError(f"axis_name {axis!r} is not an axis of the mesh {dict(mesh.shape)}.")
     return math.prod(mesh.shape[axis] for axis in names)
-
-
-def check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
-    """Raises a ValueError when two arrays that are combined elementwise differ in shape."""
-    shape_a, shape_b = jnp.shape(a), jnp.shape(b)
-    if shape_a != shape_b:
-        raise ValueError(
-            f"{name_a} and {name_b} must have the same shape, got {shape_a} and {shape_b}."
-        )
-
-
-def check_float_array(name: str, value: ArrayLike) -> jax.Array:
-    """``value`` as an array, which must have a floating-point dtype."""
-    array = jnp.asarray(value)
-    if not jnp.issubdtype(array.dtype, jnp.floating):
-        raise TypeError(f"{name} must be a floating-point array, got dtype {array.dtype}.")
-    return array
-
-
-def check_level(name: str, value: ArrayLike, *, positive: bool) -> jax.Array:
-    """A scalar noise level in the level dtype: finite and > 0 (or >= 0), when concrete."""
-    concrete = concrete_value(name, value)
-    if concrete is not None:
-        if concrete.shape != ():
-            raise ValueError(f"{name} must be a scalar noise level, got shape {concrete.shape}.")
-        if not math.isfinite(float(concrete)):
-            raise ValueError(f"{name} must be finite, got {float(concrete)!r}.")
-        if float(concrete) <= 0 if positive else float(concrete) < 0:
-            allowed = "> 0" if positive else ">= 0"
-            raise ValueError(f"{name} must be {allowed}, got {float(concrete)!r}.")
-    elif jnp.ndim(value) != 0:
-        raise ValueError(f"{name} must be a scalar noise level, got shape {jnp.shape(value)}.")
-    return jnp.asarray(value, level_dtype())
 
 
 def check_sigma_range(sigma_min: Any, sigma_max: Any) -> None:
@@ -328,34 +268,6 @@ def check_representable_levels(levels: np.ndarray, what: str) -> None:
             f"{what} give noise levels below the smallest normal {dtype.name} ({float(info.tiny):.4g}), "
             "which XLA flushes to zero; use a larger sigma_min."
         )
-
-
-def check_kind_constants(kind: Any, table: dict[str, dict[str, Any]], constants: dict[str, Any],
-                         signed: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The constants of ``kind`` in ``table`` (a Table 1 column or row) with ``constants`` applied.
-
-    Every concrete constant must be finite, and > 0 unless named in ``signed``; ``M`` must be
-    an int.
-
-    Raises:
-      ValueError: an unknown kind, or a constant out of range.
-      TypeError: a constant the kind does not take, or a non-int M.
-    """
-    if kind not in table:
-        raise ValueError(f"kind must be one of {tuple(table)}, got {kind!r}.")
-    unknown = sorted(set(constants) - set(table[kind]))
-    if unknown:
-        allowed = ", ".join(table[kind]) or "none"
-        raise TypeError(f"kind={kind!r} takes the constants {allowed}; got {', '.join(unknown)}.")
-    values = {**table[kind], **constants}
-    for name, value in values.items():
-        concrete = concrete_value(name, value)
-        positive = name in signed or concrete is None or bool(np.all(concrete > 0))
-        if concrete is not None and not (np.all(np.isfinite(concrete)) and positive):
-            raise ValueError(f"{name} must be finite{'' if name in signed else ' and > 0'}, got {value!r}.")
-        if name == "M" and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
-            raise TypeError(f"M must be a positive int, got {value!r}.")
-    return values
 
 
 def check_count(name: str, value: Any, *, minimum: int = 1) -> int:

@@ -24,13 +24,8 @@ import jax.numpy as jnp
 from flax import struct
 from jax.typing import ArrayLike
 
-from karras_jax._validation import (
-    carry_dtype,
-    check_float_array,
-    check_key,
-    check_level,
-    check_same_shape,
-)
+from karras_jax._validation import carry_dtype
+from karras_jax.compat._checks import check_float_array, check_key, check_level, check_same_shape
 from karras_jax.config import KarrasVeConfig, check_config
 from karras_jax.state import KarrasVeState, check_state
 from karras_jax.steps import add_churn, churn_levels, euler_update, heun_slope, slope

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from karras_jax._validation import check_kind_constants, level_dtype
-from karras_jax.models._batch import as_sigma_shape, check_sigma_shape, per_sample
+from karras_jax._validation import level_dtype
+from karras_jax.models._batch import as_sigma_shape, check_kind_constants, check_sigma_shape, per_sample
 from karras_jax.schedules import iddpm_levels
 
 __all__ = ["PRECONDITIONINGS", "precondition", "precondition_coefficients"]

@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from karras_jax._validation import check_kind_constants, concrete_value, level_dtype
+from karras_jax._validation import concrete_value, level_dtype
+from karras_jax.models._batch import check_kind_constants
 from karras_jax.schedules import iddpm_levels, vp_sigma
 
 __all__ = ["LOSSES", "edm_loss", "loss_weight", "training_sigmas"]
