@@ -31,7 +31,8 @@ as fast; target >= 1 at every B), ``ratio_best`` from the best times, and
 (:func:`benchmarks.timing.compare`), with up to 2000 rounds for short calls.
 
 Also a script: ``python -m benchmarks.bench_diffrax [--batches 1,32] [--json]`` (from the
-repo root) prints the same lines without the rest of the suite.
+repo root) prints the same lines without the rest of the suite; ``--kernels`` instead counts
+the kernels in every ``while`` body of the three compiled programs (trip count x kernels).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -223,6 +225,31 @@ def line(r: dict[str, Any], times: dict[str, Timing]) -> str:
             f"(max |x| {r['max_abs_sample']:.3g}); from float64: {errors}; agreed: {r['agreed']}")
 
 
+def loop_kernels(suite: Suite, batches: tuple[int, ...]) -> list[str]:
+    """Per program, the kernels in each ``while`` body of its compiled program (compile only):
+    ``body: trip count x kernels {by kind}`` (:func:`benchmarks.bench_fusions.count_kernels`)."""
+    from benchmarks.bench_fusions import computations, count_kernels
+
+    state = kj.set_timesteps(CONFIG, STEPS, "karras")
+    out = []
+    for name, (denoise, weights, shape) in denoisers(suite).items():
+        for batch, solver in ((b, s) for b in batches for s in SOLVERS):
+            for program, make in (("diffrax", diffrax_sampler), ("kj.sample", kj_sampler),
+                                  ("fori_loop", loop_sampler)):
+                comps = computations(make(denoise, state, shape, solver).lower(weights, batch_keys(batch))
+                                     .compile().as_text())
+                loops = []
+                for lines in comps.values():
+                    for text in (t for t in lines if " while(" in t):
+                        body = re.search(r"body=%?([\w.\-]+)", text).group(1)
+                        trip = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', text)
+                        counted = count_kernels(comps, body)
+                        loops.append(f"{trip.group(1) if trip else '?'} x {counted['kernels']} "
+                                     f"{counted['by_kind']}")
+                out.append(f"{name} B={batch} {solver} {program}: " + "; ".join(loops))
+    return out
+
+
 def run(suite: Suite, batches: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
     """Rows of measurement 12: every denoiser x B x solver."""
     importlib.import_module("diffrax")  # ImportError: recorded as skipped by run.py
@@ -243,8 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     parser.add_argument("--batches", default=None, help="comma-separated B (default: the preset's)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--kernels", action="store_true",
+                        help="only count the kernels in each program's while bodies (compile only)")
     args = parser.parse_args(argv)
     batches = tuple(int(b) for b in args.batches.split(",")) if args.batches else None
+    if args.kernels:
+        print("\n".join(loop_kernels(Suite(PRESETS[args.preset]), batches or (1,))))
+        return 0
     rows = run(Suite(PRESETS[args.preset]), batches)
     if args.json:
         print(json.dumps(rows, indent=1))
