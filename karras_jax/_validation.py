@@ -152,20 +152,9 @@ def check_sigma_range(sigma_min: Any, sigma_max: Any) -> None:
       TypeError: a bound is not a real number or an array of them (None, a list, a string).
       ValueError: naming the bound that is not finite, sigma_min <= 0, or sigma_max <= sigma_min.
     """
-    values = {}
-    for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
-        if not isinstance(value, (numbers.Real, np.ndarray, np.generic, jax.Array)):
-            raise TypeError(f"{name} must be a real number or an array, got {type(value).__name__} "
-                            f"{value!r}.")
-        values[name] = concrete_value(name, value)
-        if values[name] is not None and not np.all(np.isfinite(values[name])):
-            raise ValueError(f"{name} must be finite, got {value!r}.")
-    lo, hi = values["sigma_min"], values["sigma_max"]
-    if lo is not None and not np.all(lo > 0):
-        raise ValueError(f"sigma_min must be > 0, got {sigma_min!r}.")
-    if lo is not None and hi is not None and not np.all(hi > lo):
-        raise ValueError(f"sigma_max must be > sigma_min, got sigma_max={sigma_max!r} and "
-                         f"sigma_min={sigma_min!r}.")
+    from karras_jax.config import _check_values  # the config's rules; config imports this module
+
+    _check_values({"sigma_min": sigma_min, "sigma_max": sigma_max}, schedule=True)
 
 
 def check_sample_shape(sample_shape: Any) -> tuple[int, ...]:

@@ -16,6 +16,7 @@ from karras_jax._validation import concrete_value
 __all__ = ["KarrasVeConfig"]
 
 FIELDS = ("sigma_min", "sigma_max", "s_noise", "s_churn", "s_min", "s_max")
+_REAL = (numbers.Real, np.ndarray, np.generic, jax.Array)  # what a field may hold to compute with
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -71,7 +72,7 @@ class KarrasVeConfig:
                             f"fields are {', '.join(FIELDS)}.")
         for name, value in zip(FIELDS, (sigma_min, sigma_max, s_noise, s_churn, s_min, s_max), strict=True):
             object.__setattr__(self, name, value)
-        _check_values(self)
+        _check_values({name: getattr(self, name) for name in FIELDS})
 
     def replace(self, **updates: Any) -> KarrasVeConfig:
         """A new config with the given fields replaced (checked like the constructor)."""
@@ -83,9 +84,8 @@ class KarrasVeConfig:
         for name in FIELDS:
             value = concrete_value(name, getattr(self, name))
             if value is None or value.shape != ():
-                raise ValueError(
-                    f"{name} must be a concrete scalar to be written out, got {getattr(self, name)!r}."
-                )
+                raise ValueError(f"{name} must be a concrete scalar to be written out, got "
+                                 f"{getattr(self, name)!r}.")
             out[name] = float(value)
         return out
 
@@ -145,53 +145,46 @@ def check_config(config: Any, *, scalar: bool | tuple[str, ...] = False) -> Karr
         raise TypeError(f"config must be a KarrasVeConfig, got {type(config).__name__}.")
     for name in FIELDS:
         value = getattr(config, name)
-        if not isinstance(value, (numbers.Real, np.ndarray, np.generic, jax.Array)):
-            raise TypeError(
-                f"config.{name} must be a real number or an array, got {type(value).__name__} "
-                f"{value!r}."
-            )
+        if not isinstance(value, _REAL):
+            raise TypeError(f"config.{name} must be a real number or an array, got {type(value).__name__} "
+                            f"{value!r}.")
         if (scalar is True or name in (scalar or ())) and np.ndim(value) != 0:
-            raise ValueError(
-                f"config.{name} holds an array of shape {np.shape(value)} where one value belongs; "
-                f"to run several values, jax.vmap over them, e.g. jax.vmap(lambda v: "
-                f"run(cfg.replace({name}=v)))(values)."
-            )
+            raise ValueError(f"config.{name} holds an array of shape {np.shape(value)} where one value "
+                             f"belongs; to run several values, jax.vmap over them, e.g. jax.vmap(lambda v: "
+                             f"run(cfg.replace({name}=v)))(values).")
     return config
 
 
-def _check_values(config: KarrasVeConfig) -> None:
-    for name in FIELDS:
-        value = getattr(config, name)
-        if isinstance(value, (list, tuple, dict, set)):
-            raise TypeError(
-                f"{name} must be a real number or an array, got {type(value).__name__} {value!r}; "
-                "wrap a sweep of values in jnp.asarray."
-            )
-    values = {name: concrete_value(name, getattr(config, name)) for name in FIELDS}
+# The range rules, checked in this order once every concrete value is finite:
+# (field, relation, its test, the field it is compared with or None for 0).
+_RULES = (("sigma_min", ">", np.greater, None), ("s_churn", ">=", np.greater_equal, None),
+          ("s_noise", ">=", np.greater_equal, None), ("sigma_max", ">", np.greater, "sigma_min"),
+          ("s_min", "<=", np.less_equal, "s_max"))
+
+
+def _check_values(given: dict[str, Any], *, schedule: bool = False) -> None:
+    """Checks ``given`` (field name -> value): no Python containers, concrete values finite, the rules.
+
+    A rule is checked when its fields are all given and concrete (traced values pass).
+    ``schedule=True`` is :func:`karras_jax._validation.check_sigma_range`'s flavour: every
+    value must be a real number or an array (no None placeholder), and a value compared
+    with 0 is shown as given rather than as a float.
+
+    Raises:
+      TypeError: a value is not a real number (a list, string, bool, complex, ...).
+      ValueError: a value is not finite or breaks a rule (the message names it).
+    """
+    for name, value in given.items():
+        if isinstance(value, (list, tuple, dict, set)) or (schedule and not isinstance(value, _REAL)):
+            raise TypeError(f"{name} must be a real number or an array, got {type(value).__name__} {value!r}"
+                            f"{'.' if schedule else '; wrap a sweep of values in jnp.asarray.'}")
+    values = {name: concrete_value(name, value) for name, value in given.items()}
     for name, value in values.items():
         if value is not None and not np.all(np.isfinite(value)):
-            raise ValueError(f"{name} must be finite, got {getattr(config, name)!r}.")
-    _require(values, "sigma_min", lambda v: v > 0, "must be > 0")
-    _require(values, "s_churn", lambda v: v >= 0, "must be >= 0")
-    _require(values, "s_noise", lambda v: v >= 0, "must be >= 0")
-    lo, hi = values["sigma_min"], values["sigma_max"]
-    if lo is not None and hi is not None and not np.all(hi > lo):
-        raise ValueError(
-            f"sigma_max must be > sigma_min, got sigma_max={config.sigma_max!r} and "
-            f"sigma_min={config.sigma_min!r}."
-        )
-    lo, hi = values["s_min"], values["s_max"]
-    if lo is not None and hi is not None and not np.all(lo <= hi):
-        raise ValueError(
-            f"s_min must be <= s_max, got s_min={config.s_min!r} and s_max={config.s_max!r}."
-        )
-
-
-def _require(values: dict[str, np.ndarray | None], name: str, ok: Any, what: str) -> None:
-    value = values[name]
-    if value is not None and not np.all(ok(value)):
-        raise ValueError(f"{name} {what}, got {_show(value)}.")
-
-
-def _show(value: np.ndarray) -> str:
-    return repr(float(value)) if value.shape == () else repr(value.tolist())
+            raise ValueError(f"{name} must be finite, got {given[name]!r}.")
+    for name, relation, holds, other in _RULES:
+        value, bound = values.get(name), values.get(other) if other else 0
+        if value is not None and bound is not None and not np.all(holds(value, bound)):
+            got = (f"{name}={given[name]!r} and {other}={given[other]!r}" if other
+                   else repr(given[name] if schedule else value.tolist()))
+            raise ValueError(f"{name} must be {relation} {other or 0}, got {got}.")

@@ -48,32 +48,13 @@ from karras_jax._validation import (
     level_dtype,
 )
 
-__all__ = [
-    "SCHEDULES",
-    "custom_sigmas",
-    "diffusers_sigmas",
-    "get_schedule",
-    "iddpm_levels",
-    "iddpm_sigmas",
-    "karras_sigmas",
-    "ve_sigmas",
-    "vp_sigma",
-    "vp_sigmas",
-]
+__all__ = ["SCHEDULES", "custom_sigmas", "diffusers_sigmas", "get_schedule", "iddpm_levels", "iddpm_sigmas",
+           "karras_sigmas", "ve_sigmas", "vp_sigma", "vp_sigmas"]
+
 
 def _ramp(xp: Any, num_steps: int) -> Any:
     """I / (N - 1) for i = 0..N-1, with the single step of N == 1 at 0."""
-    if num_steps == 1:
-        return xp.zeros((1,))
-    return xp.arange(num_steps) / (num_steps - 1)
-
-
-def _backend(**values: ArrayLike) -> tuple[Any, list]:
-    """NumPy float64 when every value is concrete, else jax.numpy in the level dtype."""
-    concrete = [concrete_value(name, v) for name, v in values.items()]
-    if all(c is not None for c in concrete):
-        return np, concrete
-    return jnp, [jnp.asarray(v, level_dtype()) for v in values.values()]
+    return xp.zeros((1,)) if num_steps == 1 else xp.arange(num_steps) / (num_steps - 1)
 
 
 def _pin_ends(xp: Any, levels: Any, hi: Any, lo: Any) -> Any:
@@ -82,14 +63,12 @@ def _pin_ends(xp: Any, levels: Any, hi: Any, lo: Any) -> Any:
     Powers and roots leave them an ulp off in float64 (``(100**(1/7))**7``), which shows
     under x64 and at a churn-window edge placed at sigma_min.
     """
+    last = lo if levels.shape[0] > 1 else hi
     if xp is np:
         levels = np.array(levels, dtype=np.float64)
-        levels[0] = hi
-        if levels.shape[0] > 1:
-            levels[-1] = lo
+        levels[0], levels[-1] = hi, last
         return levels
-    levels = levels.at[0].set(hi)
-    return levels.at[-1].set(lo) if levels.shape[0] > 1 else levels
+    return levels.at[0].set(hi).at[-1].set(last)
 
 
 def check_rho(rho: ArrayLike) -> None:
@@ -99,18 +78,28 @@ def check_rho(rho: ArrayLike) -> None:
         raise ValueError(f"rho must be finite and > 0, got {rho!r}.")
 
 
-def _geometric(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int, power: int) -> jax.Array:
+def _levels(formula: Callable[..., Any], sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int,
+            note: str = "", quiet: bool = True, **options: ArrayLike) -> jax.Array:
+    """The checks and evaluation every formula-defined schedule shares.
+
+    Checks ``num_steps``, ``rho`` (when given) and the range, then evaluates
+    ``formula(xp, ramp, sigma_min, sigma_max, *options)`` in float64 NumPy for concrete
+    inputs (checking the levels fit the level dtype; ``note`` ends that message) or in
+    ``jax.numpy`` for traced ones. ``quiet`` silences NumPy's overflow warnings.
+    """
     num_steps = check_num_steps(num_steps)
+    if "rho" in options:
+        check_rho(options["rho"])
     check_sigma_range(sigma_min, sigma_max)
-    xp, (lo, hi) = _backend(sigma_min=sigma_min, sigma_max=sigma_max)
-    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        hi_p, lo_p = hi**power, lo**power
-        levels = hi_p * (lo_p / hi_p) ** _ramp(xp, num_steps)
-    if power == 1:  # diffusers' own levels are left exactly as its formula rounds them
-        levels = _pin_ends(xp, levels, hi, lo)
-    if xp is np:
-        squared = " (diffusers' levels are the squares)" if power == 2 else ""
-        check_representable_levels(levels, f"sigma_min={sigma_min!r} and sigma_max={sigma_max!r}{squared}")
+    given = {"sigma_min": sigma_min, "sigma_max": sigma_max, **options}
+    values = [concrete_value(name, value) for name, value in given.items()]
+    xp = np if all(value is not None for value in values) else jnp  # NumPy float64 when all concrete
+    values = values if xp is np else [jnp.asarray(value, level_dtype()) for value in given.values()]
+    with np.errstate(all="ignore" if quiet else None):
+        levels = formula(xp, _ramp(xp, num_steps), *values)
+    if xp is np:  # e.g. a tiny rho overflows the interior levels to NaN
+        shown = [f"{name}={value!r}" for name, value in given.items()]
+        check_representable_levels(levels, f"{', '.join(shown[:-1])} and {shown[-1]}{note}")
     return jnp.asarray(levels, level_dtype())
 
 
@@ -128,7 +117,8 @@ def ve_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int) -> jax
     >>> ve_sigmas(0.02, 100.0, 3).tolist()  # doctest: +ELLIPSIS
     [100.0, 1.414..., 0.0199...]
     """
-    return _geometric(sigma_min, sigma_max, num_steps, power=1)
+    return _levels(lambda xp, t, lo, hi: _pin_ends(xp, hi * (lo / hi) ** t, hi, lo), sigma_min, sigma_max,
+                   num_steps)
 
 
 def diffusers_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int) -> jax.Array:
@@ -140,12 +130,13 @@ def diffusers_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int)
     Returns:
       (N,) levels in sampling order, descending.
     """
-    return _geometric(sigma_min, sigma_max, num_steps, power=2)
+    # Left exactly as diffusers' formula rounds them (no pinned ends).
+    return _levels(lambda xp, t, lo, hi: hi**2 * (lo**2 / hi**2) ** t, sigma_min, sigma_max, num_steps,
+                   note=" (diffusers' levels are the squares)")
 
 
-def karras_sigmas(
-    sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int, rho: ArrayLike = 7.0
-) -> jax.Array:
+def karras_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int,
+                  rho: ArrayLike = 7.0) -> jax.Array:
     """The EDM schedule: levels evenly spaced in sigma^(1/rho).
 
     Args:
@@ -160,18 +151,11 @@ def karras_sigmas(
     Raises:
       ValueError: rho is not finite and > 0.
     """
-    num_steps = check_num_steps(num_steps)
-    check_rho(rho)
-    check_sigma_range(sigma_min, sigma_max)
-    xp, (lo, hi, r) = _backend(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
-    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+    def formula(xp: Any, t: Any, lo: Any, hi: Any, r: Any) -> Any:
         hi_r, lo_r = hi ** (1.0 / r), lo ** (1.0 / r)
-        levels = (hi_r + _ramp(xp, num_steps) * (lo_r - hi_r)) ** r
-    levels = _pin_ends(xp, levels, hi, lo)
-    if xp is np:  # a tiny rho overflows the interior levels to NaN
-        check_representable_levels(levels, f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r} and "
-                                           f"rho={rho!r}")
-    return jnp.asarray(levels, level_dtype())
+        return _pin_ends(xp, (hi_r + t * (lo_r - hi_r)) ** r, hi, lo)
+
+    return _levels(formula, sigma_min, sigma_max, num_steps, rho=rho)
 
 
 def iddpm_levels(C1: float = 0.001, C2: float = 0.008, M: int = 1000) -> np.ndarray:  # noqa: N803
@@ -210,8 +194,7 @@ def vp_sigma(t: ArrayLike, beta_d: ArrayLike = 19.9, beta_min: ArrayLike = 0.1) 
     >>> round(float(vp_sigma(1.0)), 1), round(float(vp_sigma(1e-3)), 4)
     (152.2, 0.0105)
     """
-    dtype = level_dtype()
-    return _sigma_vp(jnp, jnp.asarray(t, dtype), jnp.asarray(beta_d, dtype), jnp.asarray(beta_min, dtype))
+    return _sigma_vp(jnp, *(jnp.asarray(value, level_dtype()) for value in (t, beta_d, beta_min)))
 
 
 def vp_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int,
@@ -228,19 +211,14 @@ def vp_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int,
     Returns:
       (N,) levels in sampling order, descending.
     """
-    num_steps = check_num_steps(num_steps)
-    check_sigma_range(sigma_min, sigma_max)
-    if not 0 < epsilon_s < 1:
-        raise ValueError(f"epsilon_s must be in (0, 1), got {epsilon_s!r}.")
-    xp, (lo, hi) = _backend(sigma_min=sigma_min, sigma_max=sigma_max)
-    log_hi, log_lo = xp.log1p(hi**2), xp.log1p(lo**2)
-    beta_d = 2 * (log_lo / epsilon_s - log_hi) / (epsilon_s - 1)
-    beta_min = log_hi - beta_d / 2
-    t = 1 + _ramp(xp, num_steps) * (epsilon_s - 1)
-    levels = _pin_ends(xp, _sigma_vp(xp, t, beta_d, beta_min), hi, lo)
-    if xp is np:
-        check_representable_levels(levels, f"sigma_min={sigma_min!r} and sigma_max={sigma_max!r}")
-    return jnp.asarray(levels, level_dtype())
+    def formula(xp: Any, t: Any, lo: Any, hi: Any) -> Any:
+        if not 0 < epsilon_s < 1:
+            raise ValueError(f"epsilon_s must be in (0, 1), got {epsilon_s!r}.")
+        log_hi, log_lo = xp.log1p(hi**2), xp.log1p(lo**2)
+        beta_d = 2 * (log_lo / epsilon_s - log_hi) / (epsilon_s - 1)
+        return _pin_ends(xp, _sigma_vp(xp, 1 + t * (epsilon_s - 1), beta_d, log_hi - beta_d / 2), hi, lo)
+
+    return _levels(formula, sigma_min, sigma_max, num_steps, quiet=False)
 
 
 def iddpm_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int, C1: float = 0.001,  # noqa: N803
@@ -301,10 +279,8 @@ def custom_sigmas(sigmas: ArrayLike) -> jax.Array:
         if not np.all(np.isfinite(values)):
             raise ValueError("sigmas must be finite, got non-finite entries.")
         if not np.all(values > 0):
-            raise ValueError(
-                "sigmas must all be > 0 (leave out the final 0: it is appended), "
-                f"got {values.tolist()}."
-            )
+            raise ValueError(f"sigmas must all be > 0 (leave out the final 0: it is appended), got "
+                             f"{values.tolist()}.")
         if not np.all(np.diff(values) < 0):
             raise ValueError(f"sigmas must be strictly descending, got {values.tolist()}.")
         check_representable_levels(values, "sigmas")
@@ -350,6 +326,5 @@ def named_sigmas(name: str, sigma_min: ArrayLike, sigma_max: ArrayLike, num_step
     Raises:
       ValueError: an unknown name, or the schedule's own errors.
     """
-    schedule = get_schedule(name)
-    takes = inspect.signature(schedule).parameters
+    takes = inspect.signature(schedule := get_schedule(name)).parameters
     return schedule(sigma_min, sigma_max, num_steps, **{k: v for k, v in options.items() if k in takes})
