@@ -1,69 +1,66 @@
-"""A dependency-free progress bar for long jobs (training, generation): done/total, rate, ETA."""
+"""Progress bars for long jobs, drawn by tqdm on stderr (what EDM, k-diffusion and most JAX code use).
+
+:func:`progress_bar` is the bar of the host loops (``kj.fit``, ``kj.generate``);
+:func:`step_bar` is the bar of a compiled sampler, fed one step index at a time from a host
+callback.
+"""
 
 from __future__ import annotations
 
 import sys
-import time
-from typing import IO, Any
+import threading
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["Progress"]
+from tqdm import tqdm
+
+from karras_jax._validation import check_count
+
+__all__ = ["progress_bar", "step_bar"]
 
 
-def _clock(seconds: float) -> str:
-    seconds = max(int(seconds), 0)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
+def progress_bar(total: int, *, unit: str, initial: int = 0, label: str = "") -> tqdm:
+    """A tqdm bar on stderr counting ``total`` ``unit``s, starting at ``initial`` (a resumed job).
 
-
-class Progress:
-    """``[#####-----]  40% 400/1000 img | 812 img/s | ETA 00:01 | loss 0.21`` on one line.
-
-    Redrawn in place (carriage return) on a terminal, at most every ``interval`` seconds;
-    elsewhere (a log file, CI) a plain line every 10% of the way. The rate counts only the
-    work done in this run (``start`` is where a resumed job picked up).
+    tqdm's rate counts only the work done after ``initial``, so a resumed job shows its own
+    speed, and its ETA is for the part that is left.
     """
+    return tqdm(total=total, initial=initial, unit=unit, desc=label.strip() or None, file=sys.stderr,
+                dynamic_ncols=True, smoothing=0.1)
 
-    def __init__(self, total: int, *, unit: str = "it", start: int = 0, stream: IO[str] | None = None,
-                 interval: float = 0.25, width: int = 24, label: str = "") -> None:
-        self.total, self.unit, self.start, self.done = max(int(total), 1), unit, int(start), int(start)
-        self.stream = sys.stderr if stream is None else stream
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval, self.width, self.label = interval, width, label
-        self.began = time.perf_counter()
-        self._drawn = -1.0
-        self._decile = 10 * self.done // self.total
-        self.fields: dict[str, Any] = {}
 
-    def line(self) -> str:
-        """The current status line."""
-        frac = min(self.done / self.total, 1.0)
-        filled = int(frac * self.width)
-        elapsed = time.perf_counter() - self.began
-        rate = (self.done - self.start) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        parts = [f"{self.label}[{'#' * filled}{'-' * (self.width - filled)}] {100 * frac:3.0f}% "
-                 f"{self.done}/{self.total} {self.unit}", f"{rate:,.0f} {self.unit}/s",
-                 f"ETA {_clock(eta) if eta == eta else '--:--'}"]
-        parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.fields.items()]
-        return " | ".join(parts)
+def step_bar(total: int, *, label: str = "sampling") -> Callable[[Any], None]:
+    """``show(i)`` for a sampler's host callback: step ``i`` (0-based) of ``total`` is done.
 
-    def update(self, done: int, **fields: Any) -> None:
-        """Sets the amount done (absolute, not an increment) and any fields to show."""
-        self.done = int(done)
-        self.fields.update(fields)
-        now = time.perf_counter()
-        if self.tty:
-            if now - self._drawn >= self.interval or self.done >= self.total:
-                self.stream.write("\r" + self.line() + "\033[K")
-                self.stream.flush()
-                self._drawn = now
-        elif 10 * self.done // self.total > self._decile:
-            self._decile = 10 * self.done // self.total
-            self.stream.write(self.line() + "\n")
-            self.stream.flush()
+    The bar opens at step 0 on stderr and closes (its last line left on screen) after step
+    ``total - 1``; a compiled sampler called again draws a new bar. The same step reported twice
+    in a row (a callback run once per vmapped sample) moves the bar once. Safe to call from the
+    runtime's callback threads.
 
-    def close(self) -> None:
-        """Draws the final state and ends the line."""
-        if self.tty:
-            self.stream.write("\r" + self.line() + "\033[K\n")
-            self.stream.flush()
+    Raises:
+      ValueError: ``total`` is not an int >= 1.
+
+    Example: ``jax.debug.callback(step_bar(n), i, ordered=True)`` inside the loop body.
+    """
+    total = check_count("total", total)
+    lock = threading.Lock()
+    current: dict[str, Any] = {"bar": None, "last": None}
+
+    def show(i: Any) -> None:
+        i = int(i)
+        with lock:
+            if i == current["last"] and total > 1:
+                return  # the same step again (one call per vmapped sample): already drawn
+            current["last"] = i
+            bar = current["bar"]
+            if bar is None or i < bar.n:  # a new call of the sampler
+                if bar is not None:
+                    bar.close()
+                bar = current["bar"] = tqdm(total=total, unit="step", desc=label, file=sys.stderr,
+                                            dynamic_ncols=True)
+            bar.update(i + 1 - bar.n)
+            if i + 1 >= total:
+                bar.close()
+                current["bar"] = None
+
+    return show

@@ -135,7 +135,8 @@ def _generate_parser(sub: Any) -> None:
     )
     gen._sub = "generate"
     gen.add_argument("--verify", type=Path, metavar="DIR", help="check DIR against its manifest and exit")
-    gen.add_argument("--model", help="mixture, a train-digits folder, or package.module:function")
+    gen.add_argument("--model", help="mixture, package.module:function, or a folder written by kj.fit "
+                                      "(train-digits writes one): its model.json says how to rebuild it")
     gen.add_argument("--seeds", help="seeds in EDM's syntax, e.g. 0-49999 or 0,5,10-20")
     gen.add_argument("--out", type=Path, help="output folder")
     gen.add_argument("--batch", type=_positive_int, default=512,
@@ -150,7 +151,8 @@ def _generate_parser(sub: Any) -> None:
                          help=f"override the model's {name.replace('-', '_')}")
     gen.add_argument("--guidance", type=_non_negative_float, default=None,
                      help="classifier-free guidance scale w (conditional models; default unguided)")
-    gen.add_argument("--png", action="store_true", help="also write one PNG per sample (image models)")
+    gen.add_argument("--png", action="store_true",
+                     help="also write one PNG per sample (image models; needs Pillow)")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -178,7 +180,7 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                           schedule=args.schedule, solver=args.solver, s_churn=args.s_churn,
                           s_noise=args.s_noise, s_min=args.s_min, s_max=args.s_max, guidance=args.guidance,
                           png=args.png, shard_size=args.shard_size, progress=not args.no_progress)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, ImportError) as err:  # ImportError: --png without Pillow
         raise SystemExit(f"karras-jax: error: {err}") from None
     print(f"{result.folder}: {result.shards} shards ({result.written} written now, {result.skipped} already "
           f"complete) in {result.seconds:.1f} s"

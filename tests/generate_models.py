@@ -1,11 +1,16 @@
-"""A MODEL for ``karras-jax generate --model generate_models:gaussian_images`` in the tests.
+"""MODELs for ``karras-jax generate --model ...`` in the tests.
 
-Images (4, 4, 1), written as (4, 4), from Gaussian data N(mean_c, 0.5^2 I) with class
-c = seed % 3 shifting the mean (class 3 = no class, mean 0): an exact conditional
-denoiser, so guidance, postprocessing and PNG writing can be tested without a trained
-network.
+``generate_models:gaussian_images``: images (4, 4, 1), written as (4, 4), from Gaussian data
+N(mean_c, 0.5^2 I) with class c = seed % 3 shifting the mean (class 3 = no class, mean 0): an
+exact conditional denoiser, so guidance, postprocessing and PNG writing can be tested without
+a trained network.
+
+``generate_models:tiny_mlp``: a small EDM-preconditioned MLP on 2-D points, the model a
+``kj.fit`` folder records (its ``params`` are shapes only: the checkpoint fills them in).
 """
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -32,3 +37,26 @@ def gaussian_images():
 
 def not_a_model():
     return 42
+
+
+class _MLP(nn.Module):
+    hidden: int
+
+    @nn.compact
+    def __call__(self, x, c_noise):
+        h = jnp.concatenate([x, jnp.broadcast_to(jnp.reshape(c_noise, (-1, 1)), (x.shape[0], 1))], -1)
+        return nn.Dense(2)(nn.silu(nn.Dense(self.hidden)(h)))
+
+
+def tiny_mlp(hidden=8):
+    net = _MLP(hidden)
+    return kj.GenerateModel(
+        apply_fn=kj.precondition(lambda p, x, c, cond: net.apply(p, x, c), "edm", sigma_shape="batch"),
+        params=jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,))),
+        sample_shape=(2,), config=kj.KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=0.0),
+        schedule="karras", steps=6)
+
+
+def tiny_mlp_params(hidden=8, seed=0):
+    """Real initial weights of :func:`tiny_mlp` (what a fit starts from)."""
+    return _MLP(hidden).init(jax.random.key(seed), jnp.zeros((1, 2)), jnp.zeros((1,)))

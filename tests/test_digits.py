@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("sklearn", reason="the digits example needs the digits extra (scikit-learn)")
 
+import karras_jax as kj  # noqa: E402
 from karras_jax.cli import main  # noqa: E402
 from karras_jax.examples import digits  # noqa: E402
 
@@ -95,6 +96,12 @@ def test_sample_digits_errors_are_one_line(trained, tmp_path, capsys):
     out, _ = trained
     with pytest.raises(SystemExit, match="no checkpoint"):
         main(["sample-digits", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.npz"), "--n", "2"])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "checkpoint.msgpack").write_bytes((out / "checkpoint.msgpack").read_bytes())
+    kj.save_model_recipe(tmp_path / "other", "generate_models:tiny_mlp")
+    with pytest.raises(SystemExit, match="not a digits checkpoint"):
+        main(["sample-digits", "--checkpoint", str(tmp_path / "other"), "--out", str(tmp_path / "x.npz"),
+              "--n", "2"])
     with pytest.raises(SystemExit, match=r"\.npz"):
         main(["sample-digits", "--checkpoint", str(out), "--out", str(tmp_path / "x.txt"), "--n", "2"])
     with pytest.raises(SystemExit):
@@ -108,6 +115,10 @@ def test_train_digits_command_trains_writes_a_checkpoint_and_resumes(tmp_path, c
     assert main(args) == 0
     assert "trained 4 steps (resumed at 0)" in capsys.readouterr().out
     assert (tmp_path / "checkpoint.msgpack").exists()
+    function, settings = kj.load_model_recipe(tmp_path)  # how `generate --model DIR` rebuilds it
+    assert function == digits.RECIPE and settings["channels"] == 4 and settings["steps"] == 4
+    assert digits.load_model(tmp_path)[0] == dataclasses.replace(digits.DigitsConfig(), steps=4, batch=16,
+                                                                 channels=4)
     assert main(args) == 0
     assert "resumed at 4" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="batch"):
@@ -115,8 +126,6 @@ def test_train_digits_command_trains_writes_a_checkpoint_and_resumes(tmp_path, c
 
 
 def test_a_digits_checkpoint_is_a_model_for_generate(trained, tmp_path):
-    import karras_jax as kj
-
     out, _ = trained
     result = kj.generate(str(out), "0-19", tmp_path, batch=10, guidance=2.0, png=True, progress=False)
     assert result.shards == 2 and kj.verify(tmp_path)["ok"]

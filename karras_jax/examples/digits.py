@@ -25,7 +25,6 @@ without guidance (w = 1), classes balanced; the unconditional model (the null cl
 from __future__ import annotations
 
 import functools
-import json
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -36,20 +35,41 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from karras_jax._files import atomic_write
+from karras_jax._chunks import padded_chunks
+from karras_jax._files import atomic_write, write_json
+from karras_jax._validation import check_count
 from karras_jax.analytic import frechet_distance
 from karras_jax.config import KarrasVeConfig
+from karras_jax.generation import GenerateModel
 from karras_jax.models import Guidance, UNet, classifier_free_guidance, precondition
 from karras_jax.sampler import make_sampler
 from karras_jax.state import set_timesteps
-from karras_jax.training import CHECKPOINT_FILE, TrainState, edm_loss, fit, load_checkpoint, make_train_step
+from karras_jax.training import (
+    CHECKPOINT_FILE,
+    TrainState,
+    edm_loss,
+    fit,
+    load_model_recipe,
+    load_params,
+    make_train_step,
+)
 
-__all__ = ["DigitsConfig", "evaluate", "load_model", "load_split", "sample_digits", "train_digits"]
+__all__ = [
+    "DigitsConfig",
+    "evaluate",
+    "generate_model",
+    "load_model",
+    "load_split",
+    "sample_digits",
+    "train_digits",
+]
 
 NUM_CLASSES = 10
 NULL_CLASS = NUM_CLASSES
 IMAGE_SHAPE = (8, 8, 1)
 PIXEL_MAX = 16.0
+# the function a digits folder's model.json names: `karras-jax generate --model DIR` calls it
+RECIPE = "karras_jax.examples.digits:generate_model"
 
 
 @dataclass(frozen=True)
@@ -106,11 +126,31 @@ def to_pixels(x: Any) -> np.ndarray:
     return np.clip((np.asarray(x, np.float32)[..., 0] + 1.0) * (PIXEL_MAX / 2), 0.0, PIXEL_MAX)
 
 
+@functools.lru_cache(maxsize=8)
 def denoiser(cfg: DigitsConfig) -> Any:
-    """The EDM-preconditioned UNet of a config: ``apply_fn(params, x, sigma, labels)``."""
+    """The EDM-preconditioned UNet of a config: ``apply_fn(params, x, sigma, labels)``.
+
+    One function per config (cached), so samplers compiled for it are reused.
+    """
     module = cfg.module()
     return precondition(lambda p, x_in, c_noise, labels: module.apply(p, x_in, c_noise, labels), "edm",
                         sigma_data=cfg.sigma_data)
+
+
+def generate_model(**settings: Any) -> GenerateModel:
+    """The digits model for ``kj.generate``, built from a :class:`DigitsConfig`'s fields.
+
+    What a train-digits folder's ``model.json`` names: its ``params`` are the weights' shapes
+    only (nothing is initialised or compiled); ``generate --model DIR`` fills in the folder's
+    EMA weights. Seed s is class ``s % 10``; samples are written as 0..16 pixels (8, 8).
+    """
+    cfg = DigitsConfig.from_dict(settings)
+    return GenerateModel(
+        apply_fn=denoiser(cfg), params=jax.eval_shape(lambda: _init_params(cfg)), sample_shape=IMAGE_SHAPE,
+        config=KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=0.0),
+        schedule="karras", steps=cfg.sample_steps,
+        cond_fn=lambda seeds: jnp.asarray(np.asarray(seeds) % NUM_CLASSES, jnp.int32), null_cond=NULL_CLASS,
+        postprocess=to_pixels, image_range=(0.0, PIXEL_MAX))
 
 
 def _init_params(cfg: DigitsConfig) -> Any:
@@ -182,11 +222,11 @@ def train_digits(out: str | Path, cfg: DigitsConfig = DigitsConfig(), *, progres
     start = _state_template(cfg) if resuming else _initial_state(cfg)
     return fit(step_fn, start, batch_at, jax.random.key(cfg.seed), cfg.steps, folder=out,
                checkpoint_every=checkpoint_every, metadata={"example": "digits", **asdict(cfg)},
-               batch_size=cfg.batch, progress=progress)
+               batch_size=cfg.batch, progress=progress, model=RECIPE, model_args=asdict(cfg))
 
 
 def load_model(folder: str | Path) -> tuple[DigitsConfig, Any]:
-    """``(config, ema_params)`` of a digits checkpoint folder.
+    """``(config, ema_params)`` of a digits checkpoint folder (its ``model.json`` and checkpoint).
 
     Raises:
       FileNotFoundError: no checkpoint in ``folder``.
@@ -196,14 +236,14 @@ def load_model(folder: str | Path) -> tuple[DigitsConfig, Any]:
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint in {folder} (expected {path}); train one with "
                                 "`karras-jax train-digits --out DIR`.")
-    import flax.serialization
-
-    meta = json.loads(flax.serialization.msgpack_restore(path.read_bytes()).get("metadata", "{}"))
-    if meta.get("example") != "digits":
-        raise ValueError(f"{path} is not a digits checkpoint.")
-    cfg = DigitsConfig.from_dict(meta)
-    saved = load_checkpoint(folder, _state_template(cfg))
-    return cfg, saved.state.ema
+    try:
+        function, settings = load_model_recipe(folder)
+    except FileNotFoundError:
+        function, settings = "", {}
+    if function != RECIPE:
+        raise ValueError(f"{path} is not a digits checkpoint (its model.json does not name {RECIPE}).")
+    cfg = DigitsConfig.from_dict(settings)
+    return cfg, load_params(folder, jax.eval_shape(lambda: _init_params(cfg)))
 
 
 def sample_digits(cfg: DigitsConfig, params: Any, n: int, *, labels: np.ndarray | None = None,
@@ -214,8 +254,7 @@ def sample_digits(cfg: DigitsConfig, params: Any, n: int, *, labels: np.ndarray 
     default the config's); None samples the unconditional model (the null class). Sample i
     uses key ``jax.random.fold_in(jax.random.key(seed), i)``, so it does not depend on ``batch``.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}.")
+    n, batch = check_count("n", n), check_count("batch", batch)
     if labels is not None and (np.shape(labels) != (n,) or np.any(np.asarray(labels) < 0)
                                or np.any(np.asarray(labels) >= NUM_CLASSES)):
         raise ValueError(f"labels must be ({n},) classes in 0..{NUM_CLASSES - 1}.")
@@ -231,14 +270,8 @@ def sample_digits(cfg: DigitsConfig, params: Any, n: int, *, labels: np.ndarray 
         weights = (params, Guidance(scale=scale))
         cond = np.asarray(labels, np.int32)
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(n))
-    out = []
-    for lo in range(0, n, batch):
-        hi = min(lo + batch, n)
-        size = hi - lo
-        pad = batch - size if n > batch else 0  # one compiled shape for every chunk
-        k = jnp.concatenate([keys[lo:hi], keys[:pad]]) if pad else keys[lo:hi]
-        c = np.concatenate([cond[lo:hi], cond[:pad]]) if pad else cond[lo:hi]
-        out.append(to_pixels(sampler(weights, k, jnp.asarray(c)))[:size])
+    out = [to_pixels(sampler(weights, keys[index], jnp.asarray(cond[index])))[:count]
+           for index, count in padded_chunks(n, min(batch, n))]
     return np.concatenate(out)
 
 
@@ -292,12 +325,6 @@ def evaluate(guided: np.ndarray, guided_labels: np.ndarray, unguided: np.ndarray
         "guided_samples": len(guided),
         "unguided_samples": len(unguided),
     }
-
-
-def write_json(path: Path, values: dict[str, Any]) -> None:
-    """Writes ``values`` as indented JSON, atomically."""
-    text = json.dumps(values, indent=1).encode()
-    atomic_write(path, lambda f: f.write(text))
 
 
 def _png(path: Path, fig: Any) -> None:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import queue
-import struct
 import threading
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +21,10 @@ import numpy as np
 
 from karras_jax._files import atomic_write
 
-__all__ = ["ShardWriter", "png_bytes", "shard_bytes"]
+__all__ = ["ShardWriter", "shard_bytes", "write_png"]
+
+PNG_HINT = 'PNG files need Pillow: pip install "karras-jax[png]"'
+
 
 
 def shard_bytes(seeds: np.ndarray, samples: np.ndarray) -> bytes:
@@ -33,22 +34,26 @@ def shard_bytes(seeds: np.ndarray, samples: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def png_bytes(image: np.ndarray, lo: float, hi: float) -> bytes:
-    """An 8-bit grayscale (H, W) / (H, W, 1) or RGB (H, W, 3) PNG of ``image`` scaled from [lo, hi]."""
+def write_png(path: Path, image: np.ndarray, lo: float, hi: float) -> Path:
+    """Writes ``image`` scaled from [lo, hi] as an 8-bit PNG, atomically (Pillow encodes it).
+
+    ``(H, W)`` and ``(H, W, 1)`` images are grayscale, ``(H, W, 3)`` RGB; values outside
+    [lo, hi] are clipped.
+
+    Raises:
+      ImportError: Pillow is not installed.
+      OSError: the write failed; a previous file is intact.
+    """
+    try:
+        from PIL import Image
+    except ImportError as err:
+        raise ImportError(PNG_HINT) from err
     scaled = (np.asarray(image, np.float64) - lo) / (hi - lo) * 255
     pixels = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
-    color = 0 if pixels.ndim == 2 else 2
-    height, width = pixels.shape[:2]
-    raw = b"".join(b"\x00" + row.tobytes() for row in pixels.reshape(height, width, -1))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, color, 0, 0, 0)
-    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + body
+    picture = Image.fromarray(pixels)
+    return atomic_write(path, lambda f: picture.save(f, format="PNG"))
 
 
 class ShardWriter:
@@ -98,8 +103,7 @@ class ShardWriter:
                     for seed, image in zip(seeds.tolist(), samples, strict=True):
                         sub = self.folder / f"{seed - seed % 1000:06d}"
                         sub.mkdir(exist_ok=True)
-                        picture = png_bytes(image, *self.png_range)
-                        atomic_write(sub / f"{seed:06d}.png", lambda f, d=picture: f.write(d))
+                        write_png(sub / f"{seed:06d}.png", image, *self.png_range)
                 shard = shard_bytes(seeds, samples)
                 atomic_write(self.folder / name, lambda f, d=shard: f.write(d))
                 self.on_written(name, hashlib.sha256(shard).hexdigest())

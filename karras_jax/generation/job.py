@@ -27,23 +27,27 @@ contract), so the union of the shards equals a single-process run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from karras_jax._files import atomic_write
-from karras_jax._progress import Progress
+from karras_jax._chunks import padded_chunks
+from karras_jax._files import write_json
+from karras_jax._progress import progress_bar
+from karras_jax._validation import check_count
 from karras_jax.config import KarrasVeConfig
-from karras_jax.generation._writer import ShardWriter
+from karras_jax.generation._writer import PNG_HINT, ShardWriter
 from karras_jax.generation.models import GenerateModel, load_generate_model
 from karras_jax.generation.seeds import parse_seeds, seed_keys
 from karras_jax.models import Guidance, classifier_free_guidance
@@ -111,11 +115,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _write_json(path: Path, values: dict[str, Any]) -> None:
-    text = (json.dumps(values, indent=1, sort_keys=True) + "\n").encode()
-    atomic_write(path, lambda f: f.write(text))
 
 
 def _check_shard(path: Path, seeds: np.ndarray, shape: tuple[int, ...], checksum: str | None) -> str | None:
@@ -188,68 +187,88 @@ def _differences(saved: dict[str, Any], job: dict[str, Any]) -> list[str]:
     return out
 
 
-# Compiled samplers by (network, shape, config, levels, solver, guided, devices): a second job
-# (another seed range, a resume in the same process) does not compile again.
-_SAMPLERS: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+class _Keyed:
+    """A value that hashes and compares by ``key``: lets ``lru_cache`` key on configs, levels, arrays."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self, value: Any, key: Hashable) -> None:
+        self.value, self.key = value, key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Keyed) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+# A second job in the same process (another seed range, a resume) reuses the compiled sampler.
+# The cache holds the network itself, so two networks never share an entry.
+@functools.lru_cache(maxsize=8)
+def _compiled_sampler(apply_fn: Any, sample_shape: tuple[int, ...], config: _Keyed, state: _Keyed,
+                      solver: str, null_cond: _Keyed | None, devices: tuple[Any, ...]) -> Any:
+    if null_cond is not None:
+        apply_fn = classifier_free_guidance(apply_fn, null_cond.value)
+    if len(devices) == 1:
+        return make_sampler(apply_fn, state.value, config.value, sample_shape, solver=solver)
+    mesh = Mesh(np.asarray(devices), ("data",))
+    return make_sharded_sampler(apply_fn, state.value, config.value, sample_shape, mesh, solver=solver)
 
 
 def _local_sampler(model: GenerateModel, state: Any, config: KarrasVeConfig, solver: str,
                    guidance: float | None) -> tuple[Any, Any, int]:
     """``(sampler, weights, devices)``: over this process's devices, sharded when there are several."""
-    devices = jax.local_devices()
-    key = (id(model.apply_fn), tuple(model.sample_shape), config, tuple(np.asarray(state.sigmas).tolist()),
-           solver, guidance is not None, repr(model.null_cond), tuple(d.id for d in devices))
+    devices = tuple(jax.local_devices())
     weights = model.params if guidance is None else (model.params, Guidance(scale=guidance))
-    cached = _SAMPLERS.get(key)
-    if cached is not None and cached[1] is model.apply_fn:
-        return cached[0], weights, len(devices)
-    apply_fn = model.apply_fn
-    if guidance is not None:
-        apply_fn = classifier_free_guidance(model.apply_fn, model.null_cond)
-    if len(devices) == 1:
-        sampler = make_sampler(apply_fn, state, config, model.sample_shape, solver=solver)
-    else:
-        mesh = Mesh(np.asarray(devices), ("data",))
-        sampler = make_sharded_sampler(apply_fn, state, config, model.sample_shape, mesh, solver=solver)
-    if len(_SAMPLERS) >= 8:
-        _SAMPLERS.pop(next(iter(_SAMPLERS)))
-    _SAMPLERS[key] = (sampler, model.apply_fn)  # the network kept alive: its id stays its own
+    null_cond = None if guidance is None else _Keyed(model.null_cond, repr(model.null_cond))
+    sampler = _compiled_sampler(model.apply_fn, tuple(model.sample_shape), _Keyed(config, repr(config)),
+                                _Keyed(state, tuple(np.asarray(state.sigmas).tolist())), solver, null_cond,
+                                devices)
     return sampler, weights, len(devices)
 
 
-def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray, out: str | os.PathLike, *,
-             batch: int = 512, steps: int | None = None, schedule: str | None = None, solver: str = "heun",
-             s_churn: float | None = None, s_noise: float | None = None, s_min: float | None = None,
-             s_max: float | None = None, guidance: float | None = None, png: bool = False,
-             shard_size: int | None = None, progress: bool = True) -> GenerateResult:
-    """Generates one sample per seed into sharded files in ``out``, resuming what is there.
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What a :func:`generate` call will do, decided before anything is written.
 
-    Args:
-      model: A :class:`GenerateModel`, or a MODEL string (``"mixture"``, a train-digits
-        folder, ``"package.module:function"``).
-      seeds: EDM's syntax (``"0-49999"``, ``"0,5,10-20"``) or the seeds themselves
-        (distinct, in 0 .. 2**32 - 1); generated and sharded in ascending order.
-      out: The output folder (created).
-      batch: Samples per sampler call (rounded up to a multiple of the local devices);
-        does not change any sample.
-      steps, schedule: Override the model's defaults.
-      solver: A name in ``kj.SOLVERS``.
-      s_churn, s_noise, s_min, s_max: Override the model's sampler config.
-      guidance: Classifier-free guidance scale for a conditional model (None: unguided).
-      png: Also write one PNG per sample (image models only).
-      shard_size: Seeds per shard for a new job (default ``batch``); a resumed job keeps
-        the size it was created with.
-      progress: Show a progress bar (samples/s, ETA) on stderr.
+    Attributes:
+      folder: The output folder.
+      model: The model (loaded from its MODEL string).
+      seeds: The sorted seeds.
+      config: The model's config with the overrides applied.
+      state: The noise levels.
+      solver: The solver's name.
+      batch: Samples per sampler call (before rounding to the devices).
+      png: Whether PNGs are written.
+      manifest: The folder's manifest (as saved, on a resume) or the new one.
+      resumed: Whether the folder already held this job's manifest.
+    """
 
-    Returns:
-      A :class:`GenerateResult`.
+    folder: Path
+    model: GenerateModel
+    seeds: np.ndarray
+    config: KarrasVeConfig
+    state: Any
+    solver: str
+    batch: int
+    png: bool
+    manifest: dict[str, Any]
+    resumed: bool
+
+
+def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray, out: str | os.PathLike, *,
+          batch: int = 512, steps: int | None = None, schedule: str | None = None, solver: str = "heun",
+          s_churn: float | None = None, s_noise: float | None = None, s_min: float | None = None,
+          s_max: float | None = None, guidance: float | None = None, png: bool = False,
+          shard_size: int | None = None) -> _Plan:
+    """Planning: checks the arguments, applies the overrides, builds (or reads and compares) the manifest.
+
+    Reads ``out``'s manifest if there is one; writes nothing.
 
     Raises:
-      ValueError: bad arguments, or ``out`` holds another job (the message names what differs).
-      OSError: a write failed (disk full, permissions): shards written before are intact
-        and a re-run continues from them.
+      TypeError, ValueError: as :func:`generate`.
+      ImportError: ``png`` without Pillow.
     """
-    began = time.perf_counter()
     if isinstance(model, str):
         model = load_generate_model(model)
     if not isinstance(model, GenerateModel):
@@ -261,14 +280,17 @@ def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray
         if seed_array.ndim != 1 or seed_array.size == 0 or not np.issubdtype(seed_array.dtype, np.integer):
             raise ValueError("seeds must be a non-empty 1-D list of integers.")
         seed_array = parse_seeds(",".join(map(str, seed_array.tolist())))  # sorted, range and repeats checked
-    for name, value in (("batch", batch), ("shard_size", shard_size)):
-        bad = isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
-        if value is not None and bad:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+    batch = check_count("batch", batch)
+    if shard_size is not None:
+        shard_size = check_count("shard_size", shard_size)
     if guidance is not None and model.cond_fn is None:
         raise ValueError("guidance needs a conditional model (its cond_fn gives each seed's condition).")
     if guidance is not None and not (np.isfinite(guidance) and guidance >= 0):
         raise ValueError(f"guidance must be finite and >= 0, got {guidance!r}.")
+    if png and model.image_range is None:
+        raise ValueError("png needs an image model (one with an image_range).")
+    if png and importlib.util.find_spec("PIL") is None:  # refused now, not after the first shard
+        raise ImportError(PNG_HINT)
     overrides = {k: v for k, v in (("s_churn", s_churn), ("s_noise", s_noise), ("s_min", s_min),
                                    ("s_max", s_max)) if v is not None}
     config = model.config.replace(**overrides) if overrides else model.config
@@ -277,121 +299,203 @@ def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray
     state = set_timesteps(config, steps, schedule)
 
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     saved = _read_json(folder / MANIFEST)
-    if shard_size is None:
+    if shard_size is None:  # a resumed job keeps the size it was made with
         shard_size = int(saved["shard_size"]) if saved and "shard_size" in saved else batch
     job = _job(model, seed_array, config, state, steps, schedule, solver,
                None if guidance is None else float(guidance), shard_size)
-    process, processes = jax.process_index(), jax.process_count()
     if saved is not None:
         differ = _differences(saved, job)
         if differ:
             raise ValueError(f"{folder} holds another generation job; what differs: {'; '.join(differ)}.")
-        manifest = saved
-    else:
-        manifest = {**job, "versions": _versions(), "checksums": {}}
+    manifest = saved if saved is not None else {**job, "versions": _versions(), "checksums": {}}
+    return _Plan(folder=folder, model=model, seeds=seed_array, config=config, state=state, solver=solver,
+                 batch=batch, png=bool(png), manifest=manifest, resumed=saved is not None)
+
+
+def _open(plan: _Plan, process: int, processes: int) -> None:
+    """Creates the folder, clears what a kill left and writes a new job's manifest (process 0)."""
+    plan.folder.mkdir(parents=True, exist_ok=True)
     if process == 0:  # the others wait: a temporary file being cleaned might be theirs
-        for stale in folder.glob(".*.tmp"):  # left by a kill mid-write
+        for stale in plan.folder.glob(".*.tmp"):  # left by a kill mid-write
             stale.unlink(missing_ok=True)
-        if saved is None:
-            _write_json(folder / MANIFEST, manifest)
+        if not plan.resumed:
+            write_json(plan.folder / MANIFEST, plan.manifest)
     _barrier(processes, "karras_jax.generation: folder ready")
 
+
+class _Scan(NamedTuple):
+    """What :func:`_scan` found among one process's shards.
+
+    Attributes:
+      done: ``{name: sha256}`` of the shards that are complete and right.
+      todo: ``(index, seeds)`` of the shards to generate.
+      problems: ``{name: why}`` for each shard in ``todo`` (``"missing"``, a checksum mismatch, ...).
+    """
+
+    done: dict[str, str]
+    todo: list[tuple[int, np.ndarray]]
+    problems: dict[str, str]
+
+
+def _known_checksums(folder: Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """Checksums of the shards written so far: the manifest's and the unfinished runs' progress records."""
     known = dict(manifest.get("checksums", {}))
-    for record in folder.glob("progress-p*.json"):
+    for record in sorted(folder.glob("progress-p*.json")):
         known.update(_read_json(record) or {})
-    shape = _written_shape(model)
-    shards = [(i, seed_array[i * shard_size:(i + 1) * shard_size]) for i in range(job["num_shards"])]
-    mine = [(i, s) for i, s in shards if i % processes == process]
-    todo, done = [], {}
-    for i, shard_seeds in mine:
-        name = _shard_name(i)
+    return known
+
+
+def _scan(folder: Path, manifest: dict[str, Any], known: dict[str, str], *, process: int = 0,
+          processes: int = 1) -> _Scan:
+    """Shard scanning: which of process ``process``'s shards (``i % processes``) are complete.
+
+    A shard is complete when it loads, holds exactly its seeds with the manifest's sample
+    shape, is finite, and matches its checksum in ``known`` (when it has one).
+    """
+    seeds = parse_seeds(manifest["seeds"])
+    size, shape = int(manifest["shard_size"]), tuple(manifest["sample_shape"])
+    done, todo, problems = {}, [], {}
+    for i in range(process, int(manifest["num_shards"]), processes):
+        name, shard_seeds = _shard_name(i), seeds[i * size:(i + 1) * size]
         problem = _check_shard(folder / name, shard_seeds, shape, known.get(name))
         if problem is None:
             done[name] = known.get(name) or hashlib.sha256((folder / name).read_bytes()).hexdigest()
         else:
             todo.append((i, shard_seeds))
+            problems[name] = problem
+    return _Scan(done=done, todo=todo, problems=problems)
 
-    own_record = folder / f"progress-p{process}.json"
+
+def _write(plan: _Plan, scan: _Scan, *, process: int = 0, progress: bool = False) -> int:
+    """Writing: samples ``scan.todo`` into shard files and records each one; returns the samples made.
+
+    The writer's lifecycle: shards go to a background :class:`ShardWriter`; each one written
+    is recorded (with its checksum, next to those of ``scan.done``) in ``progress-pN.json``,
+    so a kill loses at most the shards in flight. The writer is closed (everything queued
+    written, or its error raised) whatever happens.
+    """
+    done = dict(scan.done)
+    own_record = plan.folder / f"progress-p{process}.json"
+    if not scan.todo:
+        if done:
+            write_json(own_record, dict(sorted(done.items())))
+        return 0
     lock = threading.Lock()
 
-    def record(name: str, checksum: str) -> None:
+    def record(name: str, checksum: str) -> None:  # on the writer's thread
         with lock:
             done[name] = checksum
-            _write_json(own_record, dict(sorted(done.items())))
+            write_json(own_record, dict(sorted(done.items())))
 
-    total = sum(len(s) for _, s in todo)
-    generated = 0
-    if todo:
-        sampler, weights, devices = _local_sampler(model, state, config, solver, job["guidance"])
-        chunk = -(-min(batch, shard_size) // devices) * devices
-        writer = ShardWriter(folder, record, model.image_range if png else None)
-        bar = Progress(total, unit="samples", label="generate ") if progress else None
+    model = plan.model
+    sampler, weights, devices = _local_sampler(model, plan.state, plan.config, plan.solver,
+                                               plan.manifest["guidance"])
+    chunk = -(-min(plan.batch, int(plan.manifest["shard_size"])) // devices) * devices
+    writer = ShardWriter(plan.folder, record, model.image_range if plan.png else None)
+    total = sum(len(s) for _, s in scan.todo)
+    bar = progress_bar(total, unit="samples", label="generate") if progress else None
+    try:
+        return _sample_shards(scan.todo, sampler, weights, model, chunk, writer, bar)
+    finally:
         try:
-            generated = _run(todo, sampler, weights, model, chunk, writer, bar)
+            writer.close()
         finally:
-            try:
-                writer.close()
-            finally:
-                if bar is not None:
-                    bar.close()
-    elif done:
-        _write_json(own_record, dict(sorted(done.items())))
-    _finish(folder, manifest, processes, process)
-    seconds = time.perf_counter() - began
-    return GenerateResult(folder=folder, shards=job["num_shards"], written=len(todo),
-                          skipped=len(mine) - len(todo), seconds=seconds,
-                          samples_per_s=generated / seconds if generated else 0.0)
+            if bar is not None:
+                bar.close()
 
 
-def _run(todo: list[tuple[int, np.ndarray]], sampler: Any, weights: Any, model: GenerateModel, chunk: int,
-         writer: ShardWriter, bar: Progress | None) -> int:
+def _sample_shards(todo: list[tuple[int, np.ndarray]], sampler: Any, weights: Any, model: GenerateModel,
+                   chunk: int, writer: ShardWriter, bar: Any) -> int:
     """Samples the shards chunk by chunk; the next chunk is dispatched before the last one is fetched."""
-    work = [(i, lo, shard_seeds) for i, shard_seeds in todo for lo in range(0, len(shard_seeds), chunk)]
-    pending: list[tuple[int, int, np.ndarray, Any]] = []
     parts: dict[int, list[np.ndarray]] = {}
     generated = 0
+    pending: tuple[int, np.ndarray, int, int, Any] | None = None
 
-    def collect(i: int, lo: int, shard_seeds: np.ndarray, out: Any) -> None:
+    def collect(i: int, shard_seeds: np.ndarray, lo: int, count: int, out: Any) -> None:
         nonlocal generated
-        size = min(chunk, len(shard_seeds) - lo)
-        samples = np.asarray(out)[:size].astype(np.float32)
+        samples = np.asarray(out)[:count].astype(np.float32)
         if model.postprocess is not None:
             samples = np.asarray(model.postprocess(samples), np.float32)
         parts.setdefault(i, []).append(samples)
-        generated += size
-        if lo + chunk >= len(shard_seeds):
+        generated += count
+        if lo + count == len(shard_seeds):
             writer.put(_shard_name(i), shard_seeds, np.concatenate(parts.pop(i)))
         if bar is not None:
-            bar.update(generated)
+            bar.update(count)
 
-    for i, lo, shard_seeds in work:
-        chunk_seeds = shard_seeds[lo:lo + chunk]
-        padded = np.concatenate([chunk_seeds, np.full(chunk - len(chunk_seeds), chunk_seeds[0])])
-        cond = None if model.cond_fn is None else model.cond_fn(padded)
-        out = sampler(weights, seed_keys(padded), cond)  # dispatched: runs while we fetch the last one
-        if pending:
-            collect(*pending.pop())
-        pending.append((i, lo, shard_seeds, out))
-    while pending:
-        collect(*pending.pop())
+    for i, shard_seeds in todo:
+        for index, count in padded_chunks(len(shard_seeds), chunk):
+            padded = shard_seeds[index]
+            cond = None if model.cond_fn is None else model.cond_fn(padded)
+            out = sampler(weights, seed_keys(padded), cond)  # dispatched: runs while we fetch the last one
+            if pending is not None:
+                collect(*pending)
+            pending = (i, shard_seeds, int(index[0]), count, out)
+    if pending is not None:
+        collect(*pending)
     return generated
+
+
+def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray, out: str | os.PathLike, *,
+             batch: int = 512, steps: int | None = None, schedule: str | None = None, solver: str = "heun",
+             s_churn: float | None = None, s_noise: float | None = None, s_min: float | None = None,
+             s_max: float | None = None, guidance: float | None = None, png: bool = False,
+             shard_size: int | None = None, progress: bool = True) -> GenerateResult:
+    """Generates one sample per seed into sharded files in ``out``, resuming what is there.
+
+    Args:
+      model: A :class:`GenerateModel`, or a MODEL string (``"mixture"``, a ``kj.fit`` folder
+        such as a train-digits one, ``"package.module:function"``).
+      seeds: EDM's syntax (``"0-49999"``, ``"0,5,10-20"``) or the seeds themselves
+        (distinct, in 0 .. 2**32 - 1); generated and sharded in ascending order.
+      out: The output folder (created).
+      batch: Samples per sampler call (rounded up to a multiple of the local devices);
+        does not change any sample.
+      steps, schedule: Override the model's defaults.
+      solver: A name in ``kj.SOLVERS``.
+      s_churn, s_noise, s_min, s_max: Override the model's sampler config.
+      guidance: Classifier-free guidance scale for a conditional model (None: unguided).
+      png: Also write one PNG per sample (image models only; needs Pillow).
+      shard_size: Seeds per shard for a new job (default ``batch``); a resumed job keeps
+        the size it was created with.
+      progress: Show a progress bar (samples/s, ETA) on stderr.
+
+    Returns:
+      A :class:`GenerateResult`.
+
+    Raises:
+      ValueError: bad arguments, or ``out`` holds another job (the message names what differs).
+      ImportError: ``png`` without Pillow installed.
+      OSError: a write failed (disk full, permissions): shards written before are intact
+        and a re-run continues from them.
+    """
+    began = time.perf_counter()
+    plan = _plan(model, seeds, out, batch=batch, steps=steps, schedule=schedule, solver=solver,
+                 s_churn=s_churn, s_noise=s_noise, s_min=s_min, s_max=s_max, guidance=guidance, png=png,
+                 shard_size=shard_size)
+    process, processes = jax.process_index(), jax.process_count()
+    _open(plan, process, processes)
+    scan = _scan(plan.folder, plan.manifest, _known_checksums(plan.folder, plan.manifest), process=process,
+                 processes=processes)
+    generated = _write(plan, scan, process=process, progress=progress)
+    _finish(plan.folder, plan.manifest, processes, process)
+    seconds = time.perf_counter() - began
+    return GenerateResult(folder=plan.folder, shards=int(plan.manifest["num_shards"]), written=len(scan.todo),
+                          skipped=len(scan.done), seconds=seconds,
+                          samples_per_s=generated / seconds if generated else 0.0)
 
 
 def _finish(folder: Path, manifest: dict[str, Any], processes: int, process: int) -> None:
     """Once every process is done: process 0 writes the checksums into the manifest."""
     _barrier(processes, "karras_jax.generation: shards written")
     if process == 0:
-        checksums = dict(manifest.get("checksums", {}))
-        records = sorted(folder.glob("progress-p*.json"))
-        for record in records:
-            checksums.update(_read_json(record) or {})
+        checksums = _known_checksums(folder, manifest)
         expected = {_shard_name(i) for i in range(manifest["num_shards"])}
         if set(checksums) >= expected:
             final = {**manifest, "checksums": {k: checksums[k] for k in sorted(expected)}}
-            _write_json(folder / MANIFEST, final)
-            for record in records:
+            write_json(folder / MANIFEST, final)
+            for record in folder.glob("progress-p*.json"):
                 record.unlink(missing_ok=True)
     _barrier(processes, "karras_jax.generation: manifest written")
 
@@ -424,21 +528,14 @@ def verify(out: str | os.PathLike) -> dict[str, Any]:
     manifest = _read_json(path)
     if manifest is None or manifest.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a karras_jax generation manifest.")
-    seeds = parse_seeds(manifest["seeds"])
-    size, shape = int(manifest["shard_size"]), tuple(manifest["sample_shape"])
     checksums = manifest.get("checksums", {})
-    report: dict[str, Any] = {"ok": True, "shards": int(manifest["num_shards"]), "complete": [],
-                              "missing": [], "corrupt": {}, "unrecorded": []}
-    for i in range(int(manifest["num_shards"])):
-        name = _shard_name(i)
-        problem = _check_shard(folder / name, seeds[i * size:(i + 1) * size], shape, checksums.get(name))
-        if problem == "missing":
-            report["missing"].append(name)
-        elif problem is not None:
-            report["corrupt"][name] = problem
-        elif name not in checksums:
-            report["unrecorded"].append(name)
-        else:
-            report["complete"].append(name)
-    report["ok"] = len(report["complete"]) == report["shards"]
-    return report
+    scan = _scan(folder, manifest, checksums)
+    complete = [name for name in scan.done if name in checksums]
+    return {
+        "ok": len(complete) == int(manifest["num_shards"]),
+        "shards": int(manifest["num_shards"]),
+        "complete": complete,
+        "missing": [name for name, why in scan.problems.items() if why == "missing"],
+        "corrupt": {name: why for name, why in scan.problems.items() if why != "missing"},
+        "unrecorded": [name for name in scan.done if name not in checksums],
+    }

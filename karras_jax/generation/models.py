@@ -1,13 +1,19 @@
 """What ``kj.generate`` samples: a :class:`GenerateModel`, and how a MODEL argument names one.
 
-MODEL is ``mixture`` (the built-in 2-D Gaussian mixture and its exact denoiser), a folder
-written by ``karras-jax train-digits`` (its EMA weights, class labels ``seed % 10``), or
-``package.module:function`` (a function of no arguments returning a :class:`GenerateModel`
-or a dict of its fields).
+MODEL is one of:
+
+- ``mixture``: the built-in 2-D Gaussian mixture and its exact denoiser.
+- ``package.module:function``: a function of no arguments returning a :class:`GenerateModel`
+  or a dict of its fields.
+- a folder written by ``kj.fit(..., folder=DIR, model=...)`` (``karras-jax train-digits``
+  writes one): its ``model.json`` names the function and its JSON arguments; the function's
+  model is sampled with the checkpoint's EMA weights in place of its ``params``. Every folder
+  loads this same way; nothing is special to any one model.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 from collections.abc import Callable
@@ -15,10 +21,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from karras_jax.config import KarrasVeConfig
+from karras_jax.training.checkpoint import load_model_recipe, load_params
 
 __all__ = ["GenerateModel", "load_generate_model"]
 
@@ -65,35 +71,55 @@ def _weights_hash(params: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def _mixture() -> GenerateModel:
+@functools.lru_cache(maxsize=1)
+def _default_mixture() -> Any:
     from karras_jax.analytic import default_mixture
 
-    mixture = default_mixture()
+    with jax.ensure_compile_time_eval():  # concrete arrays even if first built inside a trace
+        return default_mixture()
+
+
+def _mixture_denoiser(params: Any, x: jax.Array, sigma: jax.Array, cond: Any) -> jax.Array:
+    """The built-in mixture's exact denoiser (no weights, no conditioning)."""
+    del params, cond
+    return _default_mixture().denoise(x, sigma)
+
+
+def _mixture() -> GenerateModel:
+    # one function for every load: a second "mixture" job reuses the compiled sampler
     return GenerateModel(
-        apply_fn=lambda params, x, sigma, cond: mixture.denoise(x, sigma),
-        params=None, sample_shape=(2,),
+        apply_fn=_mixture_denoiser, params=None, sample_shape=(2,),
         config=KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=40.0, s_min=0.05, s_max=50.0),
         schedule="karras", steps=18, identity="mixture:default_mixture")
 
 
-def _digits(folder: Path) -> GenerateModel:
-    from karras_jax.examples.digits import (
-        IMAGE_SHAPE,
-        NULL_CLASS,
-        NUM_CLASSES,
-        PIXEL_MAX,
-        denoiser,
-        load_model,
-    )
+def _build(spec: str, function: str, arguments: dict[str, Any]) -> GenerateModel:
+    """``function(**arguments)`` (a ``package.module:function``) as a :class:`GenerateModel`."""
+    module_name, _, name = function.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"model {spec!r}: cannot load {name!r} from {module_name!r}: {err}") from None
+    made = factory(**arguments)
+    if isinstance(made, dict):
+        made = GenerateModel(**made)
+    if not isinstance(made, GenerateModel):
+        raise ValueError(f"model {spec!r} returned {type(made).__name__}, not a GenerateModel or dict.")
+    return made
 
-    cfg, params = load_model(folder)
-    return GenerateModel(
-        apply_fn=denoiser(cfg), params=params, sample_shape=IMAGE_SHAPE,
-        config=KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=0.0),
-        schedule="karras", steps=cfg.sample_steps, identity=f"digits:{_weights_hash(params)}",
-        cond_fn=lambda seeds: jnp.asarray(np.asarray(seeds) % NUM_CLASSES, jnp.int32), null_cond=NULL_CLASS,
-        postprocess=lambda x: np.clip((x[..., 0] + 1.0) * (PIXEL_MAX / 2), 0.0, PIXEL_MAX),
-        image_range=(0.0, PIXEL_MAX))
+
+def _from_folder(spec: str, folder: Path) -> GenerateModel:
+    """The model of a ``kj.fit`` folder: its recorded function, filled with the checkpoint's EMA weights."""
+    try:
+        function, arguments = load_model_recipe(folder)
+    except (FileNotFoundError, ValueError) as err:
+        raise ValueError(f"model {spec!r}: {err}") from None
+    made = _build(spec, function, arguments)
+    try:
+        params = load_params(folder, made.params)
+    except (FileNotFoundError, ValueError) as err:
+        raise ValueError(f"model {spec!r}: {err}") from None
+    return made._replace(params=params, identity=f"{function}:{_weights_hash(params)}")
 
 
 def load_generate_model(spec: str) -> GenerateModel:
@@ -103,28 +129,17 @@ def load_generate_model(spec: str) -> GenerateModel:
       ValueError: ``spec`` names nothing loadable (the message says what was tried).
     """
     if not isinstance(spec, str) or not spec:
-        raise ValueError("model must be 'mixture', a train-digits folder or 'package.module:function'.")
+        raise ValueError("model must be 'mixture', a kj.fit folder or 'package.module:function'.")
     if spec == "mixture":
         return _mixture()
     path = Path(spec)
     if path.is_dir():
-        try:
-            return _digits(path)
-        except (FileNotFoundError, ImportError) as err:
-            raise ValueError(f"model {spec!r}: {err}") from None
+        return _from_folder(spec, path)
     module_name, sep, function = spec.partition(":")
     if not sep or not module_name or not function:
         raise ValueError(f"model {spec!r} is neither 'mixture', an existing folder, nor "
                          "'package.module:function'.")
-    try:
-        factory = getattr(importlib.import_module(module_name), function)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"model {spec!r}: cannot load {function!r} from {module_name!r}: {err}") from None
-    made = factory()
-    if isinstance(made, dict):
-        made = GenerateModel(**made)
-    if not isinstance(made, GenerateModel):
-        raise ValueError(f"model {spec!r} returned {type(made).__name__}, not a GenerateModel or dict.")
+    made = _build(spec, spec, {})
     if not made.identity:
         made = made._replace(identity=f"{spec}:{_weights_hash(made.params)}")
     return made

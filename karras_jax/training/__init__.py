@@ -1,6 +1,15 @@
 """Training with optax: Table 1's losses, a pure train step, the weights' EMA, checkpoints."""
 
-from karras_jax.training.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
+from karras_jax.training.checkpoint import (
+    CHECKPOINT_FILE,
+    MODEL_FILE,
+    Checkpoint,
+    load_checkpoint,
+    load_model_recipe,
+    load_params,
+    save_checkpoint,
+    save_model_recipe,
+)
 from karras_jax.training.ema import ema_decay, ema_gamma, ema_update
 from karras_jax.training.loop import TrainingRun, fit
 from karras_jax.training.loss import LOSSES, edm_loss, loss_weight, training_sigmas
@@ -9,6 +18,7 @@ from karras_jax.training.train_step import TrainState, make_train_step
 __all__ = [
     "CHECKPOINT_FILE",
     "LOSSES",
+    "MODEL_FILE",
     "Checkpoint",
     "TrainState",
     "TrainingRun",
@@ -18,8 +28,11 @@ __all__ = [
     "ema_update",
     "fit",
     "load_checkpoint",
+    "load_model_recipe",
+    "load_params",
     "make_train_step",
     "save_checkpoint",
+    "save_model_recipe",
     "loss_weight",
     "training_sigmas",
 ]

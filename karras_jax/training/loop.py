@@ -10,6 +10,7 @@ software: the same compiled program).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,8 +20,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from karras_jax._progress import Progress
-from karras_jax.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from karras_jax._progress import progress_bar
+from karras_jax._validation import check_count
+from karras_jax.training.checkpoint import (
+    CHECKPOINT_FILE,
+    MODEL_FILE,
+    load_checkpoint,
+    load_model_recipe,
+    save_checkpoint,
+    save_model_recipe,
+)
 from karras_jax.training.train_step import TrainState
 
 __all__ = ["TrainingRun", "fit"]
@@ -45,7 +54,8 @@ def fit(train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]], stat
         batch_at: Callable[[int], Any], key: jax.Array, num_steps: int, *,
         folder: str | os.PathLike | None = None, checkpoint_every: int = 100,
         metadata: dict[str, Any] | None = None, batch_size: int | None = None,
-        progress: bool = True, label: str = "train ") -> TrainingRun:
+        progress: bool = True, label: str = "train ", model: str | None = None,
+        model_args: dict[str, Any] | None = None) -> TrainingRun:
     """Runs ``train_step`` from the state's step to ``num_steps``, resuming from ``folder``.
 
     Args:
@@ -63,24 +73,32 @@ def fit(train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]], stat
       batch_size: For the progress bar's images/s (steps/s without it).
       progress: Show a progress bar (loss, rate, ETA) on stderr.
       label: The progress bar's prefix.
+      model: ``"package.module:function"`` that rebuilds the network, recorded with its
+        ``model_args`` in ``folder/model.json`` (:func:`karras_jax.save_model_recipe`), so the
+        folder loads as a model: ``karras-jax generate --model FOLDER``. ``function(**model_args)``
+        returns a :class:`karras_jax.GenerateModel` whose ``params`` give the weights' structure;
+        the checkpoint's EMA fills them in.
+      model_args: JSON keyword arguments of ``model``.
 
     Returns:
       A :class:`TrainingRun`.
 
     Raises:
-      ValueError: the folder's checkpoint was made with other settings (the differing
-        keys are named), or ``num_steps`` / ``checkpoint_every`` are not positive.
+      ValueError: the folder's checkpoint was made with other settings or another model
+        (what differs is named), ``num_steps`` / ``checkpoint_every`` are not positive, or
+        ``model`` is given without ``folder``.
     """
-    for name, value in (("num_steps", num_steps), ("checkpoint_every", checkpoint_every)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+    num_steps, checkpoint_every = check_count("num_steps", num_steps), check_count("checkpoint_every",
+                                                                                   checkpoint_every)
     metadata = dict(metadata or {})
     losses = np.full((num_steps,), np.nan, np.float32)
     start = 0
     if folder is not None:
-        for stale in Path(folder).glob(f".{CHECKPOINT_FILE}.*.tmp"):  # left by a kill mid-write
-            stale.unlink(missing_ok=True)
-    if folder is not None and (Path(folder) / CHECKPOINT_FILE).exists():
+        for name in (CHECKPOINT_FILE, MODEL_FILE):
+            for stale in Path(folder).glob(f".{name}.*.tmp"):  # left by a kill mid-write
+                stale.unlink(missing_ok=True)
+    resuming = folder is not None and (Path(folder) / CHECKPOINT_FILE).exists()
+    if resuming:
         saved = load_checkpoint(folder, state)
         differ = sorted(k for k in set(saved.metadata) | set(metadata)
                         if k != "losses" and saved.metadata.get(k) != metadata.get(k))
@@ -93,8 +111,12 @@ def fit(train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]], stat
         state, start = saved.state, saved.position
         history = np.asarray(saved.metadata.get("losses", []), np.float32)[:num_steps]
         losses[: history.size] = history
+    if model is not None:
+        if folder is None:
+            raise ValueError("model is recorded in the checkpoint folder: give folder too.")
+        _record_model(Path(folder), model, model_args, resuming=resuming)
     unit, scale = ("img", batch_size) if batch_size else ("steps", 1)
-    bar = Progress(num_steps * scale, unit=unit, start=start * scale, label=label) if progress else None
+    bar = progress_bar(num_steps * scale, unit=unit, initial=start * scale, label=label) if progress else None
     pending: list[tuple[int, jax.Array]] = []
 
     def drain() -> None:
@@ -115,8 +137,21 @@ def fit(train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]], stat
             save(done)
         if bar is not None and (done % 10 == 0 or done == num_steps):
             drain()  # reading the loss waits for the step: only every 10 steps
-            bar.update(done * scale, loss=float(losses[step]))
+            bar.set_postfix(loss=f"{losses[step]:.4g}", refresh=False)
+            bar.update(done * scale - bar.n)
     drain()
     if bar is not None:
         bar.close()
     return TrainingRun(state=state, losses=losses, resumed_from=start)
+
+
+def _record_model(folder: Path, model: str, model_args: dict[str, Any] | None, *, resuming: bool) -> None:
+    """Writes the folder's model recipe; a resumed run must name the model its checkpoint holds."""
+    args = json.loads(json.dumps(model_args or {}))  # as the file will hold them (tuples become lists)
+    if resuming and (folder / MODEL_FILE).exists():
+        saved = load_model_recipe(folder)
+        if saved != (model, args):
+            raise ValueError(f"{folder} holds a checkpoint of another model: {MODEL_FILE} records "
+                             f"{saved[0]}({saved[1]!r}), now {model}({args!r}).")
+        return
+    save_model_recipe(folder, model, args)

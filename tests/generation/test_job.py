@@ -1,4 +1,5 @@
-"""kj.generate / kj.verify in one process: layout, batch invariance, resume, refusals, guidance, PNGs."""
+"""kj.generate / kj.verify in one process: layout, batch invariance, resume, refusals, guidance, PNGs;
+and its three parts alone: planning, shard scanning, writing."""
 
 import hashlib
 import json
@@ -10,6 +11,8 @@ import pytest
 
 import karras_jax as kj
 from karras_jax.cli import main
+from karras_jax.generation import job
+from karras_jax.generation._writer import shard_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # generate_models
 
@@ -148,3 +151,109 @@ def test_the_command_generates_verifies_and_reports_problems(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--model", "mixture", "--out", str(out)])
     assert "needs --seeds" in capsys.readouterr().err
+
+
+def test_planning_checks_overrides_and_builds_the_manifest_without_writing(tmp_path):
+    out = tmp_path / "new"
+    plan = job._plan("mixture", "0-9", out, batch=4, s_churn=0.0, steps=5)
+    assert not out.exists()  # planning writes nothing
+    assert plan.config.s_churn == 0.0 and plan.manifest["config"]["s_churn"] == 0.0
+    assert plan.manifest["steps"] == 5 and len(plan.manifest["sigmas"]) == 6
+    assert (plan.manifest["shard_size"], plan.manifest["num_shards"]) == (4, 3)  # shard size: the batch
+    assert plan.seeds.tolist() == list(range(10)) and not plan.resumed
+    assert plan.manifest["checksums"] == {} and "jax" in plan.manifest["versions"]
+
+
+def test_planning_a_resume_reads_the_saved_manifest_and_keeps_its_shard_size(done):
+    plan = job._plan("mixture", "0-99", done, batch=7)
+    assert plan.resumed and plan.manifest["shard_size"] == 32 and len(plan.manifest["checksums"]) == 4
+    with pytest.raises(ValueError, match="what differs: .*shard_size"):
+        job._plan("mixture", "0-99", done, batch=7, shard_size=10)
+
+
+@pytest.mark.parametrize("args, match", [
+    (dict(batch=0), "batch must be an int >= 1"), (dict(batch=2.0), "batch"), (dict(batch=True), "batch"),
+    (dict(shard_size=-1), "shard_size must be an int >= 1"), (dict(png=True), "png needs an image model"),
+    (dict(guidance=1.0), "conditional")])
+def test_planning_refuses_bad_arguments_naming_them(tmp_path, args, match):
+    with pytest.raises(ValueError, match=match):
+        job._plan("mixture", "0-9", tmp_path, **args)
+    assert not list(tmp_path.iterdir())
+
+
+def _manifest(seeds="0-9", shard_size=4, shape=(2,)):
+    return {"seeds": seeds, "shard_size": shard_size, "num_shards": -(-10 // shard_size),
+            "sample_shape": list(shape)}
+
+
+def _shard(folder, index, seeds, value=0.0):
+    (folder / f"shard-{index:06d}.npz").write_bytes(
+        shard_bytes(np.asarray(seeds), np.full((len(seeds), 2), value, np.float32)))
+
+
+def test_scanning_finds_complete_missing_and_wrong_shards(tmp_path):
+    _shard(tmp_path, 0, [0, 1, 2, 3])
+    _shard(tmp_path, 2, [8, 9, 10])  # one seed too many
+    scan = job._scan(tmp_path, _manifest(), {})
+    assert list(scan.done) == ["shard-000000.npz"]
+    sha = hashlib.sha256((tmp_path / "shard-000000.npz").read_bytes()).hexdigest()
+    assert scan.done["shard-000000.npz"] == sha
+    assert [i for i, _ in scan.todo] == [1, 2] and scan.todo[0][1].tolist() == [4, 5, 6, 7]
+    assert scan.problems == {"shard-000001.npz": "missing", "shard-000002.npz": "holds other seeds"}
+
+
+def test_scanning_checks_known_checksums_and_splits_shards_over_processes(tmp_path):
+    for i in range(3):
+        _shard(tmp_path, i, list(range(4 * i, min(4 * i + 4, 10))))
+    wrong = {"shard-000001.npz": "0" * 64}
+    scan = job._scan(tmp_path, _manifest(), wrong)
+    assert [i for i, _ in scan.todo] == [1] and "checksum" in scan.problems["shard-000001.npz"]
+    second = job._scan(tmp_path, _manifest(), {}, process=1, processes=2)  # shard i is process i % 2's
+    assert list(second.done) == ["shard-000001.npz"] and not second.todo
+    first = job._scan(tmp_path, _manifest(), {}, process=0, processes=2)
+    assert list(first.done) == ["shard-000000.npz", "shard-000002.npz"]
+
+
+def test_writing_generates_exactly_the_todo_shards_and_records_their_checksums(tmp_path):
+    plan = job._plan("mixture", "0-9", tmp_path, batch=4)
+    scan = job._Scan(done={"shard-000000.npz": "a" * 64}, todo=[(1, plan.seeds[4:8])], problems={})
+    assert job._write(plan, scan) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["progress-p0.json", "shard-000001.npz"]
+    record = json.loads((tmp_path / "progress-p0.json").read_text())
+    sha = hashlib.sha256((tmp_path / "shard-000001.npz").read_bytes()).hexdigest()
+    assert record == {"shard-000000.npz": "a" * 64, "shard-000001.npz": sha}
+    sampler = kj.make_sampler(plan.model.apply_fn, plan.state, plan.model.config, (2,))
+    direct = sampler(None, kj.seed_keys(np.arange(4, 8)))
+    with np.load(tmp_path / "shard-000001.npz") as f:
+        assert f["seeds"].tolist() == [4, 5, 6, 7]
+        np.testing.assert_allclose(f["samples"], direct, rtol=1e-5, atol=1e-6)
+
+
+def test_writing_nothing_records_the_complete_shards_only(tmp_path):
+    plan = job._plan("mixture", "0-9", tmp_path, batch=4)
+    assert job._write(plan, job._Scan(done={"shard-000002.npz": "b" * 64}, todo=[], problems={})) == 0
+    assert json.loads((tmp_path / "progress-p0.json").read_text()) == {"shard-000002.npz": "b" * 64}
+
+
+def test_a_writer_error_stops_writing_and_reaches_the_caller(tmp_path):
+    plan = job._plan("mixture", "0-9", tmp_path / "gone", batch=4)  # the folder does not exist
+    with pytest.raises(OSError, match="shard-00000"):
+        job._write(plan, job._Scan(done={}, todo=[(0, plan.seeds[:4]), (1, plan.seeds[4:8])], problems={}))
+
+
+def test_a_second_job_reuses_the_compiled_sampler(tmp_path):
+    kj.generate("mixture", "0-9", tmp_path / "a", batch=5, progress=False)
+    before = job._compiled_sampler.cache_info()
+    kj.generate("mixture", "20-29", tmp_path / "b", batch=5, progress=False)  # another seed range
+    after = job._compiled_sampler.cache_info()
+    assert after.hits == before.hits + 1 and after.misses == before.misses
+    kj.generate("mixture", "0-9", tmp_path / "c", batch=5, steps=4, progress=False)  # other levels: compiled
+    assert job._compiled_sampler.cache_info().misses == before.misses + 1
+
+
+def test_pngs_without_pillow_are_refused_before_anything_is_sampled(tmp_path, monkeypatch):
+    real = job.importlib.util.find_spec
+    monkeypatch.setattr(job.importlib.util, "find_spec", lambda name: None if name == "PIL" else real(name))
+    with pytest.raises(ImportError, match=r"karras-jax\[png\]"):
+        kj.generate("generate_models:gaussian_images", "0-3", tmp_path / "out", png=True, progress=False)
+    assert not (tmp_path / "out").exists()

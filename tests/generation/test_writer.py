@@ -1,31 +1,44 @@
-"""The background shard writer and the PNG encoder."""
-
-import io
-import zlib
+"""The background shard writer and its PNG files (encoded by Pillow, written atomically)."""
 
 import numpy as np
 import pytest
 
-from karras_jax.generation._writer import ShardWriter, png_bytes, shard_bytes
+from karras_jax.generation._writer import ShardWriter, shard_bytes, write_png
+
+Image = pytest.importorskip("PIL.Image", reason="PNG files need Pillow (the png extra)")
 
 
-def test_png_is_a_valid_grayscale_image_with_the_scaled_pixels():
-    image = np.asarray([[0.0, 1.0], [0.5, 2.0]])  # 2.0 clips to 255
-    data = png_bytes(image, 0.0, 1.0)
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (width, height, data[24], data[25]) == (2, 2, 8, 0)  # 8-bit grayscale
-    start = data.index(b"IDAT") + 4
-    length = int.from_bytes(data[start - 8:start - 4], "big")
-    raw = zlib.decompress(data[start:start + length])
-    assert list(raw) == [0, 0, 255, 0, 128, 255]  # filter byte 0, then the row
+def test_a_png_is_an_8_bit_grayscale_image_of_the_scaled_clipped_pixels(tmp_path):
+    image = np.asarray([[0.0, 1.0], [0.5, 2.0], [-1.0, 0.25]])  # 2.0 clips to 255, -1.0 to 0
+    path = write_png(tmp_path / "a.png", image, 0.0, 1.0)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as png:
+        assert (png.format, png.mode, png.size) == ("PNG", "L", (2, 3))
+        assert np.asarray(png).tolist() == [[0, 255], [128, 255], [0, 64]]
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_png_can_be_read_back_by_matplotlib():
-    plt = pytest.importorskip("matplotlib.pyplot")
-    rgb = np.random.default_rng(0).uniform(size=(3, 5, 3))
-    back = plt.imread(io.BytesIO(png_bytes(rgb, 0.0, 1.0)), format="png")
-    np.testing.assert_allclose(back[..., :3], np.round(rgb * 255) / 255, atol=1e-6)
+def test_a_one_channel_image_is_grayscale_and_three_channels_are_rgb(tmp_path):
+    rgb = np.random.default_rng(0).uniform(-1, 1, size=(3, 5, 3))
+    with Image.open(write_png(tmp_path / "rgb.png", rgb, -1.0, 1.0)) as png:
+        assert png.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(png), np.round((rgb + 1) / 2 * 255).astype(np.uint8))
+    with Image.open(write_png(tmp_path / "gray.png", rgb[..., :1], -1.0, 1.0)) as png:
+        assert png.mode == "L" and png.size == (5, 3)
+
+
+def test_a_failed_png_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = write_png(tmp_path / "a.png", np.zeros((2, 2)), 0.0, 1.0)
+    before = path.read_bytes()
+
+    def broken_save(self, fp, format=None, **params):
+        fp.write(b"\x89PNG partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(OSError, match="a.png"):
+        write_png(path, np.ones((2, 2)), 0.0, 1.0)
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_shards_are_written_in_the_background_and_reported(tmp_path):
@@ -39,6 +52,16 @@ def test_shards_are_written_in_the_background_and_reported(tmp_path):
         assert f["seeds"].tolist() == [2, 3] and f["samples"].dtype == np.float32
     expected = shard_bytes(np.arange(1, 3), np.ones((2, 3), np.float32))
     assert (tmp_path / "shard-000001.npz").read_bytes() == expected
+
+
+def test_the_writer_puts_one_png_per_seed_in_edms_folder_layout(tmp_path):
+    writer = ShardWriter(tmp_path, lambda name, sha: None, png_range=(0.0, 1.0))
+    writer.put("shard-000000.npz", np.asarray([999, 1000, 2001]), np.full((3, 4, 4), 0.5, np.float32))
+    writer.close()
+    pngs = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    assert pngs == ["000000/000999.png", "001000/001000.png", "002000/002001.png"]
+    with Image.open(tmp_path / "001000" / "001000.png") as png:
+        assert png.size == (4, 4) and np.all(np.asarray(png) == 128)
 
 
 def test_a_writer_error_reaches_the_caller_and_earlier_shards_stay(tmp_path):

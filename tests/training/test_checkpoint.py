@@ -213,3 +213,59 @@ def test_a_target_with_differently_shaped_parameters_is_a_value_error(previous):
                                   "scale": jnp.ones((), jnp.bfloat16)}, OPTIMIZER)
     with pytest.raises(ValueError, match="does not match"):
         kj.load_checkpoint(folder, wider)  # not: return (3, 3) weights for a (3, 5) model
+
+
+# --- the weights alone, and the recipe that rebuilds the model ----------------------------
+
+
+@pytest.mark.parametrize("ema", [True, False])
+def test_load_params_reads_the_ema_or_the_weights_into_an_abstract_target(previous, ema):
+    folder, _ = previous
+    state = trained()[0]
+    abstract = jax.eval_shape(fresh_params)  # shapes only: no optimizer, nothing initialised
+    got = kj.load_params(folder, abstract, ema=ema)
+    assert_same_tree(got, state.ema if ema else state.params)
+
+
+def test_load_params_into_weights_of_another_shape_is_a_value_error(previous):
+    folder, _ = previous
+    other = {"dense": {"w": jnp.zeros((3, 4)), "b": jnp.zeros(3)}, "scale": jnp.ones((), jnp.bfloat16)}
+    with pytest.raises(ValueError, match=r"dense/w is saved as float32\[3, 3\], expected float32\[3, 4\]"):
+        kj.load_params(folder, other)
+
+
+def test_load_params_of_a_checkpoint_that_is_not_a_train_state_is_a_value_error(tmp_path):
+    kj.save_checkpoint(tmp_path, {"w": jnp.zeros(2)}, position=0, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="no 'ema' weights"):
+        kj.load_params(tmp_path, {"w": jnp.zeros(2)})
+    with pytest.raises(FileNotFoundError):
+        kj.load_params(tmp_path / "missing", {"w": jnp.zeros(2)})
+
+
+def test_a_model_recipe_round_trips_and_is_written_atomically(tmp_path):
+    path = kj.save_model_recipe(tmp_path, "my_models.net:build", {"channels": [16, 32], "dropout": 0.1})
+    assert path.name == kj.MODEL_FILE and files_in(tmp_path) == [kj.MODEL_FILE]
+    assert kj.load_model_recipe(tmp_path) == ("my_models.net:build", {"channels": [16, 32], "dropout": 0.1})
+    kj.save_model_recipe(tmp_path, "my_models.net:build")
+    assert kj.load_model_recipe(tmp_path) == ("my_models.net:build", {})
+
+
+@pytest.mark.parametrize("function, arguments, error, match", [
+    ("my_models.build", None, ValueError, "function must be 'package.module:function'"),
+    ("my models:build", None, ValueError, "function"), (":build", None, ValueError, "function"),
+    (42, None, ValueError, "function"), ("m:f", ["not", "a", "dict"], TypeError, "arguments"),
+    ("m:f", {"x": object()}, TypeError, "JSON"), ("m:f", {1: 2}, TypeError, "arguments")])
+def test_a_bad_recipe_is_refused_and_nothing_is_written(tmp_path, function, arguments, error, match):
+    with pytest.raises(error, match=match):
+        kj.save_model_recipe(tmp_path, function, arguments)
+    assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "no model.json"), ("{not json", "not readable JSON"), ('{"function": "m:f"}', "not a karras_jax"),
+    ('{"format": "karras_jax.model/1", "function": "nothing", "arguments": {}}', "function")])
+def test_a_missing_or_bad_recipe_file_is_named(tmp_path, content, match):
+    if content is not None:
+        (tmp_path / kj.MODEL_FILE).write_text(content)
+    with pytest.raises(FileNotFoundError if content is None else ValueError, match=match):
+        kj.load_model_recipe(tmp_path)

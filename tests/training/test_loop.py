@@ -104,3 +104,34 @@ def test_bad_step_counts_are_named(bad):
     state, step_fn = _setup()
     with pytest.raises(ValueError, match="num_steps"):
         kj.fit(step_fn, state, lambda s: jnp.ones((4, 2)), jax.random.key(0), bad, progress=False)
+
+
+def test_fit_records_the_model_recipe_and_a_resume_must_name_the_same_model(tmp_path):
+    state, step_fn = _setup()
+    batch_at = lambda s: jnp.ones((4, 2))  # noqa: E731
+    kj.fit(step_fn, state, batch_at, jax.random.key(0), 2, folder=tmp_path, progress=False,
+           model="my_models:build", model_args={"sizes": (2, 3)})
+    assert kj.load_model_recipe(tmp_path) == ("my_models:build", {"sizes": [2, 3]})  # as JSON holds it
+    again = kj.fit(step_fn, state, batch_at, jax.random.key(0), 4, folder=tmp_path, progress=False,
+                   model="my_models:build", model_args={"sizes": (2, 3)})
+    assert again.resumed_from == 2
+    with pytest.raises(ValueError, match=r"another model: model.json records my_models:build"):
+        kj.fit(step_fn, state, batch_at, jax.random.key(0), 4, folder=tmp_path, progress=False,
+               model="my_models:build", model_args={"sizes": (2, 4)})
+    assert kj.load_model_recipe(tmp_path) == ("my_models:build", {"sizes": [2, 3]})
+
+
+def test_a_model_without_a_folder_is_refused():
+    state, step_fn = _setup()
+    with pytest.raises(ValueError, match="folder"):
+        kj.fit(step_fn, state, lambda s: jnp.ones((4, 2)), jax.random.key(0), 2, progress=False,
+               model="my_models:build")
+
+
+def test_the_progress_bar_counts_images_from_where_a_resumed_run_starts(tmp_path, capsys):
+    state, step_fn = _setup()
+    batch_at = lambda s: jnp.ones((4, 2))  # noqa: E731
+    kj.fit(step_fn, state, batch_at, jax.random.key(0), 10, folder=tmp_path, progress=False)
+    kj.fit(step_fn, state, batch_at, jax.random.key(0), 20, folder=tmp_path, batch_size=4, label="train ")
+    err = capsys.readouterr().err
+    assert "train:" in err and " 40/80" in err and "80/80" in err and "img" in err and "loss=" in err
