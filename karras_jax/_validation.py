@@ -26,7 +26,9 @@ __all__ = [
     "check_representable_levels",
     "check_dtype",
     "check_num_steps",
+    "REAL",
     "check_sigma_range",
+    "check_values",
     "check_sample_shape",
     "carry_dtype",
     "concrete_value",
@@ -143,6 +145,43 @@ def mesh_devices(mesh: Any, axis_name: str | tuple[str, ...]) -> int:
     return math.prod(mesh.shape[axis] for axis in names)
 
 
+REAL = (numbers.Real, np.ndarray, np.generic, jax.Array)  # what a config field may hold to compute with
+
+# KarrasVeConfig's range rules, checked in this order once every concrete value is finite:
+# (field, relation, its test, the field it is compared with or None for 0).
+_RULES = (("sigma_min", ">", np.greater, None), ("s_churn", ">=", np.greater_equal, None),
+          ("s_noise", ">=", np.greater_equal, None), ("sigma_max", ">", np.greater, "sigma_min"),
+          ("s_min", "<=", np.less_equal, "s_max"))
+
+
+def check_values(given: dict[str, Any], *, schedule: bool = False) -> None:
+    """Checks config fields ``given`` (name -> value): no containers, concrete values finite, the rules.
+
+    A rule is checked when its fields are all given and concrete (traced values pass).
+    ``schedule=True`` is :func:`check_sigma_range`'s flavour: every
+    value must be a real number or an array (no None placeholder), and a value compared
+    with 0 is shown as given rather than as a float.
+
+    Raises:
+      TypeError: a value is not a real number (a list, string, bool, complex, ...).
+      ValueError: a value is not finite or breaks a rule (the message names it).
+    """
+    for name, value in given.items():
+        if isinstance(value, (list, tuple, dict, set)) or (schedule and not isinstance(value, REAL)):
+            raise TypeError(f"{name} must be a real number or an array, got {type(value).__name__} {value!r}"
+                            f"{'.' if schedule else '; wrap a sweep of values in jnp.asarray.'}")
+    values = {name: concrete_value(name, value) for name, value in given.items()}
+    for name, value in values.items():
+        if value is not None and not np.all(np.isfinite(value)):
+            raise ValueError(f"{name} must be finite, got {given[name]!r}.")
+    for name, relation, holds, other in _RULES:
+        value, bound = values.get(name), values.get(other) if other else 0
+        if value is not None and bound is not None and not np.all(holds(value, bound)):
+            got = (f"{name}={given[name]!r} and {other}={given[other]!r}" if other
+                   else repr(given[name] if schedule else value.tolist()))
+            raise ValueError(f"{name} must be {relation} {other or 0}, got {got}.")
+
+
 def check_sigma_range(sigma_min: Any, sigma_max: Any) -> None:
     """Checks a schedule's range: concrete values finite, 0 < sigma_min < sigma_max.
 
@@ -152,9 +191,7 @@ def check_sigma_range(sigma_min: Any, sigma_max: Any) -> None:
       TypeError: a bound is not a real number or an array of them (None, a list, a string).
       ValueError: naming the bound that is not finite, sigma_min <= 0, or sigma_max <= sigma_min.
     """
-    from karras_jax.config import _check_values  # the config's rules; config imports this module
-
-    _check_values({"sigma_min": sigma_min, "sigma_max": sigma_max}, schedule=True)
+    check_values({"sigma_min": sigma_min, "sigma_max": sigma_max}, schedule=True)
 
 
 def check_sample_shape(sample_shape: Any) -> tuple[int, ...]:
