@@ -1,12 +1,11 @@
 """Measurement 8: what the samplers' Python wrappers add to each call.
 
-``kj.make_sampler`` returns ``sampler(params, keys, cond=None, x_init=None, *, config=,
-state=)``, a Python function around its jitted program ``sampler.jitted(params, keys,
-cond, x_init, config, state)``; ``kj.make_sharded_sampler`` likewise around
-``sampler.jitted(params, keys, cond, config, state)``. Both are timed at the MLP, B=1,
+``kj.make_sampler`` and ``kj.make_sharded_sampler`` return ``sampler(params, keys, cond=None,
+x_init=None, *, config=, state=)``, a Python function around its jitted program
+``sampler.jitted(params, keys, cond, x_init, state, draws)``. Both are timed at the MLP, B=1,
 N=18 (where the program is fast, so that the wrapper's share is largest), against their
-jitted programs called with the very config and state objects the wrapper passes (read
-from the wrapper's closure; ``as_traced_config`` of the config if they cannot be found).
+jitted programs called with the very state (holding its config) the wrapper passes (read
+from the wrapper's closure; ``karras_jax._compiled.prepare`` of it if it cannot be found).
 The sharded sampler runs on a 1-device mesh with its keys placed on
 ``kj.batch_sharding(mesh)`` beforehand (its fast path).
 
@@ -36,7 +35,7 @@ from jax.sharding import Mesh
 import karras_jax as kj
 from benchmarks.suite import Suite, batch_keys, row
 from benchmarks.timing import Timing
-from karras_jax.sampler import as_traced_config
+from karras_jax._compiled import prepare
 
 WARMUP = 50
 
@@ -44,12 +43,13 @@ WARMUP = 50
 def wrapper_arguments(
     sampler: Callable[..., Any], config: kj.KarrasVeConfig, state: kj.KarrasVeState
 ) -> tuple[Any, Any, str]:
-    """``(config, state, where from)``: the objects ``sampler`` passes to its jitted program."""
+    """``(state, draws, where from)``: what ``sampler`` passes to its jitted program."""
     closure = sampler.__closure__ or ()
     cells = dict(zip(sampler.__code__.co_freevars, (c.cell_contents for c in closure), strict=True))
-    if "default_config" in cells and "default_state" in cells:
-        return cells["default_config"], cells["default_state"], "wrapper closure"
-    return as_traced_config(config), state, "as_traced_config"
+    if "default" in cells:
+        return cells["default"].state, cells["default"].draws, "wrapper closure"
+    prepared = prepare(state, config, np.dtype(np.float32))
+    return prepared.state, prepared.draws, "karras_jax._compiled.prepare"
 
 
 def alternate(fns: dict[str, Callable[[], Any]], calls: int) -> dict[str, list[float]]:
@@ -85,21 +85,21 @@ def run(suite: Suite) -> list[dict[str, Any]]:
     rows = []
 
     plain = suite.sampler("mlp", n)
-    config, state_arg, source = wrapper_arguments(plain, suite.config, state)
+    state_arg, draws, source = wrapper_arguments(plain, suite.config, state)
     variants = {
         "make_sampler": (
             partial(plain, params, keys),
-            partial(plain.jitted, params, keys, None, None, config, state_arg),
+            partial(plain.jitted, params, keys, None, None, state_arg, draws),
             source,
         )
     }
     mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
     sharded = kj.make_sharded_sampler(apply_fn, state, suite.config, shape, mesh)
     placed = jax.device_put(keys, kj.batch_sharding(mesh))
-    config_s, state_s, source_s = wrapper_arguments(sharded, suite.config, state)
+    state_s, draws_s, source_s = wrapper_arguments(sharded, suite.config, state)
     variants["make_sharded_sampler"] = (
         partial(sharded, params, placed),
-        partial(sharded.jitted, params, placed, None, config_s, state_s),
+        partial(sharded.jitted, params, placed, None, None, state_s, draws_s),
         source_s,
     )
     for name, (wrapper, jitted, source) in variants.items():

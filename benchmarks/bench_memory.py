@@ -21,7 +21,7 @@ Also timed: ``kj.sample`` with s_churn = 0 (no noise: the Heun step alone, in re
 passes; on a GPU its target is 1.2 passes), and ``kj.sample`` traced under
 :func:`benchmarks.switches.always_draw`, i.e. with the churn draw made at every step and fused
 into the Euler/Heun update (no ``lax.cond``: the form it takes below
-``karras_jax.sampler.SKIP_IDLE_DRAW_FROM``), to show what the cond costs at this size.
+``karras_jax._noise.SKIP_IDLE_DRAW_FROM``), to show what the cond costs at this size.
 
 Repeated with ``rbg`` keys (``jax.random.key(0, impl='rbg')``) for sampler and floor, and
 the preset's other key implementations (``philox4x32``). Note: under ``vmap`` an ``rbg``
@@ -42,7 +42,7 @@ import numpy as np
 import karras_jax as kj
 from benchmarks.suite import Suite, key_impl_works, row
 from benchmarks.switches import compile_always_drawing
-from karras_jax.sampler import as_traced_config
+from karras_jax._compiled import as_traced_config
 
 # Churn at every step: the window covers all levels (sigma_max = 100), gamma = min(1/N, sqrt(2)-1).
 CHURN_EVERYWHERE = kj.KarrasVeConfig(s_churn=1.0, s_min=0.0, s_max=1000.0)

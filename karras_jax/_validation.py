@@ -21,6 +21,7 @@ from jax.typing import DTypeLike
 __all__ = [
     "as_typed_keys",
     "check_arity",
+    "check_count",
     "check_cond",
     "check_finite_array",
     "check_representable_levels",

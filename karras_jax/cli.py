@@ -392,10 +392,9 @@ def _demo(args: argparse.Namespace) -> int:
     print("-" * len(header))
     results = {}
     for solver in args.solvers:
-        sampler = jax.jit(lambda k, c, s=solver: kj.sample(mixture.denoise, k, state, c, (2,),
-                                                           solver=s))
-        _, first = _timed(sampler, keys, config)
-        samples, run = _timed(sampler, keys, config)
+        sampler = jax.jit(lambda k, st, s=solver: kj.sample(mixture.denoise, k, st, None, (2,), solver=s))
+        _, first = _timed(sampler, keys, state)
+        samples, run = _timed(sampler, keys, state)
         nfe = kj.get_solver(solver).evaluations(args.steps)
         dist = float(energy_distance(samples[:evaluated], truth[:evaluated]))
         results[solver] = np.asarray(samples)

@@ -12,7 +12,6 @@ contract (docs/noise.md): a sample depends only on its own key.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -22,7 +21,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from karras_jax._compiled import Prepared, check_levels_fit, churn_is_idle, loop_config, prepare, wrap_program
 from karras_jax._debug import TRACED_MESSAGE, run_checked, start, watch
-from karras_jax._noise import churn_keys, churn_noise, start_sample
+from karras_jax._noise import churn_fn, start_sample
 from karras_jax._progress import step_bar
 from karras_jax._validation import (
     as_typed_keys,
@@ -38,15 +37,9 @@ from karras_jax.config import KarrasVeConfig
 from karras_jax.solvers import Solver, get_solver
 from karras_jax.solvers.base import levels_of
 from karras_jax.state import KarrasVeState, check_state, resolve_config
-from karras_jax.steps import add_churn, churn_levels
+from karras_jax.steps import churn_levels
 
 __all__ = ["Trajectory", "make_sampler", "sample"]
-
-# Sample sizes (B * prod(sample_shape)) from which a step that may churn skips an idle draw
-# behind a lax.cond; below them the draw is added times 0 in the fused update. A draw costs
-# ~14 ns/element on a CPU core, ~5.5 us/million on an H200; a cond ~1 us on CPU, a few on GPUs.
-SKIP_IDLE_DRAW_FROM = {"cpu": 128, "accelerator": 1 << 20}
-
 
 class Trajectory(NamedTuple):
     """Per-step record of a sampling run (``sample(..., return_trajectory=True)``).
@@ -147,7 +140,7 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
     sigma_hat, noise_std = churn_levels(config, n, sigmas[:-1])
     levels = levels_of(sigmas[:-1], sigma_hat, sigmas[1:])
     levels = levels._replace(extra=solver.scalars(levels))
-    churn = None if churn_is_idle(config, state) else _churn_fn(keys, sample_shape, dtype, noise_std)
+    churn = None if churn_is_idle(config, state) else churn_fn(keys, sample_shape, dtype, noise_std)
 
     def denoise(x: jax.Array, sigma: jax.Array) -> jax.Array:
         out = denoise_fn(x.astype(dtype), sigma, cond)
@@ -188,27 +181,6 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
         return x
     samples = jnp.concatenate([x0.astype(dtype)[None], path[0], x[None]])
     return x, Trajectory(samples, jnp.concatenate([path[1], denoised.astype(dtype)[None]]), sigmas)
-
-
-def _churn_fn(keys: jax.Array, sample_shape: tuple[int, ...], dtype: jnp.dtype,
-              noise_std: jax.Array) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """``churn(i, x) -> x_hat``: drawn every step for small samples, skipped when idle for large."""
-    k_churn = churn_keys(keys, sample_shape)
-    size = keys.shape[0] * math.prod(sample_shape)
-
-    def churn(i: jax.Array, x: jax.Array) -> jax.Array:
-        def draw(x: jax.Array) -> jax.Array:
-            return add_churn(x, noise_std[i], churn_noise(k_churn, i, sample_shape, dtype))
-
-        def skip_when_idle(x: jax.Array) -> jax.Array:
-            return jax.lax.cond(noise_std[i] > 0, draw, lambda x: x, x)
-
-        on_cpu = skip_when_idle if size >= SKIP_IDLE_DRAW_FROM["cpu"] else draw
-        elsewhere = skip_when_idle if size >= SKIP_IDLE_DRAW_FROM["accelerator"] else draw
-        return on_cpu(x) if on_cpu is elsewhere else jax.lax.platform_dependent(x, cpu=on_cpu,
-                                                                                default=elsewhere)
-
-    return churn
 
 
 def make_sampler(apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array], state: KarrasVeState,
