@@ -10,11 +10,12 @@ the jitted program). A call then only wraps raw keys and places arrays before di
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from jax.typing import ArrayLike
 
 from karras_jax._validation import level_dtype
@@ -104,11 +105,12 @@ def as_traced_config(config: KarrasVeConfig, *, on_device: bool = False) -> Karr
     return jax.tree_util.tree_map(cast, config)
 
 
-class Prepared(NamedTuple):
+@struct.dataclass
+class Prepared:
     """A checked run of a compiled sampler."""
 
     state: KarrasVeState  # its config as level-dtype device scalars
-    draws: bool  # static: whether the program draws churn noise at all
+    draws: bool = struct.field(pytree_node=False)  # static: whether the program draws churn noise
 
 
 def prepare(state: KarrasVeState, config: KarrasVeConfig | None, dtype: jnp.dtype) -> Prepared:

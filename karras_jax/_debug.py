@@ -12,10 +12,11 @@ and raises ``FloatingPointError`` on the host. The default program contains none
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 from jax.experimental import checkify
 
 Denoise = Callable[[jax.Array, jax.Array], jax.Array]
@@ -39,7 +40,8 @@ _MESSAGES = {
 }
 
 
-class FirstFailure(NamedTuple):
+@struct.dataclass
+class FirstFailure:
     """The first failed check so far (``step == -1``: none), carried through the loop."""
 
     step: jax.Array  # int32 ()

@@ -72,6 +72,10 @@ class KarrasVeConfig:
             object.__setattr__(self, name, value)
         _check_values({name: getattr(self, name) for name in FIELDS})
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _register(cls)  # a subclass (compat's diffusers-style config) is a pytree too
+
     def replace(self, **updates: Any) -> KarrasVeConfig:
         """A new config with the given fields replaced (checked like the constructor)."""
         return dataclasses.replace(self, **updates)
@@ -88,39 +92,29 @@ class KarrasVeConfig:
         return out
 
 
-def _flatten(config: KarrasVeConfig) -> tuple[tuple[Any, ...], None]:
-    return tuple(getattr(config, name) for name in FIELDS), None
-
-
-def _flatten_with_keys(config: KarrasVeConfig) -> tuple[tuple[Any, ...], None]:
-    return tuple((jax.tree_util.GetAttrKey(name), getattr(config, name)) for name in FIELDS), None
-
-
-def _unflatten(_: None, leaves: Any) -> KarrasVeConfig:
+def _register(cls: type) -> None:
+    """Registers a config class as a pytree (with key paths) and with flax.serialization."""
     # Why not flax.struct (the record idiom of the other pytrees): its unflatten calls
     # __init__, so the checks would run on every tree_map, vmap and jit rebuild (5 runs where
     # 2 configs were built, measured) and jax.tree.map(jnp.zeros_like, cfg) would raise
     # "sigma_min must be > 0". Values are checked where a user builds a config, not here.
-    config = object.__new__(KarrasVeConfig)
-    for name, leaf in zip(FIELDS, leaves, strict=True):
-        object.__setattr__(config, name, leaf)
-    return config
+    def unflatten(_: None, leaves: Any) -> KarrasVeConfig:
+        config = object.__new__(cls)
+        for name, leaf in zip(FIELDS, leaves, strict=True):
+            object.__setattr__(config, name, leaf)
+        return config
+
+    jax.tree_util.register_pytree_with_keys(
+        cls, lambda c: (tuple((jax.tree_util.GetAttrKey(n), getattr(c, n)) for n in FIELDS), None),
+        unflatten, lambda c: (tuple(getattr(c, n) for n in FIELDS), None))
+    # As flax.struct dataclasses do, so flax.serialization (and checkpoints built on it) round-trip.
+    serialization.register_serialization_state(
+        cls, lambda c: {n: serialization.to_state_dict(getattr(c, n)) for n in FIELDS},
+        lambda c, state: c.replace(**{n: serialization.from_state_dict(getattr(c, n), state[n])
+                                      for n in FIELDS}))
 
 
-jax.tree_util.register_pytree_with_keys(KarrasVeConfig, _flatten_with_keys, _unflatten, _flatten)
-
-
-def _to_state_dict(config: KarrasVeConfig) -> dict[str, Any]:
-    return {name: serialization.to_state_dict(getattr(config, name)) for name in FIELDS}
-
-
-def _from_state_dict(config: KarrasVeConfig, state: dict[str, Any]) -> KarrasVeConfig:
-    return config.replace(**{name: serialization.from_state_dict(getattr(config, name), state[name])
-                             for name in FIELDS})
-
-
-# As flax.struct dataclasses do, so flax.serialization (and checkpoints built on it) round-trip.
-serialization.register_serialization_state(KarrasVeConfig, _to_state_dict, _from_state_dict)
+_register(KarrasVeConfig)
 
 
 def check_config(config: Any, *, scalar: bool | tuple[str, ...] = False) -> KarrasVeConfig:

@@ -13,10 +13,11 @@ contract (docs/noise.md): a sample depends only on its own key.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 from jax.typing import ArrayLike, DTypeLike
 
 from karras_jax._compiled import Prepared, check_levels_fit, churn_is_idle, loop_config, prepare, wrap_program
@@ -41,7 +42,8 @@ from karras_jax.steps import churn_levels
 
 __all__ = ["Trajectory", "make_sampler", "sample"]
 
-class Trajectory(NamedTuple):
+@struct.dataclass
+class Trajectory:
     """Per-step record of a sampling run (``sample(..., return_trajectory=True)``).
 
     Attributes:
@@ -139,7 +141,7 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
     sigmas = state.sigmas.astype(level_dtype())
     sigma_hat, noise_std = churn_levels(config, n, sigmas[:-1])
     levels = levels_of(sigmas[:-1], sigma_hat, sigmas[1:])
-    levels = levels._replace(extra=solver.scalars(levels))
+    levels = levels.replace(extra=solver.scalars(levels))
     churn = None if churn_is_idle(config, state) else churn_fn(keys, sample_shape, dtype, noise_std)
 
     def denoise(x: jax.Array, sigma: jax.Array) -> jax.Array:

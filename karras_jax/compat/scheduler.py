@@ -17,10 +17,10 @@ from flax import struct
 from jax.typing import ArrayLike
 
 from karras_jax.compat import config_file, steps
-from karras_jax.config import KarrasVeConfig
+from karras_jax.config import FIELDS, KarrasVeConfig
 from karras_jax.state import KarrasVeState, set_timesteps
 
-__all__ = ["FlaxKarrasVeOutput", "FlaxKarrasVeScheduler", "KarrasVeScheduler"]
+__all__ = ["FlaxKarrasVeOutput", "FlaxKarrasVeScheduler", "KarrasVeScheduler", "SchedulerConfig"]
 
 
 @struct.dataclass
@@ -51,6 +51,25 @@ def _with_state(out: steps.KarrasVeOutput, state: KarrasVeState,
     return wrapped if return_dict else wrapped.to_tuple()
 
 
+class SchedulerConfig(KarrasVeConfig):
+    """A :class:`KarrasVeConfig` that also reads like diffusers' ``FrozenDict`` configs.
+
+    ``scheduler.config["sigma_max"]``, ``dict(**scheduler.config)`` and
+    ``KarrasVeScheduler(**scheduler.config)`` work as in diffusers; everything else (a pytree,
+    ``replace``, checks) is the config's.
+    """
+
+    def __getitem__(self, name: str) -> Any:
+        """``config["sigma_max"]``."""
+        if name not in FIELDS:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def keys(self) -> tuple[str, ...]:
+        """The six field names, so ``dict(**config)`` works."""
+        return FIELDS
+
+
 class KarrasVeScheduler:
     """Karras et al. (2022) VE stochastic sampler with diffusers' method names.
 
@@ -74,14 +93,14 @@ class KarrasVeScheduler:
         s_min: float = 0.05,
         s_max: float = 50.0,
     ) -> None:
-        self._config = KarrasVeConfig(
+        self._config = SchedulerConfig(
             sigma_min=sigma_min, sigma_max=sigma_max, s_noise=s_noise,
             s_churn=s_churn, s_min=s_min, s_max=s_max,
         )
 
     @property
-    def config(self) -> KarrasVeConfig:
-        """The immutable :class:`KarrasVeConfig` (``scheduler.config.sigma_max`` ...)."""
+    def config(self) -> SchedulerConfig:
+        """The immutable config (``scheduler.config.sigma_max``, ``scheduler.config["sigma_max"]``)."""
         return self._config
 
     @property

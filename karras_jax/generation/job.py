@@ -36,10 +36,11 @@ import threading
 import time
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
+from flax import struct
 from jax.sharding import Mesh
 
 from karras_jax._chunks import padded_chunks
@@ -324,7 +325,8 @@ def _open(plan: _Plan, process: int, processes: int) -> None:
     _barrier(processes, "karras_jax.generation: folder ready")
 
 
-class _Scan(NamedTuple):
+@struct.dataclass
+class _Scan:
     """What :func:`_scan` found among one process's shards.
 
     Attributes:

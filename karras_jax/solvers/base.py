@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from karras_jax import steps
 
@@ -33,7 +34,8 @@ __all__ = ["Levels", "Solver"]
 Denoise = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-class Levels(NamedTuple):
+@struct.dataclass
+class Levels:
     r"""The noise levels of one step (scalars), or of all N steps ((N,) arrays).
 
     Attributes:

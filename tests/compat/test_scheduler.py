@@ -268,3 +268,24 @@ def test_full_pipeline_loop_matches_diffusers_karras_ve_pipeline(monkeypatch, co
     np.testing.assert_allclose(sample, last["sample"], rtol=1e-5, atol=atol)
     np.testing.assert_allclose(sample, want, rtol=1e-5, atol=atol)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=max(atol / 2, 1e-6))  # x/2 + 0.5
+
+
+def test_the_scheduler_config_reads_like_diffusers_frozen_dict():
+    # diffusers' dict interface lives in compat: scheduler.config is a KarrasVeConfig that
+    # also answers config["sigma_max"] and dict(**config); the core config does not.
+    scheduler = kj.KarrasVeScheduler(sigma_max=80.0)
+    cfg = scheduler.config
+    assert isinstance(cfg, kj.KarrasVeConfig) and isinstance(cfg, kj.SchedulerConfig)
+    assert cfg["sigma_max"] == 80.0 == cfg.sigma_max
+    assert dict(**cfg) == cfg.to_dict()
+    assert kj.KarrasVeScheduler(**cfg).config == cfg
+    with pytest.raises(KeyError):
+        cfg["num_train_timesteps"]
+    with pytest.raises(TypeError):
+        kj.KarrasVeConfig()["sigma_max"]
+    # Still a pytree of the same kind through jit and replace, checks included.
+    doubled = jax.jit(lambda c: jax.tree_util.tree_map(lambda v: v * 2, c))(cfg)
+    assert isinstance(doubled, kj.SchedulerConfig) and float(doubled["sigma_max"]) == 160.0
+    assert isinstance(cfg.replace(s_churn=1.0), kj.SchedulerConfig)
+    with pytest.raises(ValueError, match="s_churn must be >= 0"):
+        cfg.replace(s_churn=-1.0)
