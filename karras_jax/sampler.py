@@ -1,13 +1,13 @@
 r"""The whole of Algorithm 2 as one XLA program: ``sample`` and ``make_sampler``.
 
-One ``lax.scan`` over the noise levels drives a :class:`~karras_jax.solvers.Solver`, so compile
-time does not grow with N. Everything that depends only on the levels (churned levels, noise
-std, reciprocals, the solver's coefficients) is tabulated before the loop; the body holds the
-network calls, the churn draw and one fused update. The last step, to sigma = 0, is peeled
-off as the solver's ``last_step``, so the network is never evaluated at 0. A run whose churn
-is known to be zero when traced has no noise draw at all. The sample, levels and solver state
-are float32 (float64 under x64) whatever ``dtype`` the network gets; the noise stream is a
-contract (docs/noise.md): a sample depends only on its own key.
+One ``lax.fori_loop`` over the noise levels (a ``lax.scan`` of the same body when the
+trajectory is kept) drives a :class:`~karras_jax.solvers.Solver`, so compile time does not grow
+with N. What depends only on the levels (churned levels, noise std, reciprocals, the solver's
+coefficients) is tabulated before the loop; the body holds the network calls, the churn draw
+and one fused update. The last step, to sigma = 0, is the solver's ``last_step``, peeled off
+the loop, so the network is never evaluated at 0. A run whose churn is known to be zero when
+traced draws no noise at all. The sample, levels and solver state are float32 (float64 under
+x64) whatever ``dtype`` the network gets; the noise stream is a contract (docs/noise.md).
 """
 
 from __future__ import annotations
@@ -171,10 +171,13 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
 
     def body(carried: tuple[Any, ...], i: jax.Array) -> tuple[tuple[Any, ...], Any]:
         carried, denoised = one(i, carried, inner)
-        return carried, (carried[0].astype(dtype), denoised.astype(dtype)) if return_trajectory else None
+        return carried, (carried[0].astype(dtype), denoised.astype(dtype))
 
-    failure = start(x0, sigma_hat[0], sigmas[0]) if checks else None
-    carried, path = jax.lax.scan(body, (x0, solver.init(x0), failure), jnp.arange(n - 1, dtype=jnp.int32))
+    init = (x0, solver.init(x0), start(x0, sigma_hat[0], sigmas[0]) if checks else None)
+    if return_trajectory:  # the same body, its per-step outputs stacked
+        carried, path = jax.lax.scan(body, init, jnp.arange(n - 1, dtype=jnp.int32))
+    else:
+        carried = jax.lax.fori_loop(0, n - 1, lambda i, c: one(i, c, inner)[0], init)
     (x, _, failure), denoised = one(jnp.asarray(n - 1, jnp.int32), carried, last)
     if checks:
         failure.check(dtype.name)

@@ -191,18 +191,20 @@ def check_same_range(built: KarrasVeConfig, given: KarrasVeConfig, where: str) -
     """Refuses ``given`` unless its sigma_min/sigma_max are ``built``'s: equal, or the same object.
 
     The levels of a state come from ``built``'s range, so a config with another range would
-    be silently ignored. Concrete values are compared in the level dtype. A traced value
-    cannot be compared: it passes when it is the very value the state was built from (as
-    when ``set_timesteps`` runs inside the same trace) or when both are arguments of the
-    same ``jit`` (the caller passed both); a value traced by another transformation than
-    the state's (a ``vmap`` sweep over a state built outside it) is refused.
+    be silently ignored. Concrete values are compared in the level dtype. A traced range in
+    ``given`` cannot be compared: it passes only when it is the very value the state was
+    built from (``set_timesteps`` inside the same trace) or when both are arguments of the
+    same ``jit``; otherwise (a ``vmap`` sweep, or a ``jit`` argument, next to a state built
+    outside it) it is refused. A concrete ``given`` next to a traced state passes: the
+    levels the caller varies are the ones used.
 
     Raises:
       ValueError: naming the field, both values (or that one is traced) and the fix.
     """
     for name in ("sigma_min", "sigma_max"):
         was, now = getattr(built, name), getattr(given, name)
-        if was is now or _same_trace(was, now):
+        if was is now or _same_trace(was, now) or (isinstance(was, jax.core.Tracer)
+                                                   and not isinstance(now, jax.core.Tracer)):
             continue
         traced = isinstance(was, jax.core.Tracer) or isinstance(now, jax.core.Tracer)
         if not traced:

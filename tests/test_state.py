@@ -251,8 +251,11 @@ def test_a_traced_sweep_of_the_range_cannot_be_silently_ignored():
         jax.jit(lambda c: kj.sample(_denoise, KEYS, state, c, (3,)))(cfg)
     with pytest.raises(ValueError, match="sigma_max is traced apart"):
         jax.vmap(lambda m: state.replace(config=cfg.replace(sigma_max=m)).sigmas)(grid)
-    # Passing the state (which holds its config) through jit is the way, and so is a churn
-    # sweep with the range untouched.
+    # A concrete config next to a traced state is taken (the levels the caller varies are
+    # the ones used); passing the state (which holds its config) through jit is the way, and
+    # so is a churn sweep with the range untouched.
+    as_argument = jax.jit(lambda s: kj.sample(_denoise, KEYS, s, cfg, (3,)))(state)
+    np.testing.assert_allclose(as_argument, kj.sample(_denoise, KEYS, state, None, (3,)), rtol=1e-6)
     jitted = jax.jit(lambda s: kj.sample(_denoise, KEYS, s, None, (3,)))(state)
     np.testing.assert_allclose(jitted, kj.sample(_denoise, KEYS, state, None, (3,)), rtol=1e-6)
     jax.vmap(lambda c: kj.sample(_denoise, KEYS, state, cfg.replace(s_churn=c), (3,)))(grid)
