@@ -178,7 +178,7 @@ def cases() -> list[tuple[dict[str, Any], Any, tuple[Any, ...], int, bool]]:
     state = kj.set_timesteps(config, n)
 
     def mlp(params: Any, keys: jax.Array, state: Any) -> jax.Array:
-        return kj.sample(lambda x, s, c: apply_fn(params, x, s, c), keys, state, config, shape)
+        return kj.sample(lambda x, s, c: apply_fn(params, x, s, c), keys, state, None, shape)
 
     keys = jax.random.split(jax.random.key(0), 1)
     out.append(
@@ -197,7 +197,7 @@ def cases() -> list[tuple[dict[str, Any], Any, tuple[Any, ...], int, bool]]:
         state_m = kj.set_timesteps(config_m, n)
 
         def elementwise(keys: jax.Array, state: Any, config: Any = config_m) -> jax.Array:
-            return kj.sample(lambda x, s, c: x / (1.0 + s * s), keys, state, config, (floats,))
+            return kj.sample(lambda x, s, c: x / (1.0 + s * s), keys, state, None, (floats,))
 
         keys = jax.random.split(jax.random.key(0), batch)
         case = {

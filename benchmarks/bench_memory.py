@@ -21,7 +21,7 @@ Also timed: ``kj.sample`` with s_churn = 0 (no noise: the Heun step alone, in re
 passes; on a GPU its target is 1.2 passes), and ``kj.sample`` traced under
 :func:`benchmarks.switches.always_draw`, i.e. with the churn draw made at every step and fused
 into the Euler/Heun update (no ``lax.cond``: the form it takes below
-``karras_jax._noise.SKIP_IDLE_DRAW_FROM``), to show what the cond costs at this size.
+``karras_jax._compiled.SKIP_IDLE_DRAW_FROM``), to show what the cond costs at this size.
 
 Repeated with ``rbg`` keys (``jax.random.key(0, impl='rbg')``) for sampler and floor, and
 the preset's other key implementations (``philox4x32``). Note: under ``vmap`` an ``rbg``
@@ -59,13 +59,13 @@ def shrink(scale: Any, x: jax.Array, sigma: jax.Array, cond: Any = None) -> jax.
 def fused_churn(state: kj.KarrasVeState, keys: jax.Array, shape: tuple[int, ...]) -> Callable[[], Any]:
     """``kj.sample`` (as ``make_sampler`` runs it) compiled with the churn draw made at every
     step, no ``lax.cond`` (:func:`benchmarks.switches.always_draw`); a zero-argument call."""
-    config = as_traced_config(CHURN_EVERYWHERE)
+    state = state.replace(config=as_traced_config(CHURN_EVERYWHERE))  # traced: the drawing program
 
-    def run(scale: Any, keys: jax.Array, config: kj.KarrasVeConfig, state: kj.KarrasVeState) -> jax.Array:
-        return kj.sample(partial(shrink, scale), keys, state, config, shape)
+    def run(scale: Any, keys: jax.Array, state: kj.KarrasVeState) -> jax.Array:
+        return kj.sample(partial(shrink, scale), keys, state, None, shape)
 
-    compiled = compile_always_drawing(run, 1.0, keys, config, state)
-    return partial(compiled, 1.0, keys, config, state)
+    compiled = compile_always_drawing(run, 1.0, keys, state)
+    return partial(compiled, 1.0, keys, state)
 
 
 def repeat(body: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], count: int) -> Any:

@@ -26,7 +26,7 @@ COMPILE_REPEATS = 5
 
 def _fresh(apply_fn: Any, shape: tuple[int, ...], config: kj.KarrasVeConfig) -> Any:
     def run(params: Any, keys: jax.Array, state: kj.KarrasVeState) -> jax.Array:
-        return kj.sample(lambda x, s, c: apply_fn(params, x, s, c), keys, state, config, shape)
+        return kj.sample(lambda x, s, c: apply_fn(params, x, s, c), keys, state, None, shape)
 
     return jax.jit(run)
 
@@ -48,7 +48,7 @@ def _temp_bytes(
 ) -> int:
     def run(params: Any, keys: jax.Array, state: kj.KarrasVeState) -> jax.Array:
         denoise = lambda x, s, c: apply_fn(params, x, s, c)  # noqa: E731
-        return kj.sample(denoise, keys, state, config, shape, solver=solver)
+        return kj.sample(denoise, keys, state, None, shape, solver=solver)
 
     compiled = jax.jit(run).lower(params, keys, state).compile()
     return int(compiled.memory_analysis().temp_size_in_bytes)

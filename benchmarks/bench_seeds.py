@@ -22,7 +22,7 @@ def vmapped_sampler(apply_fn: ApplyFn, shape: tuple[int, ...]) -> Any:
         params: Any, key: jax.Array, config: kj.KarrasVeConfig, state: kj.KarrasVeState
     ) -> jax.Array:
         denoise = lambda x, s, c: apply_fn(params, x, s, c)  # noqa: E731
-        return kj.sample(denoise, key[None], state, config, shape)[0]
+        return kj.sample(denoise, key[None], state, None, shape)[0]  # the state carries config
 
     return jax.jit(jax.vmap(one_seed, in_axes=(None, 0, None, None)))
 

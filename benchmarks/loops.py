@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import karras_jax as kj
-from karras_jax import _noise as kj_noise
+from karras_jax import _compiled as kj_compiled
 from karras_jax.solvers.base import levels_of
 from karras_jax.steps import add_churn, churn_levels, euler_update, heun_slope, slope
 
@@ -92,7 +92,7 @@ def batch_noise_loop(
     sigma_hat, noise_std = churn_levels(config, n, sigmas[:-1])
     lv = levels_of(sigmas[:-1], sigma_hat, sigmas[1:])
     backend = "cpu" if jax.default_backend() == "cpu" else "accelerator"
-    skip_idle = x0.size >= kj_noise.SKIP_IDLE_DRAW_FROM[backend]
+    skip_idle = x0.size >= kj_compiled.SKIP_IDLE_DRAW_FROM[backend]
 
     def churn(i: jax.Array, x: jax.Array) -> jax.Array:
         def draw(x: jax.Array) -> jax.Array:

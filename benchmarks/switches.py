@@ -2,7 +2,7 @@
 
 :func:`always_draw` makes ``kj.sample`` draw the churn noise at every step (times a std of 0
 when idle), never behind a ``lax.cond``, whatever the sample size: the form it takes below
-``karras_jax._noise.SKIP_IDLE_DRAW_FROM``. Imports nothing from the library but its
+``karras_jax._compiled.SKIP_IDLE_DRAW_FROM``. Imports nothing from the library but its
 sampler module, so that it also works on older versions (for before/after counts).
 """
 
@@ -15,20 +15,20 @@ from typing import Any
 
 import jax
 
-from karras_jax import _noise as kj_noise
+from karras_jax import _compiled as kj_compiled
 
 
 @contextlib.contextmanager
 def always_draw() -> Iterator[None]:
     """Inside: ``kj.sample`` traces with the churn draw made at every step, never behind a cond.
 
-    Sets every entry of ``karras_jax._noise.SKIP_IDLE_DRAW_FROM`` out of reach and restores
+    Sets every entry of ``karras_jax._compiled.SKIP_IDLE_DRAW_FROM`` out of reach and restores
     them on exit. The threshold is read when ``kj.sample`` is traced, so trace (lower, or
     call a fresh ``jax.jit`` for the first time) inside the block; a program traced before
     keeps its form.
     """
-    if hasattr(kj_noise, "SKIP_IDLE_DRAW_FROM"):
-        table = kj_noise.SKIP_IDLE_DRAW_FROM
+    if hasattr(kj_compiled, "SKIP_IDLE_DRAW_FROM"):
+        table = kj_compiled.SKIP_IDLE_DRAW_FROM
         saved = dict(table)
         table.update({name: sys.maxsize for name in table})
         try:

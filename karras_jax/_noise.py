@@ -22,7 +22,6 @@ bitwise, for every key implementation, at the lowest cost we know of:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,11 +32,8 @@ from jax.typing import DTypeLike
 
 from karras_jax._validation import as_typed_keys, carry_dtype, check_dtype, check_sample_shape
 from karras_jax.state import KarrasVeState, check_state
-from karras_jax.steps import add_churn
 
 __all__ = [
-    "SKIP_IDLE_DRAW_FROM",
-    "churn_fn",
     "churn_noise",
     "churn_keys",
     "fast_keys",
@@ -47,12 +43,6 @@ __all__ = [
     "split_per_key",
     "start_sample",
 ]
-
-# Sample sizes (B * prod(sample_shape)) from which a step that may churn skips an idle draw
-# behind a lax.cond; below them the draw is added times 0 in the fused update. A draw costs
-# ~14 ns/element on a CPU core, ~5.5 us/million on an H200; a cond ~1 us on CPU, a few on GPUs.
-SKIP_IDLE_DRAW_FROM = {"cpu": 128, "accelerator": 1 << 20}
-
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
@@ -196,7 +186,8 @@ def initial_noise(keys: jax.Array, state: KarrasVeState, sample_shape: tuple[int
                   dtype: DTypeLike = jnp.float32) -> jax.Array:
     """x_0 of the noise stream: ``init_noise_sigma * normal(split(k_b)[0], sample_shape)``.
 
-    Useful to inspect or reuse the start noise (pass it back as ``x_init``).
+    Useful to inspect or reuse the start noise (pass it back as ``x_init``; with the default
+    ``dtype=float32`` that is exactly the sampler's start, a bfloat16 one is rounded).
 
     Args:
       keys: (B,) typed keys or (B, 2) raw uint32 keys, one per sample.
@@ -213,24 +204,3 @@ def initial_noise(keys: jax.Array, state: KarrasVeState, sample_shape: tuple[int
     sample_shape = check_sample_shape(sample_shape)
     dtype = check_dtype(dtype)
     return start_sample(keys, state.init_noise_sigma, sample_shape, dtype).astype(dtype)
-
-
-def churn_fn(keys: jax.Array, sample_shape: tuple[int, ...], dtype: jnp.dtype,
-              noise_std: jax.Array) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """``churn(i, x) -> x_hat``: drawn every step for small samples, skipped when idle for large."""
-    k_churn = churn_keys(keys, sample_shape)
-    size = keys.shape[0] * math.prod(sample_shape)
-
-    def churn(i: jax.Array, x: jax.Array) -> jax.Array:
-        def draw(x: jax.Array) -> jax.Array:
-            return add_churn(x, noise_std[i], churn_noise(k_churn, i, sample_shape, dtype))
-
-        def skip_when_idle(x: jax.Array) -> jax.Array:
-            return jax.lax.cond(noise_std[i] > 0, draw, lambda x: x, x)
-
-        on_cpu = skip_when_idle if size >= SKIP_IDLE_DRAW_FROM["cpu"] else draw
-        elsewhere = skip_when_idle if size >= SKIP_IDLE_DRAW_FROM["accelerator"] else draw
-        return on_cpu(x) if on_cpu is elsewhere else jax.lax.platform_dependent(x, cpu=on_cpu,
-                                                                                default=elsewhere)
-
-    return churn

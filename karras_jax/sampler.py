@@ -20,9 +20,17 @@ import jax.numpy as jnp
 from flax import struct
 from jax.typing import ArrayLike, DTypeLike
 
-from karras_jax._compiled import Prepared, check_levels_fit, churn_is_idle, loop_config, prepare, wrap_program
+from karras_jax._compiled import (
+    Prepared,
+    check_levels_fit,
+    churn_fn,
+    churn_is_idle,
+    loop_config,
+    prepare,
+    wrap_program,
+)
 from karras_jax._debug import TRACED_MESSAGE, run_checked, start, watch
-from karras_jax._noise import churn_fn, start_sample
+from karras_jax._noise import start_sample
 from karras_jax._progress import step_bar
 from karras_jax._validation import (
     as_typed_keys,
@@ -146,7 +154,7 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
 
     def denoise(x: jax.Array, sigma: jax.Array) -> jax.Array:
         out = denoise_fn(x.astype(dtype), sigma, cond)
-        if jnp.shape(out) != full_shape or not hasattr(out, "dtype"):
+        if not (hasattr(out, "shape") and hasattr(out, "dtype")) or out.shape != full_shape:
             raise ValueError(f"denoise_fn must return one array shaped like its input {full_shape}, "
                              f"got {getattr(out, 'shape', type(out).__name__)}.")
         return out.astype(carry)

@@ -67,7 +67,7 @@ def _replace(self: KarrasVeState, **updates: Any) -> KarrasVeState:
     """A new state with fields replaced; its config may change the churn, not the range.
 
     A new range together with new ``sigmas`` (as flax.serialization restores a state) is
-    taken as it is.
+    taken as it is, unchecked: the levels are then the caller's to keep consistent.
 
     Raises:
       ValueError: ``config`` with another sigma_min/sigma_max than the levels were built
@@ -181,30 +181,22 @@ def check_state(state: Any) -> int:
     return n
 
 
-def _same_trace(a: Any, b: Any) -> bool:
-    """Whether two tracers belong to the same trace (a jit's arguments, say)."""
-    trace = getattr(a, "_trace", None)
-    return trace is not None and trace is getattr(b, "_trace", None)
-
-
 def check_same_range(built: KarrasVeConfig, given: KarrasVeConfig, where: str) -> None:
     """Refuses ``given`` unless its sigma_min/sigma_max are ``built``'s: equal, or the same object.
 
     The levels of a state come from ``built``'s range, so a config with another range would
-    be silently ignored. Concrete values are compared in the level dtype. A traced range in
-    ``given`` cannot be compared: it passes only when it is the very value the state was
-    built from (``set_timesteps`` inside the same trace) or when both are arguments of the
-    same ``jit``; otherwise (a ``vmap`` sweep, or a ``jit`` argument, next to a state built
-    outside it) it is refused. A concrete ``given`` next to a traced state passes: the
-    levels the caller varies are the ones used.
+    be silently ignored. Concrete values are compared in the level dtype. A traced value on
+    either side cannot be compared, so it passes only when it is the very value the state
+    was built from (``set_timesteps`` in the same trace, or ``state.config`` itself); a
+    ``vmap`` sweep, a config passed to ``jit`` beside the state, or a concrete config beside
+    a traced state is refused (pass ``config=None``: the state carries its config).
 
     Raises:
       ValueError: naming the field, both values (or that one is traced) and the fix.
     """
     for name in ("sigma_min", "sigma_max"):
         was, now = getattr(built, name), getattr(given, name)
-        if was is now or _same_trace(was, now) or (isinstance(was, jax.core.Tracer)
-                                                   and not isinstance(now, jax.core.Tracer)):
+        if was is now:
             continue
         traced = isinstance(was, jax.core.Tracer) or isinstance(now, jax.core.Tracer)
         if not traced:
@@ -214,7 +206,7 @@ def check_same_range(built: KarrasVeConfig, given: KarrasVeConfig, where: str) -
                 continue
             shown = f"{name}={now_value!s} differs from the {name}={was_value!s}"
         else:
-            shown = f"{name} is traced apart from the {name}"
+            shown = f"{name} cannot be compared (traced) with the {name}"
         raise ValueError(
             f"{where}: config.{shown} the state's levels were built from. The levels come from the "
             f"state: pass config=None to use the state's config, build the state with set_timesteps "

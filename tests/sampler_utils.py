@@ -129,10 +129,18 @@ def mix_denoise(x, sigma, cond=None):
     return MIX.denoise(x, sigma)
 
 
-fast_sample = jax.jit(
+_jitted_sample = jax.jit(
     kj.sample,
     static_argnames=("denoise_fn", "sample_shape", "solver", "dtype", "return_trajectory", "progress"),
 )
+
+
+def fast_sample(denoise_fn, keys, state, config, sample_shape, *args, **kwargs):
+    """``kj.sample`` jitted, the config riding in the state (checked against its range here,
+    where both are concrete: a traced config beside a traced state cannot be compared)."""
+    if config is not None:
+        state = state.replace(config=config)
+    return _jitted_sample(denoise_fn, keys, state, None, sample_shape, *args, **kwargs)
 
 
 def ode_errors(solver, steps=(8, 16, 32, 64)):

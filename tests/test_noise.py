@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import karras_jax as kj
-from karras_jax import _noise as noise_module
+from karras_jax import _compiled as compiled_module
 from karras_jax._noise import fast_keys, normal_per_key
 from karras_jax.analytic import GaussianData
 
@@ -69,7 +69,7 @@ def test_fused_and_skipping_churn_forms_give_the_same_samples(monkeypatch, thres
     state = kj.set_timesteps(cfg, 9)
     keys = jax.random.split(jax.random.key(2), 4)
     reference = kj.sample(data.denoise, keys, state, cfg, (3,))
-    monkeypatch.setattr(noise_module, "SKIP_IDLE_DRAW_FROM", threshold)
+    monkeypatch.setattr(compiled_module, "SKIP_IDLE_DRAW_FROM", threshold)
     got = kj.sample(data.denoise, keys, state, cfg, (3,))
     jaxpr = str(jax.make_jaxpr(lambda k: kj.sample(data.denoise, k, state, cfg, (3,)))(keys))
     np.testing.assert_allclose(got, reference, rtol=1e-6, atol=1e-6)

@@ -46,8 +46,8 @@ SHAPE = (3, 4, 4)  # (C, H, W) like the pipeline's images
 
 
 @jax.jit
-def run(keys, state, cfg):
-    return kj.sample(denoise_fn, keys, state, cfg, SHAPE)
+def run(keys, state, cfg):  # cfg is the state's own config
+    return kj.sample(denoise_fn, keys, state, None, SHAPE)
 
 
 def diffusers_pipeline_loop(scheduler, z0, step_normals, num_inference_steps, monkeypatch):

@@ -29,8 +29,8 @@ def _count_loops(jaxpr) -> int:
 
 
 def _sample_fn(solver="heun", return_trajectory=False):
-    def run(keys, state, cfg):
-        return kj.sample(gauss_denoise, keys, state, cfg, (3,), solver=solver,
+    def run(keys, state, cfg):  # cfg is the state's own config
+        return kj.sample(gauss_denoise, keys, state, None, (3,), solver=solver,
                          return_trajectory=return_trajectory)
 
     return run
@@ -95,8 +95,8 @@ def test_host_callbacks_only_with_progress(progress):
     keys = keys_for(0, 4)
     report = (lambda i: None) if progress else False
 
-    def run(keys, state, cfg):
-        return kj.sample(gauss_denoise, keys, state, cfg, (3,), progress=report)
+    def run(keys, state, cfg):  # cfg is the state's own config
+        return kj.sample(gauss_denoise, keys, state, None, (3,), progress=report)
 
     lowered = jax.jit(run).lower(keys, state, cfg)
     found = [
@@ -356,3 +356,33 @@ def test_make_sampler_compiles_a_draw_free_program_for_a_deterministic_config():
     np.testing.assert_allclose(plain, kj.sample(gauss_denoise, keys, state, None, (3,)), rtol=1e-5, atol=1e-5)
     assert "random_fold_in" not in str(jax.make_jaxpr(sampler.jitted, static_argnums=5)(
         params, keys, None, None, state, False))
+
+
+def test_s_noise_zero_still_churns_the_levels_in_every_form():
+    # s_noise = 0 with s_churn > 0 draws nothing but still raises sigma_hat: make_sampler
+    # must not take it for an idle churn (it would sample with sigma_hat = sigma).
+    cfg = kj.KarrasVeConfig(s_churn=40.0, s_noise=0.0, sigma_max=80.0)
+    state = kj.set_timesteps(cfg, 6)
+    keys = keys_for(3, 2)
+    reference = kj.sample(gauss_denoise, keys, state, None, (3,))
+    sampler = kj.make_sampler(lambda p, x, s, c: gauss_denoise(x, s, c), state, None, (3,))
+    np.testing.assert_allclose(sampler(None, keys), reference, rtol=1e-5, atol=1e-6)
+    deterministic = kj.sample(gauss_denoise, keys, kj.set_timesteps(cfg.replace(s_churn=0.0), 6), None, (3,))
+    assert not np.allclose(reference, deterministic)
+
+
+def test_a_facade_state_shares_the_program_of_a_plain_one():
+    cfg = kj.KarrasVeConfig()
+    sampler = kj.make_sampler(lambda p, x, s, c: gauss_denoise(x, s, c), kj.set_timesteps(cfg, 4), None, (3,))
+    keys = keys_for(0, 2)
+    plain = sampler(None, keys)
+    scheduler = kj.KarrasVeScheduler()
+    facade = sampler(None, keys, state=scheduler.set_timesteps(scheduler.create_state(), 4))
+    assert sampler.jitted._cache_size() == 1
+    np.testing.assert_array_equal(plain, facade)
+
+
+def test_a_denoiser_returning_a_tuple_gets_a_named_error():
+    state = kj.set_timesteps(kj.KarrasVeConfig(), 3)
+    with pytest.raises(ValueError, match="denoise_fn must return one array shaped like its input"):
+        jax.jit(lambda k: kj.sample(lambda x, s, c: (x, x), k, state, None, (3,)))(keys_for(0, 2))

@@ -245,17 +245,22 @@ def test_a_traced_sweep_of_the_range_cannot_be_silently_ignored():
     cfg = kj.KarrasVeConfig(s_churn=0.0)
     state = kj.set_timesteps(cfg, 5, "karras")
     grid = jnp.asarray([20.0, 80.0])
-    with pytest.raises(ValueError, match="config.sigma_max is traced apart"):
+    with pytest.raises(ValueError, match="config.sigma_max cannot be compared"):
         jax.vmap(lambda m: kj.sample(_denoise, KEYS, state, cfg.replace(sigma_max=m), (3,)))(grid)
-    with pytest.raises(ValueError, match="config.sigma_m.. is traced apart"):
+    with pytest.raises(ValueError, match="config.sigma_m.. cannot be compared"):
         jax.jit(lambda c: kj.sample(_denoise, KEYS, state, c, (3,)))(cfg)
-    with pytest.raises(ValueError, match="sigma_max is traced apart"):
+    with pytest.raises(ValueError, match="sigma_max cannot be compared"):
         jax.vmap(lambda m: state.replace(config=cfg.replace(sigma_max=m)).sigmas)(grid)
-    # A concrete config next to a traced state is taken (the levels the caller varies are
-    # the ones used); passing the state (which holds its config) through jit is the way, and
-    # so is a churn sweep with the range untouched.
-    as_argument = jax.jit(lambda s: kj.sample(_denoise, KEYS, s, cfg, (3,)))(state)
-    np.testing.assert_allclose(as_argument, kj.sample(_denoise, KEYS, state, None, (3,)), rtol=1e-6)
+    # Beside a traced state nothing can be compared either: a Python loop over a jitted
+    # run(state, config) would otherwise return the same samples for every sigma_max.
+    run = jax.jit(lambda s, c: kj.sample(_denoise, KEYS, s, c, (3,)))
+    for other in (cfg, cfg.replace(sigma_max=500.0)):
+        with pytest.raises(ValueError, match="config.sigma_m.. cannot be compared"):
+            run(state, other)
+        with pytest.raises(ValueError, match="config.sigma_m.. cannot be compared"):
+            jax.jit(lambda s, c=other: kj.sample(_denoise, KEYS, s, c, (3,)))(state)
+    # Passing the state (which holds its config) through jit is the way, and so is a churn
+    # sweep with the range untouched (state.config's own values).
     jitted = jax.jit(lambda s: kj.sample(_denoise, KEYS, s, None, (3,)))(state)
     np.testing.assert_allclose(jitted, kj.sample(_denoise, KEYS, state, None, (3,)), rtol=1e-6)
     jax.vmap(lambda c: kj.sample(_denoise, KEYS, state, cfg.replace(s_churn=c), (3,)))(grid)
