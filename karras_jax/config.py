@@ -72,6 +72,12 @@ class KarrasVeConfig:
             object.__setattr__(self, name, value)
         _check_values({name: getattr(self, name) for name in FIELDS})
 
+    def __eq__(self, other: object) -> bool:
+        """Equal values, whatever the config class (the facade's ``SchedulerConfig`` included)."""
+        if not isinstance(other, KarrasVeConfig):
+            return NotImplemented
+        return tuple(getattr(self, n) for n in FIELDS) == tuple(getattr(other, n) for n in FIELDS)
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _register(cls)  # a subclass (compat's diffusers-style config) is a pytree too
