@@ -36,7 +36,11 @@ class Timing:
     samples: tuple[float, ...] = ()
 
     def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+        """The summary for the results file; the raw per-call figures stay in memory (thousands
+        of numbers per case would make the file megabytes)."""
+        out = asdict(self)
+        del out["samples"]
+        return out
 
 
 def block(out: Any) -> Any:
