@@ -1,4 +1,7 @@
-"""Noise levels per sample: the samplers pass one scalar sigma, training passes one per sample."""
+"""Noise levels per sample, and the checks the model wrappers and the training losses share.
+
+The samplers pass one scalar sigma, training passes one per sample.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import numpy as np
 
 from karras_jax._validation import concrete_value
 
-__all__ = ["SIGMA_SHAPES", "as_sigma_shape", "check_kind_constants", "check_sigma_shape", "per_sample"]
+__all__ = ["SIGMA_SHAPES", "as_sigma_shape", "check_kind_constants", "check_levels", "check_null_cond",
+           "check_sigma_shape", "per_sample"]
 
 #: How a wrapper hands the noise level to the network: as the sampler's scalar, or one per sample.
 SIGMA_SHAPES = ("scalar", "batch")
@@ -61,8 +65,10 @@ def check_kind_constants(kind: Any, table: dict[str, dict[str, Any]], constants:
 
     Raises:
       ValueError: an unknown kind, or a constant out of range.
-      TypeError: a constant the kind does not take, or a non-int M.
+      TypeError: a kind that is not a string, a constant the kind does not take, or a non-int M.
     """
+    if not isinstance(kind, str):
+        raise TypeError(f"kind must be one of the names {tuple(table)}, got {type(kind).__name__} {kind!r}.")
     if kind not in table:
         raise ValueError(f"kind must be one of {tuple(table)}, got {kind!r}.")
     unknown = sorted(set(constants) - set(table[kind]))
@@ -78,3 +84,58 @@ def check_kind_constants(kind: Any, table: dict[str, dict[str, Any]], constants:
         if name == "M" and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
             raise TypeError(f"M must be a positive int, got {value!r}.")
     return values
+
+
+def check_levels(sigma: Any, *, zero: bool = False) -> None:
+    """Refuses concrete noise levels that are not finite and > 0 (>= 0 with ``zero``); tracers pass.
+
+    Raises:
+      TypeError: ``sigma`` is not real numbers (a string, a bool, complex).
+      ValueError: naming ``sigma``, the range and the first bad level.
+    """
+    value = concrete_value("sigma", sigma)
+    if value is None:
+        return
+    bad = ~np.isfinite(value) | ((value < 0) if zero else (value <= 0))
+    if bad.any():
+        index = np.unravel_index(np.argmax(bad), bad.shape)
+        where = f" at index {tuple(int(i) for i in index)}" if value.ndim else ""
+        raise ValueError(f"sigma must be finite and {'>= 0' if zero else '> 0'}, got "
+                         f"{float(value[index])!r}{where}.")
+
+
+def check_null_cond(null_cond: Any, cond: Any, batch: int) -> None:
+    """Checks that ``null_cond`` (one sample's "no condition") fits ``cond`` (a batch of B conditions).
+
+    The same pytree structure; each leaf of ``cond`` shaped ``(B, ...)``; each leaf of
+    ``null_cond`` broadcastable to one sample of it and castable to its dtype without changing
+    kind (an int label for float features is fine, a float for int labels is not). Only shapes,
+    dtypes and structures are read, so tracers pass.
+
+    Raises:
+      ValueError: different structures or shapes (the message names both and shows them).
+      TypeError: a dtype that does not fit.
+    """
+    null_tree, cond_tree = jax.tree_util.tree_structure(null_cond), jax.tree_util.tree_structure(cond)
+    if null_tree != cond_tree:
+        raise ValueError(f"null_cond must have the pytree structure of cond: null_cond is {null_tree}, "
+                         f"cond is {cond_tree}.")
+    for (path, c), n in zip(jax.tree_util.tree_leaves_with_path(cond), jax.tree_util.tree_leaves(null_cond),
+                            strict=True):
+        where = jax.tree_util.keystr(path)
+        c_shape, n_shape = jnp.shape(c), jnp.shape(n)
+        if not c_shape or c_shape[0] != batch:
+            raise ValueError(f"cond{where} must have leading dimension B={batch} (one entry per sample), "
+                             f"got shape {c_shape}.")
+        try:
+            fits = np.broadcast_shapes(n_shape, c_shape[1:]) == c_shape[1:]
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"null_cond{where} must be one sample of cond{where} (no batch dimension): "
+                             f"shape {n_shape} does not broadcast to {c_shape[1:]} (cond{where} has shape "
+                             f"{c_shape}).")
+        n_dtype, c_dtype = jnp.result_type(n), jnp.result_type(c)
+        if not np.can_cast(n_dtype, c_dtype, casting="same_kind"):
+            raise TypeError(f"null_cond{where} has dtype {n_dtype}, which does not fit cond{where}'s "
+                            f"{c_dtype} (e.g. a float null for integer labels).")

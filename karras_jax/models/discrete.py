@@ -13,6 +13,10 @@ A DDPM/diffusers UNet trained with cumulative products :math:`\bar\alpha_j` sees
 
 The timestep for a level sigma is the nearest training level in log sigma (``quantize``)
 or linear interpolation of the index in log sigma, as k-diffusion's discrete wrappers do.
+A schedule may start at :math:`\bar\alpha_0 = 1` (:math:`\sigma_0 = 0`, whose log is
+:math:`-\infty`): below the first positive level :math:`\sigma_1` the interpolated index
+then runs linearly in sigma, :math:`j = \sigma/\sigma_1`, and the nearest level in log sigma
+is :math:`\sigma_0` only for sigma = 0.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from karras_jax._validation import level_dtype
-from karras_jax.models._batch import as_sigma_shape, check_sigma_shape, per_sample
+from karras_jax._validation import check_arity, level_dtype
+from karras_jax.models._batch import as_sigma_shape, check_levels, check_sigma_shape, per_sample
 
 __all__ = ["discrete_sigmas", "discrete_time_denoiser"]
 
@@ -37,13 +41,22 @@ def discrete_sigmas(alphas_cumprod: ArrayLike) -> jax.Array:
     r"""The model's noise levels :math:`\sigma_j = \sqrt{(1-\bar\alpha_j)/\bar\alpha_j}`, ascending in j.
 
     Raises:
-      ValueError: ``alphas_cumprod`` is not 1-D, or not all in (0, 1].
+      TypeError: ``alphas_cumprod`` is traced or not real numbers.
+      ValueError: ``alphas_cumprod`` is not 1-D with at least 2 entries, or not all in (0, 1].
     """
-    abar = np.asarray(alphas_cumprod, np.float64)
+    if isinstance(alphas_cumprod, jax.core.Tracer):
+        raise TypeError("alphas_cumprod must be concrete (a NumPy or JAX array), got a traced value; "
+                        "build the denoiser outside jit.")
+    try:
+        abar = np.asarray(alphas_cumprod, np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"alphas_cumprod must be an array of real numbers, got {alphas_cumprod!r}.") from None
     if abar.ndim != 1 or abar.size < 2:
         raise ValueError(f"alphas_cumprod must be 1-D with at least 2 entries, got shape {abar.shape}.")
-    if not (np.all(np.isfinite(abar)) and np.all(abar > 0) and np.all(abar <= 1)):
-        raise ValueError("alphas_cumprod must lie in (0, 1].")
+    bad = ~(np.isfinite(abar) & (abar > 0) & (abar <= 1))
+    if bad.any():
+        index = int(np.argmax(bad))
+        raise ValueError(f"alphas_cumprod must lie in (0, 1], got {abar[index]!r} at index {index}.")
     return jnp.asarray(np.sqrt((1 - abar) / abar), level_dtype())
 
 
@@ -64,23 +77,44 @@ def discrete_time_denoiser(net_fn: Callable[[Any, jax.Array, jax.Array, Any], ja
     Returns:
       ``apply_fn`` for :func:`karras_jax.make_sampler`; sample with levels inside the
       model's range, e.g. ``set_timesteps(cfg, N, sigmas=...)`` from :func:`discrete_sigmas`
-      or a named schedule with sigma_min/sigma_max inside it.
+      or a named schedule with sigma_min/sigma_max inside it. ``apply_fn`` refuses a concrete
+      sigma that is not finite and >= 0.
+
+    Raises:
+      TypeError: ``net_fn`` cannot be called with four arguments, or ``quantize`` is not a bool.
+      ValueError: an unknown ``prediction`` or ``sigma_shape``, or ``alphas_cumprod`` not in
+        (0, 1] or not strictly decreasing (in the level dtype).
     """
-    if prediction not in PREDICTIONS:
+    check_arity("net_fn", net_fn, "net_fn(params, x_scaled, timestep, cond)", 4)
+    if not isinstance(prediction, str) or prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}.")
+    if not isinstance(quantize, (bool, np.bool_)):
+        raise TypeError(f"quantize must be a bool, got {type(quantize).__name__} {quantize!r}.")
     check_sigma_shape(sigma_shape)
-    log_sigmas = jnp.log(discrete_sigmas(alphas_cumprod))
-    if not bool(jnp.all(jnp.diff(log_sigmas) > 0)):
-        raise ValueError("alphas_cumprod must be strictly decreasing (noise grows with the timestep).")
-    steps = jnp.arange(log_sigmas.shape[0], dtype=level_dtype())
+    levels = np.asarray(discrete_sigmas(alphas_cumprod))
+    if not np.all(np.diff(levels) > 0):
+        raise ValueError("alphas_cumprod must be strictly decreasing (noise grows with the timestep), "
+                         f"also once its levels are rounded to {levels.dtype}.")
+    # An alpha of exactly 1 is the level 0, whose log is -inf: searches and interpolation
+    # then run over the positive levels, and below the first of them the index is sigma / level.
+    first = 1 if levels[0] == 0 else 0
+    log_sigmas = jnp.log(jnp.asarray(levels[first:]))
+    steps = jnp.arange(first, levels.shape[0], dtype=level_dtype())
+    lowest = jnp.asarray(levels[first], level_dtype())
 
     def timestep(sigma: jax.Array) -> jax.Array:
-        log_sigma = jnp.log(jnp.asarray(sigma, level_dtype()))
+        sigma = jnp.asarray(sigma, level_dtype())
+        below = sigma < lowest
+        # where sigma is below the positive levels, the log sees the lowest one (no log(0), no NaN gradient)
+        log_sigma = jnp.log(jnp.where(below, lowest, sigma)) if first else jnp.log(sigma)
         if quantize:
-            return jnp.argmin(jnp.abs(log_sigma[..., None] - log_sigmas), axis=-1).astype(jnp.int32)
-        return jnp.interp(log_sigma, log_sigmas, steps)
+            nearest = first + jnp.argmin(jnp.abs(log_sigma[..., None] - log_sigmas), axis=-1)
+            return jnp.where(sigma <= 0, 0, nearest).astype(jnp.int32) if first else nearest.astype(jnp.int32)
+        index = jnp.interp(log_sigma, log_sigmas, steps)
+        return jnp.where(below, jnp.maximum(sigma, 0) / lowest, index) if first else index
 
     def apply_fn(params: Any, x: jax.Array, sigma: jax.Array, cond: Any) -> jax.Array:
+        check_levels(sigma, zero=True)
         work = jnp.promote_types(x.dtype, level_dtype())
         sigma, level = per_sample(jnp.asarray(sigma, level_dtype()), x)
         s = sigma.astype(work)

@@ -30,8 +30,14 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from karras_jax._validation import level_dtype
-from karras_jax.models._batch import as_sigma_shape, check_kind_constants, check_sigma_shape, per_sample
+from karras_jax._validation import check_arity, concrete_value, level_dtype
+from karras_jax.models._batch import (
+    as_sigma_shape,
+    check_kind_constants,
+    check_levels,
+    check_sigma_shape,
+    per_sample,
+)
 from karras_jax.schedules import iddpm_levels
 
 __all__ = ["PRECONDITIONINGS", "precondition", "precondition_coefficients"]
@@ -48,7 +54,15 @@ NetFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 
 
 def _constants(kind: Any, constants: dict[str, Any]) -> dict[str, Any]:
-    return check_kind_constants(kind, PRECONDITIONINGS, constants)
+    values = check_kind_constants(kind, PRECONDITIONINGS, constants)
+    if kind == "iddpm":  # the constants fix a NumPy table of training levels
+        c1, c2 = concrete_value("C1", values["C1"]), concrete_value("C2", values["C2"])
+        if c1 is None or c2 is None or c1.shape or c2.shape:
+            raise TypeError("iddpm's C1 and C2 must be concrete scalars (they fix the table of training "
+                            f"levels), got C1={values['C1']!r}, C2={values['C2']!r}.")
+        if c1 > 1:
+            raise ValueError(f"C1 must be in (0, 1] (larger values give NaN levels), got {values['C1']!r}.")
+    return values
 
 
 def precondition_coefficients(
@@ -66,13 +80,16 @@ def precondition_coefficients(
       Four arrays of ``sigma``'s shape in the level dtype.
 
     Raises:
-      ValueError: an unknown kind or a constant that is not finite and > 0.
-      TypeError: a constant the kind does not take.
+      ValueError: a concrete ``sigma`` that is not finite and > 0, an unknown kind, a constant
+        that is not finite and > 0, or iDDPM's C1 > 1.
+      TypeError: a kind that is not a string, a constant the kind does not take, a non-int M,
+        or traced iDDPM constants.
 
     >>> [round(float(c), 4) for c in precondition_coefficients(1.0, "edm")]
     [0.2, 0.4472, 0.8944, 0.0]
     """
     values = _constants(kind, constants)
+    check_levels(sigma)
     dtype = level_dtype()
     sigma = jnp.asarray(sigma, dtype)
     one = jnp.ones_like(sigma)
@@ -114,12 +131,19 @@ def precondition(net_fn: NetFn, kind: str = "edm", *, sigma_shape: str = "scalar
       ``apply_fn(params, x, sigma, cond)``, ready for :func:`karras_jax.make_sampler`. The
       arithmetic runs in float32 (or the wider of x's dtype and it); the result has x's dtype.
 
+    Raises:
+      TypeError: ``net_fn`` cannot be called with four arguments, or as
+        :func:`precondition_coefficients`. ``apply_fn`` raises as it does for a concrete sigma.
+      ValueError: as :func:`precondition_coefficients`, or a ``sigma_shape`` other than
+        ``"scalar"`` and ``"batch"``.
+
     >>> import jax.numpy as jnp, karras_jax as kj
     >>> zero_net = lambda params, x_in, c_noise, cond: jnp.zeros_like(x_in)
     >>> denoise = kj.precondition(zero_net, "edm")
     >>> float(denoise(None, jnp.ones((1, 2)), jnp.float32(1.0), None)[0, 0])  # c_skip * x
     0.2
     """
+    check_arity("net_fn", net_fn, "net_fn(params, x_in, c_noise, cond)", 4)
     _constants(kind, constants)
     check_sigma_shape(sigma_shape)
 
