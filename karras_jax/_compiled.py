@@ -26,17 +26,8 @@ from karras_jax.config import KarrasVeConfig
 from karras_jax.state import KarrasVeState, check_state, resolve_config
 from karras_jax.steps import add_churn, churn_levels
 
-__all__ = [
-    "SKIP_IDLE_DRAW_FROM",
-    "Prepared",
-    "as_traced_config",
-    "check_levels_fit",
-    "churn_fn",
-    "churn_is_idle",
-    "loop_config",
-    "prepare",
-    "wrap_program",
-]
+__all__ = ["SKIP_IDLE_DRAW_FROM", "Prepared", "as_traced_config", "check_levels_fit", "churn_fn",
+           "churn_is_idle", "loop_config", "prepare", "wrap_program"]
 
 
 # Sample sizes (B * prod(sample_shape)) from which a step that may churn skips an idle draw
@@ -118,12 +109,10 @@ def check_levels_fit(state: KarrasVeState, config: KarrasVeConfig, dtype: jnp.dt
     if 6.0 * biggest > largest:
         sigma_max = config.sigma_max
         built = "" if isinstance(sigma_max, jax.core.Tracer) else f" (sigma_max={np.asarray(sigma_max)!s})"
-        raise ValueError(
-            f"dtype={jnp.dtype(dtype).name} cannot hold this run's noise: samples of std up to "
-            f"{biggest:.4g}{built} reach about {6 * biggest:.4g}, beyond the largest "
-            f"{jnp.dtype(dtype).name} ({largest:.4g}); use a wider dtype (bfloat16 or float32) or a "
-            "smaller sigma_max."
-        )
+        raise ValueError(f"dtype={jnp.dtype(dtype).name} cannot hold this run's noise: samples of std up to "
+                         f"{biggest:.4g}{built} reach about {6 * biggest:.4g}, beyond the largest "
+                         f"{jnp.dtype(dtype).name} ({largest:.4g}); use a wider dtype (bfloat16 or float32) "
+                         "or a smaller sigma_max.")
 
 
 def as_traced_config(config: KarrasVeConfig) -> KarrasVeConfig:

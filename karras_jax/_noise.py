@@ -33,16 +33,8 @@ from jax.typing import DTypeLike
 from karras_jax._validation import as_typed_keys, carry_dtype, check_dtype, check_sample_shape
 from karras_jax.state import KarrasVeState, check_state
 
-__all__ = [
-    "churn_noise",
-    "churn_keys",
-    "fast_keys",
-    "fold_in_per_key",
-    "initial_noise",
-    "normal_per_key",
-    "split_per_key",
-    "start_sample",
-]
+__all__ = ["churn_keys", "churn_noise", "fast_keys", "fold_in_per_key", "initial_noise", "normal_per_key",
+           "split_per_key", "start_sample"]
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
@@ -95,15 +87,9 @@ def _seed(seed: jax.Array) -> jax.Array:
     return jax.random.key_data(jax.random.key(seed))
 
 
-_UNROLLED = jex_random.define_prng_impl(
-    key_shape=(2,),
-    seed=_seed,
-    split=_delegate_split,
-    random_bits=_random_bits,
-    fold_in=_fold_in,
-    name="karras_jax_threefry2x32_unrolled",
-    tag="kjt",
-)
+_UNROLLED = jex_random.define_prng_impl(key_shape=(2,), seed=_seed, split=_delegate_split,
+                                        random_bits=_random_bits, fold_in=_fold_in,
+                                        name="karras_jax_threefry2x32_unrolled", tag="kjt")
 
 
 def _impl_name(keys: jax.Array) -> str:

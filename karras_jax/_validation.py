@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-import operator
 from typing import Any
 
 import jax
@@ -18,24 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 
-__all__ = [
-    "as_typed_keys",
-    "check_arity",
-    "check_count",
-    "check_cond",
-    "check_finite_array",
-    "check_representable_levels",
-    "check_dtype",
-    "check_num_steps",
-    "REAL",
-    "check_sigma_range",
-    "check_values",
-    "check_sample_shape",
-    "carry_dtype",
-    "concrete_value",
-    "level_dtype",
-    "mesh_devices",
-]
+__all__ = ["REAL", "as_typed_keys", "carry_dtype", "check_arity", "check_cond", "check_count", "check_dtype",
+           "check_finite_array", "check_num_steps", "check_representable_levels", "check_sample_shape",
+           "check_sigma_range", "check_values", "concrete_value", "level_dtype", "mesh_devices"]
 
 
 def level_dtype() -> jnp.dtype:
@@ -78,23 +62,23 @@ def concrete_value(name: str, value: Any) -> np.ndarray | None:
 
 
 def check_num_steps(num_inference_steps: Any) -> int:
-    """Checks that the step count is a positive Python (or NumPy) integer and returns it."""
-    if isinstance(num_inference_steps, jax.core.Tracer):
-        raise TypeError(
-            "num_inference_steps must be a concrete Python int (it fixes array shapes and the loop "
-            "length); got a traced value. Mark it static (static_argnums) or compute it outside jit."
-        )
-    if isinstance(num_inference_steps, (bool, np.bool_)) or not isinstance(
-        num_inference_steps, (numbers.Integral, np.integer)
-    ):
-        raise TypeError(
-            f"num_inference_steps must be a positive int, got {type(num_inference_steps).__name__} "
-            f"{num_inference_steps!r}."
-        )
-    steps = operator.index(num_inference_steps)
-    if steps < 1:
-        raise ValueError(f"num_inference_steps must be a positive int (>= 1), got {steps}.")
-    return steps
+    """Checks that the step count is a concrete positive Python (or NumPy) integer and returns it.
+
+    Raises:
+      TypeError: not an integer, or traced (it fixes array shapes and the loop length).
+      ValueError: below 1.
+    """
+    if not _is_int(num_inference_steps):
+        why = ("a concrete Python int (it fixes array shapes and the loop length); got a traced value: mark "
+               "it static or compute it outside jit" if isinstance(num_inference_steps, jax.core.Tracer)
+               else f"a positive int, got {num_inference_steps!r}")
+        raise TypeError(f"num_inference_steps must be {why}.")
+    return check_count("num_inference_steps", num_inference_steps)
+
+
+def _is_int(value: Any) -> bool:
+    """Whether ``value`` is a Python or NumPy integer and not a bool (``True`` is never a count)."""
+    return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def as_typed_keys(name: str, keys: Any, *, batch: bool) -> jax.Array:
@@ -197,10 +181,7 @@ def check_sigma_range(sigma_min: Any, sigma_max: Any) -> None:
 
 def check_sample_shape(sample_shape: Any) -> tuple[int, ...]:
     """Checks that ``sample_shape`` is a tuple of positive ints and returns it as one."""
-    if not isinstance(sample_shape, tuple) or not all(
-        isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d > 0
-        for d in sample_shape
-    ):
+    if not isinstance(sample_shape, tuple) or not all(_is_int(d) and d > 0 for d in sample_shape):
         raise ValueError(f"sample_shape must be a tuple of positive ints, got {sample_shape!r}.")
     return tuple(int(d) for d in sample_shape)
 
@@ -222,10 +203,8 @@ def check_cond(cond: Any, batch: int) -> None:
         shape = jnp.shape(leaf)
         if not shape or shape[0] != batch:
             where = jax.tree_util.keystr(path) or "cond"
-            raise ValueError(
-                f"cond{'' if where == 'cond' else where} must have leading dimension B={batch} "
-                f"(one entry per key), got shape {shape}."
-            )
+            raise ValueError(f"cond{'' if where == 'cond' else where} must have leading dimension B={batch} "
+                             f"(one entry per key), got shape {shape}.")
 
 
 def check_arity(name: str, fn: Any, call: str, num_args: int) -> None:
@@ -245,10 +224,8 @@ def check_arity(name: str, fn: Any, call: str, num_args: int) -> None:
     try:
         signature.bind(*range(num_args))
     except TypeError:
-        raise TypeError(
-            f"{name} is called as {call} ({num_args} positional arguments), but its signature is "
-            f"{signature}; wrap it, e.g. lambda {call[call.index('(') + 1:-1]}: ..."
-        ) from None
+        raise TypeError(f"{name} is called as {call} ({num_args} positional arguments), but its signature is "
+                        f"{signature}; wrap it, e.g. lambda {call[call.index('(') + 1:-1]}: ...") from None
 
 
 def check_finite_array(name: str, value: Any) -> None:
@@ -260,10 +237,8 @@ def check_finite_array(name: str, value: Any) -> None:
         bad = ~np.isfinite(array.astype(np.float32))
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"{name} must be finite: it holds {int(bad.sum())} NaN/inf value(s), the first at "
-                f"index {where}."
-            )
+            raise ValueError(f"{name} must be finite: it holds {int(bad.sum())} NaN/inf value(s), the first "
+                             f"at index {where}.")
 
 
 def check_representable_levels(levels: np.ndarray, what: str) -> None:
@@ -284,17 +259,13 @@ def check_representable_levels(levels: np.ndarray, what: str) -> None:
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         rounded = np.asarray(levels, np.float64).astype(dtype)
     if np.isinf(rounded).any():
-        raise ValueError(
-            f"{what} give noise levels beyond the largest {dtype.name} ({float(info.max):.4g}); use a "
-            "smaller sigma_max."
-        )
+        raise ValueError(f"{what} give noise levels beyond the largest {dtype.name} ({float(info.max):.4g}); "
+                         "use a smaller sigma_max.")
     if np.isnan(rounded).any():
         raise ValueError(f"{what} give NaN noise levels; use values for which the schedule is defined.")
     if (np.abs(rounded) < info.tiny).any():
-        raise ValueError(
-            f"{what} give noise levels below the smallest normal {dtype.name} ({float(info.tiny):.4g}), "
-            "which XLA flushes to zero; use a larger sigma_min."
-        )
+        raise ValueError(f"{what} give noise levels below the smallest normal {dtype.name} "
+                         f"({float(info.tiny):.4g}), which XLA flushes to zero; use a larger sigma_min.")
 
 
 def check_count(name: str, value: Any, *, minimum: int = 1) -> int:
@@ -313,7 +284,6 @@ def check_count(name: str, value: Any, *, minimum: int = 1) -> int:
     >>> check_count("position", 0, minimum=0)
     0
     """
-    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer))
-            or value < minimum):
+    if not _is_int(value) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
     return int(value)

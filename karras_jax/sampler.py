@@ -20,15 +20,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax.typing import ArrayLike, DTypeLike
 
-from karras_jax._compiled import (
-    Prepared,
-    check_levels_fit,
-    churn_fn,
-    churn_is_idle,
-    loop_config,
-    prepare,
-    wrap_program,
-)
+from karras_jax._compiled import check_levels_fit, churn_fn, churn_is_idle, loop_config, prepare, wrap_program
 from karras_jax._debug import TRACED_MESSAGE, run_checked, start, watch
 from karras_jax._noise import start_sample
 from karras_jax._progress import step_bar
@@ -223,7 +215,7 @@ def make_sampler(apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
     """
     sample_shape, solver, dtype = check_sample_shape(sample_shape), get_solver(solver), check_dtype(dtype)
     check_arity("apply_fn", apply_fn, "apply_fn(params, x, sigma, cond)", 4)
-    default: Prepared = prepare(state, config, dtype)
+    default = prepare(state, config, dtype)
 
     def program(params: Any, keys: jax.Array, cond: Any, x_init: Any, state: KarrasVeState,
                 draws: bool = True) -> Any:

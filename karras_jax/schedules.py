@@ -290,13 +290,8 @@ def custom_sigmas(sigmas: ArrayLike) -> jax.Array:
 Schedule = Callable[..., jax.Array]
 
 # One line per schedule: name -> (sigma_min, sigma_max, num_steps, **options) -> (N,) levels.
-_REGISTRY: dict[str, Schedule] = {
-    "ve": ve_sigmas,
-    "karras": karras_sigmas,
-    "diffusers": diffusers_sigmas,
-    "vp": vp_sigmas,
-    "iddpm": iddpm_sigmas,
-}
+_REGISTRY: dict[str, Schedule] = {"ve": ve_sigmas, "karras": karras_sigmas, "diffusers": diffusers_sigmas,
+                                  "vp": vp_sigmas, "iddpm": iddpm_sigmas}
 
 SCHEDULES = tuple(_REGISTRY)
 

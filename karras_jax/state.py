@@ -123,14 +123,11 @@ def set_timesteps(
     schedules.check_rho(rho)  # checked whatever the schedule, so a typo never passes silently
     if sigmas is not None:
         if schedule is not None:
-            raise ValueError(
-                f"pass either schedule={schedule!r} or sigmas=..., not both."
-            )
+            raise ValueError(f"pass either schedule={schedule!r} or sigmas=..., not both.")
         levels = schedules.custom_sigmas(sigmas)
         if num_inference_steps is not None and check_num_steps(num_inference_steps) != levels.shape[0]:
-            raise ValueError(
-                f"num_inference_steps={num_inference_steps} disagrees with len(sigmas)={levels.shape[0]}."
-            )
+            raise ValueError(f"num_inference_steps={num_inference_steps} disagrees with len(sigmas)="
+                             f"{levels.shape[0]}.")
         name = "custom"
     else:
         if num_inference_steps is None:
@@ -138,21 +135,11 @@ def set_timesteps(
         name = "ve" if schedule is None else schedule
         n = check_num_steps(num_inference_steps)
         levels = schedules.named_sigmas(name, config.sigma_min, config.sigma_max, n, rho=rho)
-    n = levels.shape[0]
-    dtype = level_dtype()
-    if name == "diffusers":
-        init_noise_sigma = jnp.asarray(config.sigma_max, dtype)
-    else:
-        init_noise_sigma = levels[0]
-    return KarrasVeState(
-        num_inference_steps=n,
-        timesteps=jnp.arange(n - 1, -1, -1, dtype=jnp.int32),
-        schedule=levels[::-1],
-        sigmas=jnp.concatenate([levels, jnp.zeros((1,), dtype)]),
-        init_noise_sigma=init_noise_sigma,
-        schedule_name=name,
-        config=config,
-    )
+    n, dtype = levels.shape[0], level_dtype()
+    init_noise_sigma = jnp.asarray(config.sigma_max, dtype) if name == "diffusers" else levels[0]
+    return KarrasVeState(num_inference_steps=n, timesteps=jnp.arange(n - 1, -1, -1, dtype=jnp.int32),
+                         schedule=levels[::-1], sigmas=jnp.concatenate([levels, jnp.zeros((1,), dtype)]),
+                         init_noise_sigma=init_noise_sigma, schedule_name=name, config=config)
 
 
 def check_state(state: Any) -> int:
@@ -172,12 +159,10 @@ def check_state(state: Any) -> int:
         raise ValueError("state has no noise levels yet: call set_timesteps first.")
     n = check_num_steps(state.num_inference_steps)
     for name, want in (("sigmas", (n + 1,)), ("timesteps", (n,)), ("schedule", (n,))):
-        got = jnp.shape(getattr(state, name))
-        if got != want:
-            raise ValueError(
-                f"state.num_inference_steps={n} disagrees with state.{name} of shape {got} "
-                f"(expected {want}); build a new state with set_timesteps instead of editing one."
-            )
+        if (got := jnp.shape(getattr(state, name))) != want:
+            raise ValueError(f"state.num_inference_steps={n} disagrees with state.{name} of shape {got} "
+                             f"(expected {want}); build a new state with set_timesteps instead of editing "
+                             "one.")
     return n
 
 
@@ -198,21 +183,17 @@ def check_same_range(built: KarrasVeConfig, given: KarrasVeConfig, where: str) -
         was, now = getattr(built, name), getattr(given, name)
         if was is now:
             continue
-        traced = isinstance(was, jax.core.Tracer) or isinstance(now, jax.core.Tracer)
-        if not traced:
-            dtype = level_dtype()
-            was_value, now_value = np.asarray(was, dtype), np.asarray(now, dtype)
-            if was_value.shape == now_value.shape == () and was_value == now_value:
-                continue
-            shown = f"{name}={now_value!s} differs from the {name}={was_value!s}"
-        else:
+        if isinstance(was, jax.core.Tracer) or isinstance(now, jax.core.Tracer):
             shown = f"{name} cannot be compared (traced) with the {name}"
-        raise ValueError(
-            f"{where}: config.{shown} the state's levels were built from. The levels come from the "
-            f"state: pass config=None to use the state's config, build the state with set_timesteps "
-            f"from this config (inside the same jit/vmap to sweep {name}), or change only s_churn, "
-            "s_noise, s_min and s_max."
-        )
+        else:
+            was, now = np.asarray(was, level_dtype()), np.asarray(now, level_dtype())
+            if was.shape == now.shape == () and was == now:
+                continue
+            shown = f"{name}={now!s} differs from the {name}={was!s}"
+        raise ValueError(f"{where}: config.{shown} the state's levels were built from. The levels come from "
+                         f"the state: pass config=None to use the state's config, build the state with "
+                         f"set_timesteps from this config (inside the same jit/vmap to sweep {name}), or "
+                         "change only s_churn, s_noise, s_min and s_max.")
 
 
 def resolve_config(state: KarrasVeState, config: KarrasVeConfig | None) -> KarrasVeConfig:

@@ -36,15 +36,7 @@ from jax.typing import ArrayLike
 from karras_jax._validation import check_num_steps, level_dtype
 from karras_jax.config import KarrasVeConfig, check_config
 
-__all__ = [
-    "add_churn",
-    "churn_gamma",
-    "churn_levels",
-    "churn_std",
-    "euler_update",
-    "heun_slope",
-    "slope",
-]
+__all__ = ["add_churn", "churn_gamma", "churn_levels", "churn_std", "euler_update", "heun_slope", "slope"]
 
 _SQRT2_MINUS_1 = math.sqrt(2.0) - 1.0
 

@@ -16,11 +16,8 @@ from karras_jax.solvers.heun import heun
 
 __all__ = ["SOLVERS", "Levels", "Solver", "dpmpp_2m", "euler", "get_solver", "heun"]
 
-_REGISTRY: dict[str, Callable[[], Solver]] = {
-    "heun": heun,
-    "euler": euler,
-    "dpmpp_2m": dpmpp_2m,
-}
+# One entry per solver: name -> factory of its Solver.
+_REGISTRY: dict[str, Callable[[], Solver]] = {"heun": heun, "euler": euler, "dpmpp_2m": dpmpp_2m}
 
 SOLVERS = tuple(_REGISTRY)
 
