@@ -1,13 +1,10 @@
 r"""The whole of Algorithm 2 as one XLA program: ``sample`` and ``make_sampler``.
 
-One ``lax.fori_loop`` over the noise levels (a ``lax.scan`` of the same body when the
-trajectory is kept) drives a :class:`~karras_jax.solvers.Solver`, so compile time does not grow
-with N. What depends only on the levels (churned levels, noise std, reciprocals, the solver's
-coefficients) is tabulated before the loop; the body holds the network calls, the churn draw
-and one fused update. The last step, to sigma = 0, is the solver's ``last_step``, peeled off
-the loop, so the network is never evaluated at 0. A run whose churn is known to be zero when
-traced draws no noise at all. The sample, levels and solver state are float32 (float64 under
-x64) whatever ``dtype`` the network gets; the noise stream is a contract (docs/noise.md).
+One ``lax.fori_loop`` (a ``lax.scan`` of the same body to keep the trajectory) drives a
+:class:`~karras_jax.solvers.Solver`; what depends only on the levels is tabulated before it, so
+the body holds the network calls, the churn draw (none when the churn is known to be idle) and
+one fused update. The last step, to sigma = 0, is peeled off. The carry is float32 (float64
+under x64) whatever ``dtype`` the network gets; the noise stream is a contract (docs/noise.md).
 """
 
 from __future__ import annotations
@@ -75,16 +72,13 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], keys: j
     (d + d')/2` with :math:`d' = (x_{i+1} - D(x_{i+1}; \sigma_{i+1}))/\sigma_{i+1}`.
 
     Args:
-      denoise_fn: ``denoise_fn(x, sigma, cond) -> D(x; sigma)``, x of shape (B, *sample_shape)
-        in ``dtype``, sigma a float32 scalar. Close over weights inside a jitted caller (or use
-        :func:`make_sampler`) so they stay traced. Its output is taken into the float32 carry.
+      denoise_fn: ``denoise_fn(x, sigma, cond) -> D(x; sigma)``, x (B, *sample_shape) in
+        ``dtype``, sigma a float32 scalar (close over weights, or use :func:`make_sampler`).
       keys: (B,) typed keys or (B, 2) raw uint32 keys, one per sample.
-      state: From :func:`karras_jax.set_timesteps`: the levels and the config they were built
-        from.
-      config: None to sample with ``state.config``; or a config whose s_churn, s_noise, s_min
-        and s_max are used (traced values welcome: a vmap over them is one program) and whose
-        sigma_min/sigma_max must be the state's (the levels come from the state; to sweep
-        them, build the state inside the vmap).
+      state: From :func:`karras_jax.set_timesteps`: the levels and the config they came from.
+      config: None for ``state.config``; or a config whose s_churn, s_noise, s_min and s_max
+        are used (traced welcome) and whose range is the state's (to sweep sigma_min or
+        sigma_max, build the state inside the vmap).
       sample_shape: Shape of one sample, a tuple of positive ints.
       cond: Optional pytree of conditioning, every leaf with leading dimension B.
       solver: A name in ``kj.SOLVERS`` (``"heun"``: 2N - 1 evaluations) or a :class:`Solver`.
@@ -92,11 +86,10 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], keys: j
         noise (the churn noise still comes from ``keys``).
       dtype: The network's and the result's dtype (float32, bfloat16, float16, ...).
       return_trajectory: Also return a :class:`Trajectory` (memory grows with N only then).
-      progress: True shows a progress bar on stderr from a host callback; a callable is called
-        with the 0-based step index. Off by default: the program then has no host callbacks.
-      check_finite: Debug mode: check every network input, output and update, and raise
-        ``FloatingPointError`` at the first NaN or inf, naming the step, sigma_hat and where it
-        arose. Compiles and runs its own checked program, so call it outside ``jit``/``vmap``.
+      progress: True: a progress bar on stderr (a host callback); a callable gets the 0-based
+        step index. Off by default: the program then has no host callbacks.
+      check_finite: Debug mode, outside ``jit``/``vmap``: raise ``FloatingPointError`` at the
+        first NaN or inf in a network input, output or update, naming the step and sigma_hat.
 
     Returns:
       (B, *sample_shape) samples in ``dtype``, or ``(samples, trajectory)``.
@@ -196,15 +189,12 @@ def make_sampler(apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
     """Returns a jitted ``sampler(params, keys, cond=None, x_init=None, *, config=, state=)``.
 
     ``apply_fn(params, x, sigma, cond) -> D(x; sigma)``, e.g. ``lambda p, x, s, c:
-    model.apply(p, x, s)`` for a Flax linen module. Weights, keys, cond, x_init and the
-    state (levels and config) are traced arguments: new weights, seeds, conditioning or
-    churn settings reuse the compiled program. What compiles again: new shapes or dtypes
-    (batch size, weights), a new step count or schedule name, a new ``cond`` structure, and
-    the switch between a run that can churn and one that cannot (which has no noise draw).
-
-    Everything is checked once here (an override ``config=``/``state=`` when first passed),
-    so a call costs the jitted program's dispatch. ``sampler.jitted(params, keys, cond,
-    x_init, state, draws)`` is that program. Other arguments are as for :func:`sample`.
+    model.apply(p, x, s)``. Weights, keys, cond, x_init and the state (levels and config) are
+    traced: only new shapes or dtypes, step count, schedule name, ``cond`` structure, or the
+    switch between a run that can churn and one that cannot (no noise draw) compile again.
+    Everything is checked here once (an override ``config=``/``state=`` when first passed), so
+    a call costs the dispatch of ``sampler.jitted(params, keys, cond, x_init, state, draws)``.
+    Other arguments are as for :func:`sample`.
 
     >>> import jax, jax.numpy as jnp, karras_jax as kj
     >>> cfg = kj.KarrasVeConfig(s_churn=0.0)
