@@ -28,9 +28,37 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
+from karras_jax._validation import check_count, concrete_value
+
 __all__ = ["UNet"]
+
+
+def _labels(labels: ArrayLike | None, num_classes: int, batch: int) -> jax.Array:
+    """``labels`` as ``(B,)`` int32 after checking them; None is the null class ``num_classes``.
+
+    Dtype and shape are checked always, values only where concrete; a traced label outside
+    ``[0, num_classes]`` gives a NaN output (the embedding lookup's fill value).
+    """
+    if labels is None:
+        return jnp.full((batch,), num_classes, jnp.int32)
+    allowed = f"[0, {num_classes}] ({num_classes} = the null class, no condition)"
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"labels (cond) must be integer classes in {allowed}, got dtype {labels.dtype}.")
+    if labels.shape not in ((), (batch,)):
+        raise ValueError(f"labels (cond) must be a scalar or one per sample, shape ({batch},) for x's batch "
+                         f"of {batch}; got shape {labels.shape}.")
+    value = concrete_value("labels", labels)
+    if value is not None and not np.all((value >= 0) & (value <= num_classes)):
+        bad = value.reshape(-1)[np.argmax(((value < 0) | (value > num_classes)).reshape(-1))]
+        raise ValueError(f"labels (cond) must be integer classes in {allowed}, got {int(bad)}.")
+    # traced labels out of range: make a negative one (which indexing would wrap round to the
+    # null class) out of range too, so that every bad label gives a NaN output, never a silent class
+    labels = jnp.where(labels < 0, num_classes + 1, labels).astype(jnp.int32)
+    return jnp.broadcast_to(labels, (batch,))
 
 
 def _groups(channels: int) -> int:
@@ -96,7 +124,16 @@ class UNet(nn.Module):
 
         Returns:
           ``(B, H, W, out_channels)`` in ``dtype``.
+
+        Raises:
+          ValueError: x not ``(B, H, W, C)`` or its size not divisible, ``c_noise`` neither a
+            scalar nor ``(B,)``, labels of another shape or (where concrete) outside
+            ``[0, num_classes]``, labels for an unconditional UNet, or ``num_classes`` or
+            ``channels`` not an int >= 0 (>= 1).
+          TypeError: labels that are not integers.
         """
+        check_count("num_classes", self.num_classes, minimum=0)
+        check_count("channels", self.channels)
         x = jnp.asarray(x, self.dtype)
         if x.ndim != 4:
             raise ValueError(f"x must be (B, H, W, C) images, got shape {x.shape}.")
@@ -106,10 +143,12 @@ class UNet(nn.Module):
                 f"x's height and width must be divisible by 2**(len(channel_mult) - 1) = {2**depth}, "
                 f"got {x.shape[1:3]}.")
         batch = x.shape[0]
+        if jnp.shape(c_noise) not in ((), (batch,)):
+            raise ValueError(f"c_noise must be a scalar or one level per sample, shape ({batch},); got shape "
+                             f"{jnp.shape(c_noise)}.")
         emb = self._embed_noise(jnp.broadcast_to(jnp.asarray(c_noise, jnp.float32), (batch,)))
         if self.num_classes > 0:
-            labels = self.num_classes if labels is None else labels
-            labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (batch,))
+            labels = _labels(labels, self.num_classes, batch)
             emb = emb + nn.Embed(self.num_classes + 1, self.emb_dim, name="class_emb")(labels)
         elif labels is not None:
             raise ValueError("labels were given to a UNet with num_classes=0 (unconditional).")
