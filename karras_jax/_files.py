@@ -10,6 +10,7 @@ untouched and no temporary file behind, and raises ``OSError`` naming the target
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "check_writable_folder", "write_json"]
+__all__ = ["atomic_write", "check_folder_path", "check_writable_folder", "write_json"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -70,15 +71,40 @@ def write_json(path: str | os.PathLike, values: Any) -> Path:
     return atomic_write(path, lambda f: f.write(text))
 
 
+def check_folder_path(folder: str | os.PathLike) -> Path:
+    """Refuses a path that is not and cannot become a folder, naming it; creates nothing.
+
+    Raises:
+      NotADirectoryError: ``folder`` is a file, or lies below one.
+      FileNotFoundError: ``folder`` is a symlink to something that does not exist.
+    """
+    folder = Path(folder)
+    if folder.is_symlink() and not folder.exists():
+        raise FileNotFoundError(errno.ENOENT, f"{folder} is a symlink to {os.readlink(folder)}, "
+                                              "which does not exist")
+    for path in (folder, *folder.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == folder else f"is below {path}, which is a file"
+                raise NotADirectoryError(errno.ENOTDIR, f"{folder} {where}, not a folder")
+            break
+    return folder
+
+
 def check_writable_folder(folder: str | os.PathLike) -> Path:
     """Creates ``folder`` if needed and proves a file can be created in it.
 
     Raises:
-      OSError: the folder cannot be created, or nothing can be written into it.
+      OSError: the folder cannot be created, or nothing can be written into it; the message
+        names ``folder`` and why (see also :func:`check_folder_path`).
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / ".karras_jax_write_probe", lambda f: f.write(b""))
+    folder = check_folder_path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / ".karras_jax_write_probe", lambda f: f.write(b""))
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise OSError(err.errno, f"cannot write in the folder {folder}: {reason}") from None
     _remove(folder / ".karras_jax_write_probe")
     return folder
 

@@ -7,6 +7,13 @@ The demo samples thousands of seeds from a built-in 2-D Gaussian mixture through
 denoiser (:func:`karras_jax.analytic.default_mixture`), so the only error is the sampler's,
 and reports speed and an energy distance to true samples next to the distance between two
 independent true sample sets (the floor no sampler can beat at that sample size).
+
+Errors are one line on stderr, ``karras-jax: error: ...``, naming the flag or file at fault,
+never a traceback (the hidden ``--debug`` flag re-raises to show one). Exit codes: 0 done;
+2 a usage error, refused before any work (a bad flag value, a model that does not load, an
+``--out`` that cannot be a writable folder, a folder holding another job or a damaged
+manifest); 1 a runtime error (a failed write, a non-finite sample, ``--verify`` finding a
+folder incomplete); 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,9 +26,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from karras_jax._files import atomic_write, check_writable_folder
+from karras_jax._files import atomic_write, check_folder_path, check_writable_folder
 
 __all__ = ["main"]
+
+# What main() turns into one line: usage errors (exit 2, raised before any work) and runtime
+# errors (exit 1). Anything else is a bug and keeps its traceback.
+_USAGE_ERRORS = (ValueError, TypeError, ImportError)
+_RUNTIME_ERRORS = (OSError, FloatingPointError, MemoryError, RuntimeError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,6 +44,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"karras-jax: error: {message} (see {command})\n")
 
     _sub = ""
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as one line that names its file: ``OSError``'s own text drops the path."""
+    if isinstance(err, OSError) and err.filename is not None:
+        text = f"{err.filename}: {err.strerror or err}"
+    elif isinstance(err, OSError) and err.strerror:
+        text = err.strerror
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+def _check_out(flag: str, folder: Path, *, create: bool = True) -> None:
+    """Refuses, as a usage error naming ``flag`` and the path, a folder that cannot be written.
+
+    ``create=False`` checks the path's shape only (a file, below a file, a dangling symlink).
+    """
+    try:
+        check_writable_folder(folder) if create else check_folder_path(folder)
+    except OSError as err:
+        raise ValueError(f"argument {flag}: {_one_line(err)}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -75,6 +109,15 @@ def _seed(text: str) -> int:
     return value
 
 
+def _seed_set(text: str) -> Any:
+    from karras_jax.generation import seed_runs
+
+    try:
+        return seed_runs(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _solver_list(text: str) -> tuple[str, ...]:
     from karras_jax.solvers import SOLVERS
 
@@ -92,6 +135,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="karras-jax", description="Karras/EDM stochastic sampling in JAX.")
     parser.add_argument("--version", action="version", version=f"karras-jax {__version__}")
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     demo = sub.add_parser(
         "demo",
@@ -119,6 +163,9 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-plot", action="store_true", help="skip the PNG")
     _digits_parsers(sub)
     _generate_parser(sub)
+    for command in sub.choices.values():  # `karras-jax COMMAND ... --debug` works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=argparse.SUPPRESS)
     return parser
 
 
@@ -137,7 +184,8 @@ def _generate_parser(sub: Any) -> None:
     gen.add_argument("--verify", type=Path, metavar="DIR", help="check DIR against its manifest and exit")
     gen.add_argument("--model", help="mixture, package.module:function, or a folder written by kj.fit "
                                       "(train-digits writes one): its model.json says how to rebuild it")
-    gen.add_argument("--seeds", help="seeds in EDM's syntax, e.g. 0-49999 or 0,5,10-20")
+    gen.add_argument("--seeds", type=_seed_set,
+                     help="seeds in EDM's syntax, e.g. 0-49999 or 0,5,10-20 (up to 0-4294967295)")
     gen.add_argument("--out", type=Path, help="output folder")
     gen.add_argument("--batch", type=_positive_int, default=512,
                      help="samples per sampler call (default 512)")
@@ -154,16 +202,15 @@ def _generate_parser(sub: Any) -> None:
     gen.add_argument("--png", action="store_true",
                      help="also write one PNG per sample (image models; needs Pillow)")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.add_argument("--dry-run", action="store_true",
+                     help="check the arguments and the folder and say what would be done; write nothing")
 
 
 def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from karras_jax.generation import generate, verify
 
     if args.verify is not None:
-        try:
-            report = verify(args.verify)
-        except (FileNotFoundError, ValueError) as err:
-            raise SystemExit(f"karras-jax: error: {err}") from None
+        report = verify(args.verify)
         print(f"{args.verify}: {len(report['complete'])}/{report['shards']} shards complete")
         for name in report["missing"]:
             print(f"  missing    {name}")
@@ -175,13 +222,15 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     missing = [f"--{n}" for n in ("model", "seeds", "out") if getattr(args, n) is None]
     if missing:
         parser.error(f"generate needs {', '.join(missing)} (or --verify DIR)")
-    try:
-        result = generate(args.model, args.seeds, args.out, batch=args.batch, steps=args.steps,
-                          schedule=args.schedule, solver=args.solver, s_churn=args.s_churn,
-                          s_noise=args.s_noise, s_min=args.s_min, s_max=args.s_max, guidance=args.guidance,
-                          png=args.png, shard_size=args.shard_size, progress=not args.no_progress)
-    except (ValueError, TypeError, ImportError) as err:  # ImportError: --png without Pillow
-        raise SystemExit(f"karras-jax: error: {err}") from None
+    _check_out("--out", args.out, create=not args.dry_run)
+    result = generate(args.model, args.seeds, args.out, batch=args.batch, steps=args.steps,
+                      schedule=args.schedule, solver=args.solver, s_churn=args.s_churn, s_noise=args.s_noise,
+                      s_min=args.s_min, s_max=args.s_max, guidance=args.guidance, png=args.png,
+                      shard_size=args.shard_size, progress=not args.no_progress, dry_run=args.dry_run)
+    if args.dry_run:
+        print(f"{result.folder}: {len(args.seeds):,} seeds in {result.shards:,} shards; would write "
+              f"{result.written:,}, {result.skipped:,} already complete (dry run: nothing written)")
+        return 0
     print(f"{result.folder}: {result.shards} shards ({result.written} written now, {result.skipped} already "
           f"complete) in {result.seconds:.1f} s"
           + (f", {result.samples_per_s:,.0f} samples/s" if result.written else ""))
@@ -238,16 +287,13 @@ def _train_digits(args: argparse.Namespace) -> int:
 
     cfg = dataclasses.replace(DigitsConfig(), steps=args.steps, batch=args.batch, channels=args.channels,
                               seed=args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    check_writable_folder(args.out)
-    try:
-        if args.no_eval:
-            run = train_digits(args.out, cfg, checkpoint_every=args.checkpoint_every)
-            print(f"trained {cfg.steps} steps (resumed at {run.resumed_from}); checkpoint in {args.out}")
-            return 0
-        m = run_example(args.out, cfg, checkpoint_every=args.checkpoint_every)
-    except (ImportError, ValueError) as err:  # no scikit-learn; a checkpoint of other settings in --out
-        raise SystemExit(f"karras-jax: error: {err}") from None
+    _check_out("--out", args.out)
+    # ImportError (no scikit-learn), ValueError (a checkpoint of other settings in --out): main()
+    if args.no_eval:
+        run = train_digits(args.out, cfg, checkpoint_every=args.checkpoint_every)
+        print(f"trained {cfg.steps} steps (resumed at {run.resumed_from}); checkpoint in {args.out}")
+        return 0
+    m = run_example(args.out, cfg, checkpoint_every=args.checkpoint_every)
     resumed = f" (resumed at step {m['resumed_from']})" if m["resumed_from"] else ""
     print(f"trained {m['steps']} steps of {m['batch']} in {m['train_seconds']:.0f} s{resumed}; "
           f"sampled in {m['sample_seconds']:.0f} s; total {m['total_seconds']:.0f} s")
@@ -271,15 +317,19 @@ def _sample_digits(args: argparse.Namespace) -> int:
     from karras_jax.examples.digits import balanced_labels, load_model, sample_digits
 
     if args.out.suffix != ".npz":
-        raise SystemExit(f"karras-jax: error: --out must be an .npz file, got {args.out}")
+        raise ValueError(f"argument --out: must be an .npz file, got {args.out}")
+    if args.out.is_dir():
+        raise ValueError(f"argument --out: {args.out} is a folder, not an .npz file")
     if not args.out.parent.is_dir():
-        raise SystemExit(f"karras-jax: error: the folder of --out does not exist: {args.out.parent}")
+        raise ValueError(f"argument --out: the folder of {args.out} does not exist: {args.out.parent}")
     if args.unconditional and args.guidance is not None:
-        raise SystemExit("karras-jax: error: --guidance needs class labels; drop it or --unconditional")
+        raise ValueError("argument --guidance: needs class labels; drop it or --unconditional")
     try:
         cfg, params = load_model(args.checkpoint)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"karras-jax: error: {err}") from None
+    except (OSError, ValueError) as err:  # a missing, truncated or foreign checkpoint
+        message = _one_line(err)
+        where = "" if str(args.checkpoint) in message else f"{args.checkpoint}: "
+        raise ValueError(f"argument --checkpoint: {where}{message}") from None
     if args.unconditional:
         labels = np.full((args.n,), -1, np.int64)
         samples = sample_digits(cfg, params, args.n, seed=args.seed)
@@ -332,15 +382,10 @@ def _check_demo_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     if have is not None and need > have:
         parser.error(f"argument --seeds: {args.seeds:,} seeds need about {need / 2**30:.1f} GiB, "
                      f"{have / 2**30:.1f} GiB is available")
-    try:  # before any sampling, so a bad folder costs nothing and reads as one line
-        check_writable_folder(args.out)
-    except OSError as err:
-        parser.exit(2, f"karras-jax: error: argument --out: cannot write to {args.out} "
-                       f"({err.strerror or err})\n")
+    _check_out("--out", args.out)  # before any sampling, so a bad folder costs nothing
     for name in ("samples.npz", "demo.png"):
         if (args.out / name).is_dir():
-            parser.exit(2, f"karras-jax: error: argument --out: {args.out / name} is a folder, "
-                           "in the way of an output file\n")
+            raise ValueError(f"argument --out: {args.out / name} is a folder, in the way of an output file")
 
 
 def _row(cells: Sequence[tuple[str, int, str]]) -> str:
@@ -451,7 +496,13 @@ def _plot(path: Path, truth: Any, samples: Any, args: argparse.Namespace, dist: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``karras-jax`` console script; returns the exit code."""
+    """Entry point of the ``karras-jax`` console script; returns the exit code.
+
+    Usage errors (a bad flag, and the ``ValueError``/``TypeError``/``ImportError`` raised
+    before any work) end in ``SystemExit(2)`` as argparse's own do; runtime errors (``OSError``,
+    ``FloatingPointError``, ...) return 1; Ctrl-C returns 130. Each prints one line on stderr;
+    ``--debug`` re-raises instead, to show the traceback.
+    """
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -468,10 +519,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "generate":
             return _generate(args, parser)
     except KeyboardInterrupt:
+        if args.debug:
+            raise
         sys.stderr.write("\nkarras-jax: interrupted; files written so far are complete, none half-written\n")
         return 130
-    except OSError as err:
-        sys.stderr.write(f"karras-jax: error: {err.strerror or err}\n")
+    except _USAGE_ERRORS as err:
+        if args.debug:
+            raise
+        parser.exit(2, f"karras-jax: error: {_one_line(err)}\n")
+    except _RUNTIME_ERRORS as err:
+        if args.debug:
+            raise
+        sys.stderr.write(f"karras-jax: error: {_one_line(err)}\n")
         return 1
     parser.error(f"unknown command {args.command!r}")
 

@@ -13,10 +13,24 @@ Layout of ``DIR``:
 - while a job runs, ``progress-pN.json`` (process N's finished shards and checksums).
 
 Every file is written atomically (temporary file in the same folder, fsync, rename).
-Re-running the same job finishes it: a shard is kept if it loads (each ``.npz`` member
-carries a CRC-32), holds exactly its seeds and the right shapes, and matches its recorded
-checksum; anything else is generated again. A killed run, resumed, leaves exactly the
-files of an uninterrupted run. A folder holding another job is refused, naming what differs.
+
+What a resume trusts: the folder only through a manifest that parses and matches the schema
+(:func:`_manifest_problem`: the keys, their types, and seeds, shard size and shard count that
+agree); a damaged or foreign manifest, or shards without a manifest, are refused with one
+message naming the file, what is wrong and how to start over. A folder holding another job is
+refused, naming what differs. A shard is kept only if its bytes match the SHA-256 recorded
+when it was written (in the manifest, or in a ``progress-pN.json`` of an unfinished run), it
+loads (each ``.npz`` member carries a CRC-32), holds exactly its seeds with the right shapes
+and is finite; anything else is generated again. A damaged progress record vouches for
+nothing: its shards are generated again. A killed run, resumed, leaves exactly the files of
+an uninterrupted run.
+
+Non-finite samples: a NaN or inf sample stops the job with a ``FloatingPointError`` naming
+the seeds; its shard is not written, so ``verify`` and a resume agree that it is missing.
+
+Memory does not grow with the number of seeds: seeds are held as runs
+(:class:`~karras_jax.generation.seeds.SeedRuns`) and each shard's seeds are taken by position.
+What does grow is per shard: the checksum table (about 100 bytes a shard).
 
 Multi-host: every process runs the same call; shard i is generated and written by process
 ``i % process_count`` on its local devices; process 0 writes the final manifest once all
@@ -27,14 +41,16 @@ contract), so the union of the shards equals a single-process run.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import importlib.util
 import json
 import os
+import re
 import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +60,13 @@ from flax import struct
 from jax.sharding import Mesh
 
 from karras_jax._chunks import padded_chunks
-from karras_jax._files import write_json
+from karras_jax._files import check_folder_path, check_writable_folder, write_json
 from karras_jax._progress import progress_bar
 from karras_jax._validation import check_count
 from karras_jax.config import KarrasVeConfig
 from karras_jax.generation._writer import PNG_HINT, ShardWriter
 from karras_jax.generation.models import GenerateModel, load_generate_model
-from karras_jax.generation.seeds import parse_seeds, seed_keys
+from karras_jax.generation.seeds import SeedRuns, seed_keys, seed_runs
 from karras_jax.models import Guidance, classifier_free_guidance
 from karras_jax.sampler import make_sampler
 from karras_jax.sharding import make_sharded_sampler
@@ -86,15 +102,6 @@ class GenerateResult:
     samples_per_s: float
 
 
-def _ranges(seeds: np.ndarray) -> str:
-    """Seeds as EDM's syntax, runs of consecutive seeds collapsed (``0-9,20``)."""
-    if seeds.size == 0:
-        return ""
-    breaks = np.flatnonzero(np.diff(seeds) != 1) + 1
-    runs = np.split(seeds, breaks)
-    return ",".join(f"{r[0]}" if r.size == 1 else f"{r[0]}-{r[-1]}" for r in runs)
-
-
 def _versions() -> dict[str, str]:
     import importlib.metadata as metadata
 
@@ -111,23 +118,150 @@ def _shard_name(index: int) -> str:
     return f"shard-{index:06d}.npz"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+_SHARD = re.compile(r"shard-(\d{6,})\.npz")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_NUMBER = (int, float)
+
+
+def _positive(value: int) -> bool | str:
+    return value >= 1 or "is below 1"
+
+
+def _shape(value: list) -> bool | str:
+    return all(_is(x, int) and x >= 1 for x in value) or "is not a list of ints >= 1"
+
+
+def _numbers(value: list | dict) -> bool | str:
+    values = value.values() if isinstance(value, dict) else value
+    return all(_is(x, *_NUMBER) for x in values) or "holds a value that is not a number"
+
+
+def _checksum_table(value: dict) -> bool | str:
+    return (all(_SHARD.fullmatch(k) and isinstance(x, str) and _SHA256.fullmatch(x) for k, x in value.items())
+            or "is not a table of shard names to SHA-256s")
+
+
+# manifest.json's schema: each key, the types its value may have, and what else must hold of it
+_SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
+    "format": ((str,), None), "model": ((str,), None), "seeds": ((str,), None),
+    "num_seeds": ((int,), _positive), "sample_shape": ((list,), _shape),
+    "dtype": ((str,), lambda v: v == "float32" or "is not 'float32'"),
+    "config": ((dict,), _numbers), "steps": ((int,), _positive), "schedule": ((str,), None),
+    "sigmas": ((list,), _numbers), "solver": ((str,), None), "guidance": ((int, float, type(None)), None),
+    "shard_size": ((int,), _positive), "num_shards": ((int,), _positive), "versions": ((dict,), None),
+    "checksums": ((dict,), _checksum_table),
+}
+
+
+def _is(value: Any, *types: type) -> bool:
+    """``isinstance`` for JSON values: a bool is not a number."""
+    return isinstance(value, types) and not isinstance(value, bool)
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """None if ``manifest`` (parsed JSON) is a manifest this version reads, else what is wrong with it."""
+    if not isinstance(manifest, dict):
+        return f"it holds a JSON {type(manifest).__name__}, not an object"
+    found = manifest.get("format")
+    if found != _FORMAT:
+        return (f"its format is {found!r}, not {_FORMAT!r}" if isinstance(found, str) and
+                found.startswith(_FORMAT.split("/")[0]) else "it is not a karras_jax generation manifest")
+    for key, (types, check) in _SCHEMA.items():
+        if key not in manifest:
+            return f"it has no {key!r}"
+        value = manifest[key]
+        if not _is(value, *types):
+            return f"{key!r} is {type(value).__name__}, not {' or '.join(t.__name__ for t in types)}"
+        verdict = True if check is None else check(value)
+        if verdict is not True:
+            return f"{key!r} {verdict}"
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        seeds = seed_runs(manifest["seeds"])
+    except ValueError as err:
+        return f"'seeds': {err}"
+    shards = -(-len(seeds) // manifest["shard_size"])
+    if len(seeds) != manifest["num_seeds"] or shards != manifest["num_shards"]:
+        return "'seeds', 'num_seeds', 'shard_size' and 'num_shards' disagree"
+    checksums = manifest["checksums"]
+    indices = {int(_SHARD.fullmatch(name)[1]) for name in checksums}
+    if checksums and (len(indices) != manifest["num_shards"] or max(indices) >= manifest["num_shards"]):
+        return "'checksums' does not list exactly the job's shards"
+    return None
+
+
+def _start_over(folder: Path) -> str:
+    return (f"nothing in {folder} can be trusted; to start over, delete {folder} (or move it away) "
+            "or write to another folder")
+
+
+def _load_manifest(folder: Path) -> dict[str, Any] | None:
+    """The folder's manifest, checked against the schema; None if the folder has none.
+
+    Raises:
+      ValueError: the manifest is not valid JSON or not of the schema, or the folder holds
+        shards or progress records but no manifest (nothing vouches for them). The message
+        names the file, what is wrong and how to start over.
+      OSError: the manifest exists but cannot be read (the message names it).
+    """
+    path = folder / MANIFEST
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if folder.is_dir():
+            ours = sorted(p.name for p in folder.iterdir() if _SHARD.fullmatch(p.name)
+                          or p.name.startswith("progress-p"))
+            if ours:
+                raise ValueError(f"{folder} holds {ours[0]}{' and more' if len(ours) > 1 else ''} but no "
+                                 f"{MANIFEST}, so no job vouches for them; {_start_over(folder)}.") from None
         return None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not text ({err.reason}); {_start_over(folder)}.") from None
+    except OSError as err:
+        raise OSError(err.errno, f"cannot read {path}: {err.strerror}") from None
+    try:
+        manifest = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); {_start_over(folder)}.") from None
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise ValueError(f"{path} is damaged or foreign: {problem}; {_start_over(folder)}.")
+    return manifest
+
+
+def _progress_records(folder: Path) -> dict[str, str]:
+    """The checksums in the ``progress-pN.json`` files; a damaged file counts as empty.
+
+    They are this job's own notes (the manifest was checked first): a damaged one only means
+    its shards are generated again, never that they are kept unchecked.
+    """
+    known: dict[str, str] = {}
+    for record in sorted(folder.glob("progress-p*.json")):
+        try:
+            values = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(values, dict) and all(isinstance(k, str) and _SHARD.fullmatch(k) and isinstance(v, str)
+                                            and _SHA256.fullmatch(v) for k, v in values.items()):
+            known.update(values)
+    return known
 
 
 def _check_shard(path: Path, seeds: np.ndarray, shape: tuple[int, ...], checksum: str | None) -> str | None:
-    """None if the shard at ``path`` is complete and right, else what is wrong with it."""
+    """None if the shard at ``path`` is complete and right, else what is wrong with it.
+
+    A shard is right only when its bytes match ``checksum``, the SHA-256 recorded when it was
+    written (by the manifest or a progress record): a shard nothing vouches for is never kept.
+    """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return "missing"
     except OSError as err:
         return f"unreadable ({err.strerror})"
-    if checksum is not None and hashlib.sha256(data).hexdigest() != checksum:
-        return "checksum differs from the manifest"
+    if checksum is None:
+        return "no checksum recorded for it"
+    if hashlib.sha256(data).hexdigest() != checksum:
+        return "checksum differs from the one recorded when it was written"
     try:
         import io
 
@@ -153,13 +287,13 @@ def _written_shape(model: GenerateModel) -> tuple[int, ...]:
     return tuple(np.shape(model.postprocess(np.zeros((1, *model.sample_shape), np.float32)))[1:])
 
 
-def _job(model: GenerateModel, seeds: np.ndarray, config: KarrasVeConfig, state: Any, steps: int,
+def _job(model: GenerateModel, seeds: SeedRuns, config: KarrasVeConfig, state: Any, steps: int,
          schedule: str, solver: str, guidance: float | None, shard_size: int) -> dict[str, Any]:
     return {
         "format": _FORMAT,
         "model": model.identity,
-        "seeds": _ranges(seeds),
-        "num_seeds": int(seeds.size),
+        "seeds": str(seeds),
+        "num_seeds": len(seeds),
         "sample_shape": list(_written_shape(model)),
         "dtype": "float32",
         "config": {f.name: float(getattr(config, f.name)) for f in dataclasses.fields(config)},
@@ -169,7 +303,7 @@ def _job(model: GenerateModel, seeds: np.ndarray, config: KarrasVeConfig, state:
         "solver": solver,
         "guidance": guidance,
         "shard_size": int(shard_size),
-        "num_shards": int(-(-seeds.size // shard_size)),
+        "num_shards": -(-len(seeds) // shard_size),
     }
 
 
@@ -235,7 +369,7 @@ class _Plan:
     Attributes:
       folder: The output folder.
       model: The model (loaded from its MODEL string).
-      seeds: The sorted seeds.
+      seeds: The sorted seeds, as runs (each shard's seeds are taken from it by position).
       config: The model's config with the overrides applied.
       state: The noise levels.
       solver: The solver's name.
@@ -247,7 +381,7 @@ class _Plan:
 
     folder: Path
     model: GenerateModel
-    seeds: np.ndarray
+    seeds: SeedRuns
     config: KarrasVeConfig
     state: Any
     solver: str
@@ -257,30 +391,29 @@ class _Plan:
     resumed: bool
 
 
-def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray, out: str | os.PathLike, *,
-          batch: int = 512, steps: int | None = None, schedule: str | None = None, solver: str = "heun",
+_PNG_SHAPES = "(H, W), (H, W, 1) or (H, W, 3)"
+
+
+def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | SeedRuns,
+          out: str | os.PathLike, *, batch: int = 512, steps: int | None = None,
+          schedule: str | None = None, solver: str = "heun",
           s_churn: float | None = None, s_noise: float | None = None, s_min: float | None = None,
           s_max: float | None = None, guidance: float | None = None, png: bool = False,
           shard_size: int | None = None) -> _Plan:
     """Planning: checks the arguments, applies the overrides, builds (or reads and compares) the manifest.
 
-    Reads ``out``'s manifest if there is one; writes nothing.
+    Reads ``out``'s manifest if there is one (checked against the schema); writes nothing.
+    Memory does not grow with the number of seeds.
 
     Raises:
-      TypeError, ValueError: as :func:`generate`.
+      TypeError, ValueError, OSError: as :func:`generate`.
       ImportError: ``png`` without Pillow.
     """
     if isinstance(model, str):
         model = load_generate_model(model)
     if not isinstance(model, GenerateModel):
         raise TypeError(f"model must be a GenerateModel or a MODEL string, got {type(model).__name__}.")
-    if isinstance(seeds, str):
-        seed_array = parse_seeds(seeds)
-    else:
-        seed_array = np.asarray(seeds)
-        if seed_array.ndim != 1 or seed_array.size == 0 or not np.issubdtype(seed_array.dtype, np.integer):
-            raise ValueError("seeds must be a non-empty 1-D list of integers.")
-        seed_array = parse_seeds(",".join(map(str, seed_array.tolist())))  # sorted, range and repeats checked
+    runs = seed_runs(seeds)
     batch = check_count("batch", batch)
     if shard_size is not None:
         shard_size = check_count("shard_size", shard_size)
@@ -288,8 +421,12 @@ def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray, o
         raise ValueError("guidance needs a conditional model (its cond_fn gives each seed's condition).")
     if guidance is not None and not (np.isfinite(guidance) and guidance >= 0):
         raise ValueError(f"guidance must be finite and >= 0, got {guidance!r}.")
-    if png and model.image_range is None:
-        raise ValueError("png needs an image model (one with an image_range).")
+    shape = _written_shape(model)
+    image = len(shape) == 2 or len(shape) == 3 and shape[-1] in (1, 3)
+    if png and (model.image_range is None or not image):
+        raise ValueError(f"png (--png) needs an image model: an image_range and written samples of shape "
+                         f"{_PNG_SHAPES}; this model's samples are {shape} with image_range "
+                         f"{model.image_range}.")
     if png and importlib.util.find_spec("PIL") is None:  # refused now, not after the first shard
         raise ImportError(PNG_HINT)
     overrides = {k: v for k, v in (("s_churn", s_churn), ("s_noise", s_noise), ("s_min", s_min),
@@ -300,23 +437,24 @@ def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray, o
     state = set_timesteps(config, steps, schedule)
 
     folder = Path(out)
-    saved = _read_json(folder / MANIFEST)
+    check_folder_path(folder)  # a file, below a file, a dangling symlink: refused before any work
+    saved = _load_manifest(folder) if folder.is_dir() else None
     if shard_size is None:  # a resumed job keeps the size it was made with
-        shard_size = int(saved["shard_size"]) if saved and "shard_size" in saved else batch
-    job = _job(model, seed_array, config, state, steps, schedule, solver,
+        shard_size = saved["shard_size"] if saved is not None else batch
+    job = _job(model, runs, config, state, steps, schedule, solver,
                None if guidance is None else float(guidance), shard_size)
     if saved is not None:
         differ = _differences(saved, job)
         if differ:
             raise ValueError(f"{folder} holds another generation job; what differs: {'; '.join(differ)}.")
     manifest = saved if saved is not None else {**job, "versions": _versions(), "checksums": {}}
-    return _Plan(folder=folder, model=model, seeds=seed_array, config=config, state=state, solver=solver,
+    return _Plan(folder=folder, model=model, seeds=runs, config=config, state=state, solver=solver,
                  batch=batch, png=bool(png), manifest=manifest, resumed=saved is not None)
 
 
 def _open(plan: _Plan, process: int, processes: int) -> None:
     """Creates the folder, clears what a kill left and writes a new job's manifest (process 0)."""
-    plan.folder.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(plan.folder)
     if process == 0:  # the others wait: a temporary file being cleaned might be theirs
         for stale in plan.folder.glob(".*.tmp"):  # left by a kill mid-write
             stale.unlink(missing_ok=True)
@@ -331,40 +469,42 @@ class _Scan:
 
     Attributes:
       done: ``{name: sha256}`` of the shards that are complete and right.
-      todo: ``(index, seeds)`` of the shards to generate.
+      todo: The indices of the shards to generate (ascending; a ``range`` for a new job).
       problems: ``{name: why}`` for each shard in ``todo`` (``"missing"``, a checksum mismatch, ...).
     """
 
     done: dict[str, str]
-    todo: list[tuple[int, np.ndarray]]
+    todo: Sequence[int]
     problems: dict[str, str]
 
 
 def _known_checksums(folder: Path, manifest: dict[str, Any]) -> dict[str, str]:
     """Checksums of the shards written so far: the manifest's and the unfinished runs' progress records."""
-    known = dict(manifest.get("checksums", {}))
-    for record in sorted(folder.glob("progress-p*.json")):
-        known.update(_read_json(record) or {})
-    return known
+    return {**manifest["checksums"], **_progress_records(folder)}
+
+
+def _shard_seeds(seeds: SeedRuns, manifest: dict[str, Any], index: int) -> np.ndarray:
+    """The seeds of shard ``index``: the ``index``-th run of ``shard_size`` seeds in ascending order."""
+    size = manifest["shard_size"]
+    return seeds.take(index * size, (index + 1) * size)
 
 
 def _scan(folder: Path, manifest: dict[str, Any], known: dict[str, str], *, process: int = 0,
           processes: int = 1) -> _Scan:
     """Shard scanning: which of process ``process``'s shards (``i % processes``) are complete.
 
-    A shard is complete when it loads, holds exactly its seeds with the manifest's sample
-    shape, is finite, and matches its checksum in ``known`` (when it has one).
+    A shard is complete when its bytes match its checksum in ``known`` (a shard with none is
+    not), it loads, holds exactly its seeds with the manifest's sample shape and is finite.
     """
-    seeds = parse_seeds(manifest["seeds"])
-    size, shape = int(manifest["shard_size"]), tuple(manifest["sample_shape"])
+    seeds, shape = seed_runs(manifest["seeds"]), tuple(manifest["sample_shape"])
     done, todo, problems = {}, [], {}
-    for i in range(process, int(manifest["num_shards"]), processes):
-        name, shard_seeds = _shard_name(i), seeds[i * size:(i + 1) * size]
-        problem = _check_shard(folder / name, shard_seeds, shape, known.get(name))
+    for i in range(process, manifest["num_shards"], processes):
+        name = _shard_name(i)
+        problem = _check_shard(folder / name, _shard_seeds(seeds, manifest, i), shape, known.get(name))
         if problem is None:
-            done[name] = known.get(name) or hashlib.sha256((folder / name).read_bytes()).hexdigest()
+            done[name] = known[name]
         else:
-            todo.append((i, shard_seeds))
+            todo.append(i)
             problems[name] = problem
     return _Scan(done=done, todo=todo, problems=problems)
 
@@ -376,6 +516,10 @@ def _write(plan: _Plan, scan: _Scan, *, process: int = 0, progress: bool = False
     is recorded (with its checksum, next to those of ``scan.done``) in ``progress-pN.json``,
     so a kill loses at most the shards in flight. The writer is closed (everything queued
     written, or its error raised) whatever happens.
+
+    Raises:
+      FloatingPointError: a sample is NaN or inf (naming the seeds); its shard is not written.
+      OSError: a write failed.
     """
     done = dict(scan.done)
     own_record = plan.folder / f"progress-p{process}.json"
@@ -393,12 +537,16 @@ def _write(plan: _Plan, scan: _Scan, *, process: int = 0, progress: bool = False
     model = plan.model
     sampler, weights, devices = _local_sampler(model, plan.state, plan.config, plan.solver,
                                                plan.manifest["guidance"])
-    chunk = -(-min(plan.batch, int(plan.manifest["shard_size"])) // devices) * devices
+    chunk = -(-min(plan.batch, plan.manifest["shard_size"]) // devices) * devices
     writer = ShardWriter(plan.folder, record, model.image_range if plan.png else None)
-    total = sum(len(s) for _, s in scan.todo)
-    bar = progress_bar(total, unit="samples", label="generate") if progress else None
+    shards = ((i, _shard_seeds(plan.seeds, plan.manifest, i)) for i in scan.todo)
+    bar = None
+    if progress:  # every shard is full but the last one (todo may be a range of millions: no loop)
+        size, last = plan.manifest["shard_size"], plan.manifest["num_shards"] - 1
+        short = size * (last + 1) - len(plan.seeds) if last in scan.todo else 0
+        bar = progress_bar(len(scan.todo) * size - short, unit="samples", label="generate")
     try:
-        return _sample_shards(scan.todo, sampler, weights, model, chunk, writer, bar)
+        return _sample_shards(shards, sampler, weights, model, chunk, writer, bar)
     finally:
         try:
             writer.close()
@@ -407,9 +555,22 @@ def _write(plan: _Plan, scan: _Scan, *, process: int = 0, progress: bool = False
                 bar.close()
 
 
-def _sample_shards(todo: list[tuple[int, np.ndarray]], sampler: Any, weights: Any, model: GenerateModel,
+def _non_finite(seeds: np.ndarray, samples: np.ndarray, name: str) -> FloatingPointError:
+    bad = seeds[~np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)].tolist()
+    shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+    return FloatingPointError(
+        f"the model gave non-finite samples (NaN or inf) for seed{'s' if len(bad) > 1 else ''} {shown}; "
+        f"{name} was not written (shards written before it are complete); find the cause with "
+        "kj.sample(..., check_finite=True).")
+
+
+def _sample_shards(todo: Iterable[tuple[int, np.ndarray]], sampler: Any, weights: Any, model: GenerateModel,
                    chunk: int, writer: ShardWriter, bar: Any) -> int:
-    """Samples the shards chunk by chunk; the next chunk is dispatched before the last one is fetched."""
+    """Samples the shards chunk by chunk; the next chunk is dispatched before the last one is fetched.
+
+    Raises:
+      FloatingPointError: a chunk holds a non-finite sample; nothing of its shard is written.
+    """
     parts: dict[int, list[np.ndarray]] = {}
     generated = 0
     pending: tuple[int, np.ndarray, int, int, Any] | None = None
@@ -419,6 +580,8 @@ def _sample_shards(todo: list[tuple[int, np.ndarray]], sampler: Any, weights: An
         samples = np.asarray(out)[:count].astype(np.float32)
         if model.postprocess is not None:
             samples = np.asarray(model.postprocess(samples), np.float32)
+        if not np.isfinite(samples).all():
+            raise _non_finite(shard_seeds[lo:lo + count], samples, _shard_name(i))
         parts.setdefault(i, []).append(samples)
         generated += count
         if lo + count == len(shard_seeds):
@@ -439,18 +602,20 @@ def _sample_shards(todo: list[tuple[int, np.ndarray]], sampler: Any, weights: An
     return generated
 
 
-def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray, out: str | os.PathLike, *,
-             batch: int = 512, steps: int | None = None, schedule: str | None = None, solver: str = "heun",
-             s_churn: float | None = None, s_noise: float | None = None, s_min: float | None = None,
-             s_max: float | None = None, guidance: float | None = None, png: bool = False,
-             shard_size: int | None = None, progress: bool = True) -> GenerateResult:
+def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | SeedRuns,
+             out: str | os.PathLike, *, batch: int = 512, steps: int | None = None,
+             schedule: str | None = None, solver: str = "heun", s_churn: float | None = None,
+             s_noise: float | None = None, s_min: float | None = None, s_max: float | None = None,
+             guidance: float | None = None, png: bool = False, shard_size: int | None = None,
+             progress: bool = True, dry_run: bool = False) -> GenerateResult:
     """Generates one sample per seed into sharded files in ``out``, resuming what is there.
 
     Args:
       model: A :class:`GenerateModel`, or a MODEL string (``"mixture"``, a ``kj.fit`` folder
         such as a train-digits one, ``"package.module:function"``).
-      seeds: EDM's syntax (``"0-49999"``, ``"0,5,10-20"``) or the seeds themselves
-        (distinct, in 0 .. 2**32 - 1); generated and sharded in ascending order.
+      seeds: EDM's syntax (``"0-49999"``, ``"0,5,10-20"``), the seeds themselves (distinct,
+        in 0 .. 2**32 - 1) or :class:`SeedRuns`; generated and sharded in ascending order.
+        A range is never held in memory whole: ``"0-4294967295"`` plans in constant memory.
       out: The output folder (created).
       batch: Samples per sampler call (rounded up to a multiple of the local devices);
         does not change any sample.
@@ -458,32 +623,45 @@ def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray
       solver: A name in ``kj.SOLVERS``.
       s_churn, s_noise, s_min, s_max: Override the model's sampler config.
       guidance: Classifier-free guidance scale for a conditional model (None: unguided).
-      png: Also write one PNG per sample (image models only; needs Pillow).
+      png: Also write one PNG per sample (image models: an ``image_range`` and written
+        samples of shape (H, W), (H, W, 1) or (H, W, 3); needs Pillow).
       shard_size: Seeds per shard for a new job (default ``batch``); a resumed job keeps
         the size it was created with.
       progress: Show a progress bar (samples/s, ETA) on stderr.
+      dry_run: Plan and check the folder only: nothing is created or written, and
+        ``written`` counts the shards a real run would write.
 
     Returns:
       A :class:`GenerateResult`.
 
     Raises:
-      ValueError: bad arguments, or ``out`` holds another job (the message names what differs).
+      ValueError: bad arguments; ``out`` holds another job (the message names what differs),
+        a damaged or foreign manifest, or shards without a manifest (the message says how to
+        start over).
       ImportError: ``png`` without Pillow installed.
-      OSError: a write failed (disk full, permissions): shards written before are intact
-        and a re-run continues from them.
+      FloatingPointError: the model gave a NaN or inf sample (the message names the seeds);
+        that shard is not written, the shards before it are complete.
+      OSError: ``out`` is a file, below a file or a dangling symlink, or a write failed (disk
+        full, permissions); the message names the path. Shards written before are intact and
+        a re-run continues from them.
     """
     began = time.perf_counter()
     plan = _plan(model, seeds, out, batch=batch, steps=steps, schedule=schedule, solver=solver,
                  s_churn=s_churn, s_noise=s_noise, s_min=s_min, s_max=s_max, guidance=guidance, png=png,
                  shard_size=shard_size)
     process, processes = jax.process_index(), jax.process_count()
-    _open(plan, process, processes)
-    scan = _scan(plan.folder, plan.manifest, _known_checksums(plan.folder, plan.manifest), process=process,
-                 processes=processes)
-    generated = _write(plan, scan, process=process, progress=progress)
-    _finish(plan.folder, plan.manifest, processes, process)
+    if not dry_run:
+        _open(plan, process, processes)
+    if plan.resumed:
+        known = _known_checksums(plan.folder, plan.manifest)
+        scan = _scan(plan.folder, plan.manifest, known, process=process, processes=processes)
+    else:  # a new job: a folder without a manifest holds no shards (_plan refuses it otherwise)
+        scan = _Scan(done={}, todo=range(process, plan.manifest["num_shards"], processes), problems={})
+    generated = 0 if dry_run else _write(plan, scan, process=process, progress=progress)
+    if not dry_run:
+        _finish(plan.folder, plan.manifest, processes, process)
     seconds = time.perf_counter() - began
-    return GenerateResult(folder=plan.folder, shards=int(plan.manifest["num_shards"]), written=len(scan.todo),
+    return GenerateResult(folder=plan.folder, shards=plan.manifest["num_shards"], written=len(scan.todo),
                           skipped=len(scan.done), seconds=seconds,
                           samples_per_s=generated / seconds if generated else 0.0)
 
@@ -493,9 +671,9 @@ def _finish(folder: Path, manifest: dict[str, Any], processes: int, process: int
     _barrier(processes, "karras_jax.generation: shards written")
     if process == 0:
         checksums = _known_checksums(folder, manifest)
-        expected = {_shard_name(i) for i in range(manifest["num_shards"])}
-        if set(checksums) >= expected:
-            final = {**manifest, "checksums": {k: checksums[k] for k in sorted(expected)}}
+        expected = [_shard_name(i) for i in range(manifest["num_shards"])]
+        if all(name in checksums for name in expected):
+            final = {**manifest, "checksums": {name: checksums[name] for name in expected}}
             write_json(folder / MANIFEST, final)
             for record in folder.glob("progress-p*.json"):
                 record.unlink(missing_ok=True)
@@ -513,31 +691,31 @@ def _barrier(processes: int, name: str) -> None:
 def verify(out: str | os.PathLike) -> dict[str, Any]:
     """Checks a generation folder against its manifest without generating anything.
 
+    The manifest must parse and match the schema (else ``ValueError``, as for a resume);
+    each shard is then checked as a resume checks it.
+
     Returns:
       ``{"ok": bool, "shards": n, "complete": [...], "missing": [...], "corrupt": {name: why},
-      "unrecorded": [...]}``: a shard is complete when it loads, holds its seeds, has the
-      manifest's shapes and matches the manifest's checksum; ``unrecorded`` shards look
-      right but the manifest has no checksum for them yet (an unfinished job).
+      "unrecorded": [...]}``: a shard is complete when it matches the manifest's checksum,
+      loads, holds its seeds, has the manifest's shapes and is finite; ``unrecorded`` shards
+      exist but the manifest has no checksum for them yet (an unfinished job: resume it).
 
     Raises:
       FileNotFoundError: ``out`` has no manifest.
-      ValueError: the manifest is unreadable.
+      ValueError: the manifest is damaged or foreign (the message names the file and what is wrong).
     """
     folder = Path(out)
-    path = folder / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(f"no {MANIFEST} in {folder}: not a generation folder.")
-    manifest = _read_json(path)
-    if manifest is None or manifest.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a karras_jax generation manifest.")
-    checksums = manifest.get("checksums", {})
-    scan = _scan(folder, manifest, checksums)
-    complete = [name for name in scan.done if name in checksums]
+    manifest = _load_manifest(folder) if folder.is_dir() else None
+    if manifest is None:
+        raise FileNotFoundError(errno.ENOENT, f"no {MANIFEST} in {folder}: not a generation folder")
+    scan = _scan(folder, manifest, manifest["checksums"])
+    unrecorded = [name for name, why in scan.problems.items() if why == "no checksum recorded for it"]
     return {
-        "ok": len(complete) == int(manifest["num_shards"]),
-        "shards": int(manifest["num_shards"]),
-        "complete": complete,
+        "ok": len(scan.done) == manifest["num_shards"],
+        "shards": manifest["num_shards"],
+        "complete": list(scan.done),
         "missing": [name for name, why in scan.problems.items() if why == "missing"],
-        "corrupt": {name: why for name, why in scan.problems.items() if why != "missing"},
-        "unrecorded": [name for name in scan.done if name not in checksums],
+        "corrupt": {name: why for name, why in scan.problems.items()
+                    if why != "missing" and name not in unrecorded},
+        "unrecorded": unrecorded,
     }

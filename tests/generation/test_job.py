@@ -146,8 +146,9 @@ def test_the_command_generates_verifies_and_reports_problems(tmp_path, capsys):
     (out / "shard-000002.npz").unlink()
     assert main(["generate", "--verify", str(out)]) == 1
     assert "missing    shard-000002.npz" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="another generation job"):
+    with pytest.raises(SystemExit) as refused:
         main(["generate", "--model", "mixture", "--seeds", "0-50", "--out", str(out), "--no-progress"])
+    assert refused.value.code == 2 and "another generation job" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["generate", "--model", "mixture", "--out", str(out)])
     assert "needs --seeds" in capsys.readouterr().err
@@ -160,7 +161,7 @@ def test_planning_checks_overrides_and_builds_the_manifest_without_writing(tmp_p
     assert plan.config.s_churn == 0.0 and plan.manifest["config"]["s_churn"] == 0.0
     assert plan.manifest["steps"] == 5 and len(plan.manifest["sigmas"]) == 6
     assert (plan.manifest["shard_size"], plan.manifest["num_shards"]) == (4, 3)  # shard size: the batch
-    assert plan.seeds.tolist() == list(range(10)) and not plan.resumed
+    assert plan.seeds.take(0, 99).tolist() == list(range(10)) and not plan.resumed
     assert plan.manifest["checksums"] == {} and "jax" in plan.manifest["versions"]
 
 
@@ -187,36 +188,38 @@ def _manifest(seeds="0-9", shard_size=4, shape=(2,)):
 
 
 def _shard(folder, index, seeds, value=0.0):
-    (folder / f"shard-{index:06d}.npz").write_bytes(
-        shard_bytes(np.asarray(seeds), np.full((len(seeds), 2), value, np.float32)))
+    data = shard_bytes(np.asarray(seeds), np.full((len(seeds), 2), value, np.float32))
+    (folder / f"shard-{index:06d}.npz").write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
-def test_scanning_finds_complete_missing_and_wrong_shards(tmp_path):
-    _shard(tmp_path, 0, [0, 1, 2, 3])
-    _shard(tmp_path, 2, [8, 9, 10])  # one seed too many
-    scan = job._scan(tmp_path, _manifest(), {})
-    assert list(scan.done) == ["shard-000000.npz"]
-    sha = hashlib.sha256((tmp_path / "shard-000000.npz").read_bytes()).hexdigest()
-    assert scan.done["shard-000000.npz"] == sha
-    assert [i for i, _ in scan.todo] == [1, 2] and scan.todo[0][1].tolist() == [4, 5, 6, 7]
-    assert scan.problems == {"shard-000001.npz": "missing", "shard-000002.npz": "holds other seeds"}
+def test_scanning_keeps_only_shards_whose_recorded_checksum_matches(tmp_path):
+    sha = _shard(tmp_path, 0, [0, 1, 2, 3])
+    _shard(tmp_path, 1, [4, 5, 6, 7])  # right, but nothing vouches for it
+    bad = _shard(tmp_path, 2, [8, 9, 10])  # one seed too many, checksum recorded
+    scan = job._scan(tmp_path, _manifest(), {"shard-000000.npz": sha, "shard-000002.npz": bad})
+    assert scan.done == {"shard-000000.npz": sha}
+    assert list(scan.todo) == [1, 2]
+    assert scan.problems == {"shard-000001.npz": "no checksum recorded for it",
+                             "shard-000002.npz": "holds other seeds"}
+    (tmp_path / "shard-000001.npz").unlink()
+    assert job._scan(tmp_path, _manifest(), {}).problems["shard-000001.npz"] == "missing"
 
 
 def test_scanning_checks_known_checksums_and_splits_shards_over_processes(tmp_path):
-    for i in range(3):
-        _shard(tmp_path, i, list(range(4 * i, min(4 * i + 4, 10))))
-    wrong = {"shard-000001.npz": "0" * 64}
+    known = {f"shard-{i:06d}.npz": _shard(tmp_path, i, list(range(4 * i, min(4 * i + 4, 10)))) for i in range(3)}
+    wrong = {**known, "shard-000001.npz": "0" * 64}
     scan = job._scan(tmp_path, _manifest(), wrong)
-    assert [i for i, _ in scan.todo] == [1] and "checksum" in scan.problems["shard-000001.npz"]
-    second = job._scan(tmp_path, _manifest(), {}, process=1, processes=2)  # shard i is process i % 2's
+    assert list(scan.todo) == [1] and "checksum" in scan.problems["shard-000001.npz"]
+    second = job._scan(tmp_path, _manifest(), known, process=1, processes=2)  # shard i is process i % 2's
     assert list(second.done) == ["shard-000001.npz"] and not second.todo
-    first = job._scan(tmp_path, _manifest(), {}, process=0, processes=2)
+    first = job._scan(tmp_path, _manifest(), known, process=0, processes=2)
     assert list(first.done) == ["shard-000000.npz", "shard-000002.npz"]
 
 
 def test_writing_generates_exactly_the_todo_shards_and_records_their_checksums(tmp_path):
     plan = job._plan("mixture", "0-9", tmp_path, batch=4)
-    scan = job._Scan(done={"shard-000000.npz": "a" * 64}, todo=[(1, plan.seeds[4:8])], problems={})
+    scan = job._Scan(done={"shard-000000.npz": "a" * 64}, todo=[1], problems={})
     assert job._write(plan, scan) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["progress-p0.json", "shard-000001.npz"]
     record = json.loads((tmp_path / "progress-p0.json").read_text())
@@ -238,7 +241,7 @@ def test_writing_nothing_records_the_complete_shards_only(tmp_path):
 def test_a_writer_error_stops_writing_and_reaches_the_caller(tmp_path):
     plan = job._plan("mixture", "0-9", tmp_path / "gone", batch=4)  # the folder does not exist
     with pytest.raises(OSError, match="shard-00000"):
-        job._write(plan, job._Scan(done={}, todo=[(0, plan.seeds[:4]), (1, plan.seeds[4:8])], problems={}))
+        job._write(plan, job._Scan(done={}, todo=[0, 1], problems={}))
 
 
 def test_a_second_job_reuses_the_compiled_sampler(tmp_path):
