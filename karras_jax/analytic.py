@@ -13,8 +13,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 from jax.typing import ArrayLike
+
+from karras_jax._validation import check_finite_array, concrete_value
+from karras_jax.models._record import checked_record
 
 __all__ = [
     "GaussianData",
@@ -25,17 +27,34 @@ __all__ = [
 ]
 
 
-@struct.dataclass
+def _check_positive(name: str, value: Any) -> None:
+    """Refuses a concrete ``value`` with an entry that is not finite and > 0."""
+    check_finite_array(name, value)
+    concrete = concrete_value(name, value)
+    if concrete is not None and not np.all(concrete > 0):
+        raise ValueError(f"{name} must be > 0, got {concrete.tolist()!r}.")
+
+
+@checked_record
 class GaussianData:
     """Data ``N(mean, std^2 I)`` in ``dim`` dimensions.
 
     Attributes:
-      mean: (dim,) or scalar mean mu.
+      mean: (dim,) or scalar mean mu, finite.
       std: Scalar standard deviation s > 0.
+
+    Concrete values are checked where the record is built; traced ones pass.
+
+    Raises:
+      ValueError: a mean that is not finite, or a std that is not finite and > 0.
     """
 
     mean: jax.Array
     std: jax.Array
+
+    def __post_init__(self) -> None:
+        check_finite_array("mean", self.mean)
+        _check_positive("std", self.std)
 
     def denoise(self, x: ArrayLike, sigma: ArrayLike, cond: Any = None) -> jax.Array:
         """D(x; sigma) = (s^2 x + sigma^2 mu) / (s^2 + sigma^2)."""
@@ -57,19 +76,40 @@ class GaussianData:
         return self.mean + self.std * jax.random.normal(key, (n, dim))
 
 
-@struct.dataclass
+@checked_record
 class GaussianMixture:
     """Data ``sum_k w_k N(mu_k, s_k^2 I)``.
 
     Attributes:
-      weights: (K,) mixture weights, summing to 1.
-      means: (K, dim) component means.
-      stds: (K,) component standard deviations.
+      weights: (K,) mixture weights, >= 0 and summing to 1.
+      means: (K, dim) component means, finite.
+      stds: (K,) component standard deviations, > 0.
+
+    Shapes are checked where the record is built; concrete values too (traced ones pass).
+
+    Raises:
+      ValueError: shapes that do not agree, or values out of range (the message names the field).
     """
 
     weights: jax.Array
     means: jax.Array
     stds: jax.Array
+
+    def __post_init__(self) -> None:
+        shapes = {name: jnp.shape(getattr(self, name)) for name in ("weights", "means", "stds")}
+        k = shapes["weights"][0] if len(shapes["weights"]) == 1 else None
+        if k is None or len(shapes["means"]) != 2 or shapes["means"][0] != k or shapes["stds"] != (k,):
+            raise ValueError(f"weights, means and stds must have shapes (K,), (K, dim) and (K,); got "
+                             f"{shapes['weights']}, {shapes['means']} and {shapes['stds']}.")
+        check_finite_array("weights", self.weights)
+        check_finite_array("means", self.means)
+        _check_positive("stds", self.stds)
+        weights = concrete_value("weights", self.weights)
+        if weights is not None:
+            tolerance = 8 * k * float(jnp.finfo(jnp.result_type(self.weights, float)).eps)
+            if not (np.all(weights >= 0) and abs(weights.sum() - 1) <= tolerance):
+                raise ValueError(f"weights must be >= 0 and sum to 1, got {weights.tolist()!r} (sum "
+                                 f"{float(weights.sum())!r}).")
 
     @property
     def dim(self) -> int:
@@ -149,9 +189,14 @@ def energy_distance(x: ArrayLike, y: ArrayLike) -> jax.Array:
     Args:
       x: (n, dim) points.
       y: (m, dim) points.
+
+    Raises:
+      ValueError: the sets are not 2-D with the same dim and at least 1 row each, or a
+        concrete one holds NaN or inf.
     """
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(y, jnp.float32)
+    _check_sets(x, y, 1)
     return 2.0 * _mean_distance(x, y) - _mean_distance(x, x) - _mean_distance(y, y)
 
 
@@ -170,6 +215,16 @@ def _mean_distance(a: jax.Array, b: jax.Array) -> jax.Array:
     return total / (a.shape[0] * b.shape[0])
 
 
+def _check_sets(x: Any, y: Any, rows: int) -> None:
+    """Both ``(n, d)`` with the same d and ``rows`` rows or more; concrete ones finite."""
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(len(x), len(y)) < rows:
+        raise ValueError(f"x and y must be (n, d) point sets with the same d and n >= {rows}; "
+                         f"got shapes {x.shape} and {y.shape}.")
+    for name, value in (("x", x), ("y", y)):
+        if not isinstance(value, jax.core.Tracer) and not bool(jnp.isfinite(value).all()):
+            raise ValueError(f"{name} must be finite: it holds NaN or inf.")
+
+
 def frechet_distance(x: ArrayLike, y: ArrayLike) -> float:
     r"""Frechet distance between Gaussian fits of two ``(n, d)`` feature sets (FID's formula).
 
@@ -182,16 +237,14 @@ def frechet_distance(x: ArrayLike, y: ArrayLike) -> float:
     Like FID it is biased upward for small n; compare distances computed at equal sizes.
 
     Raises:
-      ValueError: the sets are not 2-D with the same d and at least 2 rows each.
+      ValueError: the sets are not 2-D with the same d and at least 2 rows each, or hold NaN or inf.
 
     >>> import numpy as np
     >>> round(frechet_distance(np.eye(3), np.eye(3) + 1.0), 6)   # means differ by (1, 1, 1)
     3.0
     """
     a, b = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"x and y must be (n, d) feature sets with the same d and n >= 2; "
-                         f"got shapes {a.shape} and {b.shape}.")
+    _check_sets(a, b, 2)
 
     def sqrtm(m: np.ndarray) -> np.ndarray:
         vals, vecs = np.linalg.eigh((m + m.T) / 2)
