@@ -79,7 +79,8 @@ def save_checkpoint(folder: str | os.PathLike, state: Any, *, position: int, key
       state: The train state (any pytree ``flax.serialization`` handles).
       position: The data-order position (an int >= 0).
       key: The run's typed PRNG key.
-      metadata: JSON-serialisable settings stored with the checkpoint.
+      metadata: JSON-serialisable settings stored with the checkpoint (tuples are read back
+        as lists).
 
     Returns:
       The checkpoint's path.
@@ -98,7 +99,7 @@ def save_checkpoint(folder: str | os.PathLike, state: Any, *, position: int, key
         "position": int(position),
         "key_impl": str(jax.random.key_impl(key)),
         "key": np.asarray(jax.random.key_data(key)),
-        "metadata": json.dumps(metadata or {}),
+        "metadata": json.dumps(json_value("metadata", metadata or {})),
     }
     data = flax.serialization.msgpack_serialize(payload)
     return atomic_write(Path(folder) / CHECKPOINT_FILE, lambda f: f.write(data))
@@ -118,28 +119,64 @@ def load_checkpoint(folder: str | os.PathLike, target: Any) -> Checkpoint:
 
     Raises:
       FileNotFoundError: there is no checkpoint in ``folder``.
-      ValueError: the file is not a karras_jax checkpoint, or its entries, shapes or dtypes
-        differ from ``target``'s (which may be abstract: ``jax.eval_shape`` of the creation).
+      OSError: the file cannot be read (a folder in its place, no permission); the path is named.
+      ValueError: the file is truncated, corrupt or not a karras_jax checkpoint (the message
+        names it and what is wrong), or its entries, shapes or dtypes differ from ``target``'s
+        (which may be abstract: ``jax.eval_shape`` of the creation).
     """
     path, payload = _read(folder)
+    position, key, metadata = _fields(path, payload)
     state = _restore(path, target, payload["state"], "the state being restored")
-    key = jax.random.wrap_key_data(np.asarray(payload["key"]), impl=payload["key_impl"])
-    return Checkpoint(state=state, position=int(payload["position"]), key=key,
-                      metadata=json.loads(payload["metadata"]))
+    return Checkpoint(state=state, position=position, key=key, metadata=metadata)
+
+
+_DAMAGED = "Restore a copy, or delete it to start over."
 
 
 def _read(folder: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     """``(path, payload)`` of the checkpoint in ``folder``, its format checked."""
     path = Path(folder) / CHECKPOINT_FILE
     try:
-        payload = flax.serialization.msgpack_restore(path.read_bytes())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"no checkpoint in {folder} (expected {path}).") from None
+    except OSError as err:  # a folder named checkpoint.msgpack, no permission, ...
+        raise OSError(err.errno, f"cannot read the checkpoint {path}: {err.strerror or err}") from None
+    try:
+        payload = flax.serialization.msgpack_restore(data)
     except Exception as err:  # msgpack raises several unrelated types on garbage
-        raise ValueError(f"{path} is not a readable checkpoint: {err}") from None
+        raise ValueError(f"{path} is not a readable checkpoint: the file is truncated or corrupt "
+                         f"({len(data)} bytes; msgpack: {err}). {_DAMAGED}") from None
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a karras_jax checkpoint (format {_FORMAT}).")
+    missing = [k for k in ("state", "position", "key_impl", "key", "metadata") if k not in payload]
+    if missing:
+        raise ValueError(f"{path} is a damaged checkpoint: it lacks {', '.join(missing)}. {_DAMAGED}")
     return path, payload
+
+
+def _fields(path: Path, payload: dict[str, Any]) -> tuple[int, jax.Array, dict[str, Any]]:
+    """``(position, key, metadata)`` of a checkpoint's payload, each checked."""
+    position = payload["position"]
+    if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+        raise ValueError(f"{path} is a damaged checkpoint: its position is {position!r}, not an int >= 0. "
+                         + _DAMAGED)
+    try:
+        key = jax.random.wrap_key_data(np.asarray(payload["key"]), impl=str(payload["key_impl"]))
+        if key.shape != ():
+            raise ValueError(f"one key expected, got shape {key.shape}")
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path} is a damaged checkpoint: its PRNG key cannot be read ({err}). "
+                         + _DAMAGED) from None
+    try:
+        metadata = json.loads(payload["metadata"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path} is a damaged checkpoint: its metadata is not JSON ({err}). "
+                         + _DAMAGED) from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path} is a damaged checkpoint: its metadata is a {type(metadata).__name__}, "
+                         f"not a JSON object. {_DAMAGED}")
+    return position, key, metadata
 
 
 def _restore(path: Path, target: Any, saved_tree: Any, what: str) -> Any:
@@ -171,14 +208,33 @@ def load_params(folder: str | os.PathLike, target: Any, *, ema: bool = True) -> 
 
     Raises:
       FileNotFoundError: there is no checkpoint in ``folder``.
-      ValueError: not a checkpoint of a train state, or its weights do not match ``target``.
+      OSError: the file cannot be read.
+      ValueError: a truncated or corrupt file, not a checkpoint of a train state, or its
+        weights do not match ``target``.
     """
     path, payload = _read(folder)
+    _fields(path, payload)
     part = "ema" if ema else "params"
     state = payload["state"]
     if not isinstance(state, dict) or part not in state:
         raise ValueError(f"{path} holds no {part!r} weights (not a checkpoint of a kj.TrainState).")
     return _restore(path, target, state[part], f"the weights being restored ({part})")
+
+
+def json_value(name: str, value: Any, *, allow_nan: bool = True) -> Any:
+    """``value`` as a JSON file will hold it (tuples become lists), refused before anything is written.
+
+    Raises:
+      TypeError: ``value`` is not JSON-serialisable (the message names ``name``).
+      ValueError: ``value`` holds NaN or inf and ``allow_nan`` is False.
+    """
+    try:
+        return json.loads(json.dumps(value, allow_nan=allow_nan))
+    except TypeError as err:
+        raise TypeError(f"{name} must be JSON-serialisable: {err}.") from None
+    except ValueError:  # only allow_nan=False raises it
+        raise ValueError(f"{name} must not hold NaN or inf (it is compared on resume, and NaN never "
+                         f"equals itself), got {value!r}.") from None
 
 
 def _check_function(name: str, function: Any) -> str:
@@ -213,7 +269,7 @@ def save_model_recipe(folder: str | os.PathLike, function: str,
     arguments = {} if arguments is None else arguments
     if not isinstance(arguments, dict) or not all(isinstance(k, str) for k in arguments):
         raise TypeError(f"arguments must be a dict with string keys, got {type(arguments).__name__}.")
-    record = {"format": _MODEL_FORMAT, "function": function, "arguments": arguments}
+    record = {"format": _MODEL_FORMAT, "function": function, "arguments": json_value("arguments", arguments)}
     return write_json(Path(folder) / MODEL_FILE, record)
 
 
@@ -222,17 +278,27 @@ def load_model_recipe(folder: str | os.PathLike) -> tuple[str, dict[str, Any]]:
 
     Raises:
       FileNotFoundError: ``folder`` has no ``model.json``.
-      ValueError: the file is not a model recipe.
+      OSError: the file cannot be read.
+      ValueError: the file is not valid JSON (truncated, corrupt) or not a model recipe; the
+        message names it and what is wrong.
     """
     path = Path(folder) / MODEL_FILE
+    rewrite = "Rewrite it with kj.save_model_recipe."
     try:
-        record = json.loads(path.read_text())
+        text = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"no {MODEL_FILE} in {folder}: the folder does not say how to rebuild its "
                                 "model (kj.fit(..., model='package.module:function') records it).") from None
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path} is not readable JSON: {err}") from None
-    if (not isinstance(record, dict) or record.get("format") != _MODEL_FORMAT
-            or not isinstance(record.get("arguments"), dict)):
-        raise ValueError(f"{path} is not a karras_jax model recipe (format {_MODEL_FORMAT}).")
+    except OSError as err:
+        raise OSError(err.errno, f"cannot read the model recipe {path}: {err.strerror or err}") from None
+    try:
+        record = json.loads(text)
+    except ValueError as err:  # invalid JSON or UTF-8
+        raise ValueError(f"{path} is not readable JSON (truncated or corrupt: {err}). {rewrite}") from None
+    if not isinstance(record, dict) or record.get("format") != _MODEL_FORMAT:
+        raise ValueError(f"{path} is not a karras_jax model recipe (a JSON object with format "
+                         f"{_MODEL_FORMAT!r}). {rewrite}")
+    if not isinstance(record.get("arguments"), dict):
+        raise ValueError(f"{path} is a damaged model recipe: its arguments are "
+                         f"{type(record.get('arguments')).__name__}, not a JSON object. {rewrite}")
     return _check_function(f"{path}'s function", record.get("function")), record["arguments"]

@@ -10,7 +10,6 @@ software: the same compiled program).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,11 +19,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from karras_jax._files import check_writable_folder
 from karras_jax._progress import progress_bar
-from karras_jax._validation import check_count
+from karras_jax._validation import as_typed_keys, check_arity, check_count
 from karras_jax.training.checkpoint import (
     CHECKPOINT_FILE,
     MODEL_FILE,
+    json_value,
     load_checkpoint,
     load_model_recipe,
     save_checkpoint,
@@ -42,7 +43,8 @@ class TrainingRun:
     Attributes:
       state: The train state after the last step.
       losses: ``(num_steps,)`` float32 batch loss of every step of the run (resumed parts included).
-      resumed_from: The step the run resumed at (0 for a fresh run).
+      resumed_from: The step the run started at: its checkpoint's, else the state's (0 for a
+        fresh run).
     """
 
     state: TrainState
@@ -58,18 +60,27 @@ def fit(train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]], stat
         model_args: dict[str, Any] | None = None) -> TrainingRun:
     """Runs ``train_step`` from the state's step to ``num_steps``, resuming from ``folder``.
 
+    Everything is checked before the first step: the arguments, the folder (created like
+    ``mkdir -p`` and proven writable), and a checkpoint already in it (readable, the same
+    settings, key and model, not past ``num_steps``). No checkpoint or ``model.json`` is
+    written or replaced before these checks pass.
+
     Args:
       train_step: From :func:`karras_jax.make_train_step`.
-      state: The initial state (also the structure a checkpoint is read into).
+      state: The initial state (also the structure a checkpoint is read into). Without a
+        checkpoint the run starts at ``state.step`` (0 for a fresh ``TrainState``).
       batch_at: ``batch_at(step)`` -> the batch of that step; must be a pure function of
         ``step`` for resumed runs to equal uninterrupted ones.
-      key: The run's typed PRNG key; step ``s`` uses ``fold_in(key, s)``.
-      num_steps: Total number of steps of the run.
-      folder: Where the checkpoint lives. If it holds one, the run resumes from it (its
-        metadata must equal ``metadata``); a checkpoint is written every
+      key: The run's PRNG key (one key; a raw ``jax.random.PRNGKey`` is wrapped); step ``s``
+        uses ``fold_in(key, s)``.
+      num_steps: Total number of steps of the run (resumed steps included).
+      folder: Where the checkpoint lives, created if missing. If it holds one, the run resumes
+        from it (its metadata must equal ``metadata``); a checkpoint is written every
         ``checkpoint_every`` steps and at the end.
       checkpoint_every: Steps between checkpoints.
-      metadata: JSON settings stored with the checkpoint and compared on resume.
+      metadata: JSON settings stored with the checkpoint and compared on resume (as JSON
+        holds them: a tuple equals the list it is read back as). No NaN, and not the key
+        ``"losses"`` (the run's own).
       batch_size: For the progress bar's images/s (steps/s without it).
       progress: Show a progress bar (loss, rate, ETA) on stderr.
       label: The progress bar's prefix.
@@ -85,19 +96,35 @@ def fit(train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]], stat
 
     Raises:
       ValueError: the folder's checkpoint was made with other settings or another model
-        (what differs is named), ``num_steps`` / ``checkpoint_every`` are not positive, or
-        ``model`` is given without ``folder``.
+        (what differs is named) or is already past ``num_steps``, so is the state; the
+        checkpoint is truncated or corrupt (named); ``num_steps`` / ``checkpoint_every`` /
+        ``batch_size`` are not positive ints; ``model`` is given without ``folder``;
+        ``metadata`` holds NaN or ``"losses"``.
+      TypeError: ``train_step`` / ``batch_at`` are not callable as used, ``key`` is not one
+        PRNG key, ``metadata`` / ``model_args`` are not JSON-serialisable.
+      OSError: ``folder`` is a file, lies below one, or cannot be written (named).
     """
+    check_arity("train_step", train_step, "train_step(state, batch, key)", 3)
+    check_arity("batch_at", batch_at, "batch_at(step)", 1)
     num_steps, checkpoint_every = check_count("num_steps", num_steps), check_count("checkpoint_every",
                                                                                    checkpoint_every)
-    metadata = dict(metadata or {})
-    losses = np.full((num_steps,), np.nan, np.float32)
-    start = 0
+    if batch_size is not None:
+        batch_size = check_count("batch_size", batch_size)
+    key = _run_key(key)
+    metadata = _metadata(metadata)
+    if model is not None and folder is None:
+        raise ValueError("model is recorded in the checkpoint folder: give folder too.")
     if folder is not None:
+        folder = check_writable_folder(folder)
         for name in (CHECKPOINT_FILE, MODEL_FILE):
-            for stale in Path(folder).glob(f".{name}.*.tmp"):  # left by a kill mid-write
+            for stale in folder.glob(f".{name}.*.tmp"):  # left by a kill mid-write
                 stale.unlink(missing_ok=True)
-    resuming = folder is not None and (Path(folder) / CHECKPOINT_FILE).exists()
+    losses = np.full((num_steps,), np.nan, np.float32)
+    resuming = folder is not None and (folder / CHECKPOINT_FILE).exists()
+    start = 0 if resuming else _state_step(state)
+    if start > num_steps:
+        raise ValueError(f"num_steps={num_steps} but the state is already at step {start}; pass num_steps "
+                         f">= {start} to continue it.")
     if resuming:
         saved = load_checkpoint(folder, state)
         differ = sorted(k for k in set(saved.metadata) | set(metadata)
@@ -109,12 +136,14 @@ def fit(train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]], stat
         if not np.array_equal(jax.random.key_data(saved.key), jax.random.key_data(key)):
             raise ValueError(f"{folder} holds a checkpoint made with another key (seed).")
         state, start = saved.state, saved.position
+        if start > num_steps:
+            raise ValueError(f"num_steps={num_steps} but the checkpoint in {folder} is at step {start}: "
+                             f"pass num_steps >= {start} to continue that run (= {start} returns it as "
+                             "saved), or use another folder for a new run.")
         history = np.asarray(saved.metadata.get("losses", []), np.float32)[:num_steps]
         losses[: history.size] = history
     if model is not None:
-        if folder is None:
-            raise ValueError("model is recorded in the checkpoint folder: give folder too.")
-        _record_model(Path(folder), model, model_args, resuming=resuming)
+        _record_model(folder, model, model_args, resuming=resuming)
     unit, scale = ("img", batch_size) if batch_size else ("steps", 1)
     bar = progress_bar(num_steps * scale, unit=unit, initial=start * scale, label=label) if progress else None
     pending: list[tuple[int, jax.Array]] = []
@@ -145,9 +174,42 @@ def fit(train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]], stat
     return TrainingRun(state=state, losses=losses, resumed_from=start)
 
 
+def _metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """``metadata`` as the checkpoint will hold it, checked before any step is run."""
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+        raise TypeError(f"metadata must be a dict with string keys, got {type(metadata).__name__}.")
+    if "losses" in metadata:
+        raise ValueError("metadata must not hold the key 'losses': the checkpoint stores the run's losses "
+                         "under it.")
+    return json_value("metadata", metadata, allow_nan=False)
+
+
+def _run_key(key: Any) -> jax.Array:
+    """The run's key as a typed key; a raw ``jax.random.PRNGKey`` is wrapped."""
+    try:
+        typed = as_typed_keys("key", key, batch=False)
+    except (TypeError, ValueError):
+        typed = None
+    if typed is None or typed.shape != ():
+        got = f"shape {key.shape} dtype {key.dtype}" if hasattr(key, "dtype") else type(key).__name__
+        raise TypeError(f"key must be one PRNG key, e.g. jax.random.key(seed) (a raw jax.random.PRNGKey is "
+                        f"wrapped), got {got}.")
+    return typed
+
+
+def _state_step(state: Any) -> int:
+    """The step a run without a checkpoint starts at: ``state.step`` (0 without one)."""
+    step = getattr(state, "step", 0)
+    if isinstance(step, jax.ShapeDtypeStruct):
+        raise ValueError("state is abstract (jax.eval_shape) and the folder holds no checkpoint to fill it "
+                         "in: pass a real state, e.g. TrainState.create(params, optimizer).")
+    return check_count("state.step", int(np.asarray(step)), minimum=0)
+
+
 def _record_model(folder: Path, model: str, model_args: dict[str, Any] | None, *, resuming: bool) -> None:
     """Writes the folder's model recipe; a resumed run must name the model its checkpoint holds."""
-    args = json.loads(json.dumps(model_args or {}))  # as the file will hold them (tuples become lists)
+    args = json_value("model_args", model_args or {})  # as the file will hold them (tuples become lists)
     if resuming and (folder / MODEL_FILE).exists():
         saved = load_model_recipe(folder)
         if saved != (model, args):

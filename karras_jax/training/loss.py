@@ -35,9 +35,17 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from karras_jax._validation import concrete_value, level_dtype
-from karras_jax.models._batch import check_kind_constants
+from karras_jax._validation import (
+    as_typed_keys,
+    check_arity,
+    check_cond,
+    check_finite_array,
+    concrete_value,
+    level_dtype,
+)
+from karras_jax.models._batch import check_kind_constants, check_levels, check_null_cond
 from karras_jax.schedules import iddpm_levels, vp_sigma
+from karras_jax.training._checks import check_real
 
 __all__ = ["LOSSES", "edm_loss", "loss_weight", "training_sigmas"]
 
@@ -76,11 +84,16 @@ def training_sigmas(keys: jax.Array, kind: str = "edm", **constants: Any) -> jax
     Returns:
       ``(B,)`` noise levels in the level dtype (float32; float64 under x64).
 
+    Raises:
+      TypeError: ``kind`` is not a string, or ``keys`` are not PRNG keys.
+      ValueError: an unknown ``kind``, bad constants, or ``keys`` not a ``(B,)`` batch.
+
     >>> import jax, karras_jax as kj
     >>> kj.training_sigmas(jax.random.split(jax.random.key(0), 3), "ve").shape
     (3,)
     """
     values = _constants(kind, constants)
+    keys = as_typed_keys("keys", keys, batch=True)
     dtype = level_dtype()
     if kind == "edm":
         z = jax.vmap(lambda k: jax.random.normal(k, (), dtype))(keys)
@@ -100,11 +113,21 @@ def training_sigmas(keys: jax.Array, kind: str = "edm", **constants: Any) -> jax
 def loss_weight(sigma: ArrayLike, kind: str = "edm", **constants: Any) -> jax.Array:
     r"""The loss weight :math:`\lambda(\sigma)` of the ``kind`` row of Table 1 (elementwise).
 
+    Raises:
+      TypeError: ``kind`` is not a string.
+      ValueError: an unknown ``kind``, bad constants, or a concrete ``sigma`` that is not
+        finite and > 0 (its weight would be inf or NaN).
+
     >>> import karras_jax as kj
     >>> float(kj.loss_weight(0.5, "edm"))   # (0.25 + 0.25) / (0.25 * 0.25)
     8.0
     """
     values = _constants(kind, constants)
+    check_levels(sigma)
+    return _weight(sigma, kind, values)
+
+
+def _weight(sigma: ArrayLike, kind: str, values: dict[str, Any]) -> jax.Array:
     dtype = level_dtype()
     sigma = jnp.asarray(sigma, dtype)
     if kind == "edm":
@@ -144,14 +167,15 @@ def edm_loss(apply_fn: ApplyFn, params: Any, x: ArrayLike, key: Any, cond: Any =
       params: The network's weights (what is differentiated).
       x: ``(B, ...)`` clean training samples, in the network's dtype.
       key: One PRNG key for the batch or ``(B,)`` keys, one per sample (module docstring).
-      cond: The conditioning, an array with a leading batch axis (class labels) or None.
+      cond: The conditioning: an array with a leading batch axis (class labels), a pytree of
+        them (every leaf ``(B, ...)``), or None.
       kind: The training row: ``"edm"`` (p_mean=-1.2, p_std=1.2, sigma_data=0.5), ``"vp"``
         (beta_d=19.9, beta_min=0.1, epsilon_t=1e-5), ``"ve"`` (sigma_min=0.02,
         sigma_max=100) or ``"iddpm"`` (C1=0.001, C2=0.008, M=1000).
-      cond_drop_prob: Label dropout for classifier-free guidance: each sample's ``cond`` is
-        replaced by ``null_cond`` with this probability. Traced.
-      null_cond: The "no condition" value (the one given to
-        :func:`karras_jax.classifier_free_guidance`); needed when ``cond_drop_prob > 0``.
+      cond_drop_prob: Label dropout for classifier-free guidance: each sample's ``cond`` (every
+        leaf of it) is replaced by ``null_cond`` with this probability. A scalar; may be traced.
+      null_cond: One sample's "no condition" value, of ``cond``'s pytree structure (the one
+        given to :func:`karras_jax.classifier_free_guidance`); needed when ``cond_drop_prob > 0``.
       **constants: Overrides of the row's constants.
 
     Returns:
@@ -159,32 +183,45 @@ def edm_loss(apply_fn: ApplyFn, params: Any, x: ArrayLike, key: Any, cond: Any =
       mean is the batch's loss.
 
     Raises:
-      ValueError: bad constants, ``cond_drop_prob`` outside [0, 1], dropout without
-        ``null_cond`` or without ``cond``.
+      TypeError: ``kind`` is not a string, ``x`` is not floating point, ``apply_fn`` cannot be
+        called with 4 arguments, ``cond_drop_prob`` is not a real number, bad keys.
+      ValueError: bad constants, ``cond_drop_prob`` not a scalar in [0, 1], dropout without
+        ``null_cond`` or without ``cond``, a ``cond`` leaf without ``B`` rows, a ``null_cond``
+        that does not fit one sample of ``cond``, concrete ``x`` holding NaN/inf, or
+        ``apply_fn`` returning another shape than ``x``'s.
     """
     values = _constants(kind, constants)
+    check_arity("apply_fn", apply_fn, "apply_fn(params, x, sigma, cond)", 4)
     x = jnp.asarray(x)
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch (B, ...), got shape {x.shape}.")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"x must be floating point (the network gets x + sigma * noise in x's dtype), "
+                        f"got dtype {x.dtype}.")
+    check_finite_array("x", x)
     batch = x.shape[0]
-    p = concrete_value("cond_drop_prob", cond_drop_prob)
-    if p is not None and not 0 <= float(p) <= 1:
-        raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob!r}.")
+    p = check_real("cond_drop_prob", cond_drop_prob, "in [0, 1]", lambda v: (v >= 0) & (v <= 1))
     dropping = p is None or float(p) > 0
     if dropping and (cond is None or null_cond is None):
         raise ValueError("label dropout (cond_drop_prob > 0) needs cond and null_cond "
                          "(the 'no class' value).")
+    if dropping:
+        check_null_cond(null_cond, cond, batch)
+    else:
+        check_cond(cond, batch)
     keys = jax.vmap(lambda k: jax.random.split(k, 3))(sample_keys(key, batch))
     dtype = level_dtype()
     sigma = training_sigmas(keys[:, 0], kind, **values)
     noise = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], dtype))(keys[:, 1])
     if dropping:
-        cond = jnp.asarray(cond)
         drop = jax.vmap(lambda k: jax.random.uniform(k, (), dtype))(keys[:, 2]) < cond_drop_prob
-        drop = drop.reshape((batch,) + (1,) * (cond.ndim - 1))
-        cond = jnp.where(drop, jnp.asarray(null_cond, cond.dtype), cond)
+        cond = jax.tree_util.tree_map(  # every leaf of a dropped sample becomes null_cond's
+            lambda c, n: jnp.where(drop.reshape((batch,) + (1,) * (jnp.ndim(c) - 1)),
+                                   jnp.asarray(n, jnp.result_type(c)), c), cond, null_cond)
     clean = x.astype(dtype)
     shaped = sigma.reshape((batch,) + (1,) * (x.ndim - 1))
     denoised = apply_fn(params, (clean + shaped * noise).astype(x.dtype), sigma, cond)
+    if jnp.shape(denoised) != x.shape:
+        raise ValueError(f"apply_fn must return D of x's shape {x.shape}, got shape {jnp.shape(denoised)}.")
     error = jnp.mean(jnp.reshape((denoised.astype(dtype) - clean) ** 2, (batch, -1)), axis=1)
-    return loss_weight(sigma, kind, **values) * error
+    return _weight(sigma, kind, values) * error

@@ -45,10 +45,55 @@ def test_a_wider_average_has_a_smaller_exponent():
     assert gammas == sorted(gammas, reverse=True)
 
 
-@pytest.mark.parametrize("sigma_rel", [0, -0.1, 0.29, 0.5, float("nan"), float("inf"), True, "0.05", None])
-def test_ema_gamma_rejects_a_bad_sigma_rel(sigma_rel):
-    with pytest.raises(ValueError, match="sigma_rel"):
+@pytest.mark.parametrize("sigma_rel", [0, -0.1, 0.29, 0.5, float("nan"), float("inf"), np.array([0.05, 0.1])])
+def test_ema_gamma_rejects_a_bad_sigma_rel_naming_the_range(sigma_rel):
+    with pytest.raises(ValueError, match=r"sigma_rel must be .*\(0, 1/sqrt\(12\) = 0.2887\)"):
         kj.ema_gamma(sigma_rel)
+
+
+@pytest.mark.parametrize("sigma_rel", [True, "0.05", None, [0.05]])
+def test_ema_gamma_rejects_a_sigma_rel_that_is_not_a_number_with_a_type_error(sigma_rel):
+    with pytest.raises(TypeError, match="sigma_rel must be a real number"):
+        kj.ema_gamma(sigma_rel)
+
+
+@pytest.mark.parametrize("sigma_rel", [jnp.float32(0.05), jnp.asarray(0.05), np.float32(0.05), np.asarray(0.05)])
+def test_ema_gamma_takes_a_concrete_numpy_or_jax_scalar(sigma_rel):
+    assert kj.ema_gamma(sigma_rel) == pytest.approx(kj.ema_gamma(0.05), rel=1e-6)
+
+
+def test_ema_gamma_of_a_traced_value_is_a_type_error_saying_why():
+    with pytest.raises(TypeError, match="sigma_rel must be a concrete number"):
+        jax.jit(kj.ema_gamma)(0.05)
+
+
+@pytest.mark.parametrize("step", [0, -1, 1.5, float("nan"), jnp.arange(0, 3)])
+def test_a_step_that_is_not_an_update_count_is_refused_not_a_nan_or_huge_average(step):
+    params = {"w": jnp.zeros(3)}
+    with pytest.raises(ValueError, match=r"step must be an integer >= 1"):
+        kj.ema_update({"w": jnp.ones(3)}, params, step, 5.0)
+    with pytest.raises(ValueError, match=r"step must be an integer >= 1"):
+        kj.ema_decay(step, 5.0)
+
+
+@pytest.mark.parametrize("gamma", [-2.0, float("nan"), float("inf")])
+def test_a_negative_or_non_finite_gamma_is_refused(gamma):
+    with pytest.raises(ValueError, match=r"gamma must be >= 0"):
+        kj.ema_update({"w": jnp.ones(3)}, {"w": jnp.zeros(3)}, 3, gamma)
+
+
+def test_traced_steps_and_gammas_are_not_checked_and_arrays_of_valid_steps_pass():
+    update = jax.jit(kj.ema_update)
+    got = update({"w": jnp.ones(())}, {"w": jnp.zeros(())}, 3, 5.0)
+    np.testing.assert_allclose(got["w"], (2 / 3) ** 6, rtol=1e-6)
+    np.testing.assert_allclose(kj.ema_decay(jnp.arange(1, 4), 0.0), [0.0, 0.5, 2 / 3], rtol=1e-6)
+
+
+def test_ema_and_params_of_other_shapes_are_refused_naming_the_leaf():
+    with pytest.raises(ValueError, match=r"ema\['w'\] has shape \(3,\)"):
+        kj.ema_update({"w": jnp.ones(3)}, {"w": jnp.zeros(4)}, 2, 5.0)
+    with pytest.raises(ValueError, match="same structure"):
+        kj.ema_update({"w": jnp.ones(3)}, {"v": jnp.zeros(3)}, 2, 5.0)
 
 
 def test_the_first_update_forgets_the_initial_average():
