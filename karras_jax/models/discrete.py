@@ -56,7 +56,7 @@ def discrete_sigmas(alphas_cumprod: ArrayLike) -> jax.Array:
     bad = ~(np.isfinite(abar) & (abar > 0) & (abar <= 1))
     if bad.any():
         index = int(np.argmax(bad))
-        raise ValueError(f"alphas_cumprod must lie in (0, 1], got {abar[index]!r} at index {index}.")
+        raise ValueError(f"alphas_cumprod must lie in (0, 1], got {float(abar[index])!r} at index {index}.")
     return jnp.asarray(np.sqrt((1 - abar) / abar), level_dtype())
 
 

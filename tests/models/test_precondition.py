@@ -135,3 +135,67 @@ def test_sigma_that_is_neither_scalar_nor_per_sample_is_refused():
     apply_fn = kj.precondition(lambda p, x_in, c_noise, cond: x_in, "edm")
     with pytest.raises(ValueError, match="one level per sample"):
         apply_fn(None, jnp.ones((3, 2)), jnp.ones((2,)), None)
+
+
+# Issue 16: levels and constants out of range are refused where concrete, never turned into NaN.
+
+@pytest.mark.parametrize("kind", ["edm", "vp", "ve", "iddpm"])
+@pytest.mark.parametrize("sigma", [0.0, -1.0, float("nan"), float("inf"), jnp.float32(0.0),
+                                   np.asarray([1.0, 0.0])])
+def test_concrete_sigma_that_is_not_finite_and_positive_is_refused(kind, sigma):
+    with pytest.raises(ValueError, match=r"sigma must be finite and > 0"):
+        kj.precondition_coefficients(sigma, kind)
+
+
+def test_the_message_shows_the_first_bad_level_and_where():
+    with pytest.raises(ValueError, match=r"got -2.0 at index \(1,\)"):
+        kj.precondition_coefficients(np.asarray([1.0, -2.0, 0.0]))
+    with pytest.raises(TypeError, match="sigma must be a real number"):
+        kj.precondition_coefficients("1.0")
+
+
+def test_a_concrete_sigma_reaching_the_wrapper_is_refused_too():
+    apply_fn = kj.precondition(lambda p, x_in, c_noise, cond: x_in, "edm")
+    with pytest.raises(ValueError, match="sigma must be finite and > 0"):
+        apply_fn(None, jnp.ones((2, 2)), jnp.float32(0.0), None)
+    with pytest.raises(ValueError, match="sigma must be finite and > 0"):
+        apply_fn(None, jnp.ones((2, 2)), jnp.asarray([1.0, np.nan]), None)
+
+
+def test_traced_sigma_is_not_checked_under_jit_vmap_or_grad():
+    # no host round-trip: a traced 0 is computed with (its c_noise is -inf), not refused
+    c_noise = jax.jit(lambda s: kj.precondition_coefficients(s)[3])(jnp.float32(0.0))
+    assert float(c_noise) == -np.inf
+    out = jax.vmap(lambda s: kj.precondition_coefficients(s, "ve")[1])(jnp.asarray([0.5, 2.0]))
+    np.testing.assert_allclose(out, [0.5, 2.0])
+    grad = jax.grad(lambda s: kj.precondition_coefficients(s, "edm")[0])(jnp.float32(1.0))
+    np.testing.assert_allclose(grad, -2 * 0.25 / 1.25**2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: kj.precondition_coefficients(1.0, "edm", sigma_data=float("nan")), ValueError,
+     "sigma_data must be finite and > 0"),
+    (lambda: kj.precondition_coefficients(1.0, "edm", sigma_data=0.0), ValueError, "sigma_data must be"),
+    (lambda: kj.precondition_coefficients(1.0, "vp", beta_d=float("inf")), ValueError, "beta_d must be"),
+    (lambda: kj.precondition_coefficients(1.0, "vp", M=0), ValueError, "M must be"),
+    (lambda: kj.precondition_coefficients(1.0, "iddpm", C1=2.0), ValueError, r"C1 must be in \(0, 1\]"),
+    (lambda: jax.jit(lambda c: kj.precondition_coefficients(1.0, "iddpm", C1=c))(0.001), TypeError,
+     "C1 and C2 must be concrete"),
+    (lambda: kj.precondition(3, "edm"), TypeError, "net_fn must be callable"),
+    (lambda: kj.precondition(lambda p, x: x, "edm"), TypeError, "net_fn is called as"),
+])
+def test_bad_constants_and_networks_are_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize("kind", [["edm"], None, {"edm": 1}, 3])
+def test_a_kind_that_is_not_a_name_is_a_type_error_naming_kind_and_the_names(kind):
+    match = r"kind must be one of the names \('edm', 'vp', 've', 'iddpm'\)"
+    with pytest.raises(TypeError, match=match):
+        kj.precondition_coefficients(1.0, kind)
+    with pytest.raises(TypeError, match=match):
+        kj.precondition(lambda p, x_in, c_noise, cond: x_in, kind)
+    # the training losses share the check
+    with pytest.raises(TypeError, match="kind must be one of the names"):
+        kj.training_sigmas(jax.random.split(jax.random.key(0), 2), kind)
