@@ -5,6 +5,9 @@ N(mean_c, 0.5^2 I) with class c = seed % 3 shifting the mean (class 3 = no class
 exact conditional denoiser, so guidance, postprocessing and PNG writing can be tested without
 a trained network.
 
+``generate_models:nan_at_seed_7`` / ``inf_at_seeds_3_and_12``: a unit Gaussian's exact denoiser
+that returns NaN (inf) for those seeds: a model that breaks on some seeds.
+
 ``generate_models:tiny_mlp``: a small EDM-preconditioned MLP on 2-D points, the model a
 ``kj.fit`` folder records (its ``params`` are shapes only: the checkpoint fills them in).
 """
@@ -33,6 +36,27 @@ def gaussian_images():
         cond_fn=lambda seeds: jnp.asarray(np.asarray(seeds) % 3, jnp.int32), null_cond=3,
         postprocess=lambda x: x[..., 0],  # written as (4, 4) images
         image_range=(-2.0, 2.0))
+
+
+def _breaks_at(seeds, value):
+    bad = jnp.asarray(seeds)
+
+    def denoise(params, x, sigma, cond):
+        broken = jnp.any(cond[:, None] == bad[None, :], axis=1)[:, None]
+        return jnp.where(broken, value, x / (1 + sigma**2))
+
+    return kj.GenerateModel(
+        apply_fn=denoise, params=None, sample_shape=(2,),
+        config=kj.KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=0.0), schedule="karras", steps=4,
+        cond_fn=lambda seeds: jnp.asarray(seeds, jnp.int32), identity=f"breaks_at:{seeds}:{value}")
+
+
+def nan_at_seed_7():
+    return _breaks_at([7], jnp.nan)
+
+
+def inf_at_seeds_3_and_12():
+    return _breaks_at([3, 12], jnp.inf)
 
 
 def not_a_model():

@@ -174,8 +174,8 @@ def test_planning_a_resume_reads_the_saved_manifest_and_keeps_its_shard_size(don
 
 @pytest.mark.parametrize("args, match", [
     (dict(batch=0), "batch must be an int >= 1"), (dict(batch=2.0), "batch"), (dict(batch=True), "batch"),
-    (dict(shard_size=-1), "shard_size must be an int >= 1"), (dict(png=True), "png needs an image model"),
-    (dict(guidance=1.0), "conditional")])
+    (dict(shard_size=-1), "shard_size must be an int >= 1"),
+    (dict(png=True), r"png \(--png\) needs an image model"), (dict(guidance=1.0), "conditional")])
 def test_planning_refuses_bad_arguments_naming_them(tmp_path, args, match):
     with pytest.raises(ValueError, match=match):
         job._plan("mixture", "0-9", tmp_path, **args)
@@ -207,7 +207,8 @@ def test_scanning_keeps_only_shards_whose_recorded_checksum_matches(tmp_path):
 
 
 def test_scanning_checks_known_checksums_and_splits_shards_over_processes(tmp_path):
-    known = {f"shard-{i:06d}.npz": _shard(tmp_path, i, list(range(4 * i, min(4 * i + 4, 10)))) for i in range(3)}
+    known = {f"shard-{i:06d}.npz": _shard(tmp_path, i, list(range(4 * i, min(4 * i + 4, 10))))
+             for i in range(3)}
     wrong = {**known, "shard-000001.npz": "0" * 64}
     scan = job._scan(tmp_path, _manifest(), wrong)
     assert list(scan.todo) == [1] and "checksum" in scan.problems["shard-000001.npz"]
@@ -260,3 +261,116 @@ def test_pngs_without_pillow_are_refused_before_anything_is_sampled(tmp_path, mo
     with pytest.raises(ImportError, match=r"karras-jax\[png\]"):
         kj.generate("generate_models:gaussian_images", "0-3", tmp_path / "out", png=True, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+# --- what a resume trusts: a schema-checked manifest, recorded checksums, finite samples -------------
+
+
+def _copy(folder, to, **replace):
+    to.mkdir(exist_ok=True)
+    for name, data in _files(folder).items():
+        (to / name).write_bytes(replace.get(name, data))
+    return to
+
+
+DAMAGED = [
+    (b'{"format": "karras_jax.gen', "not valid JSON"), (b"[]", "JSON list, not an object"),
+    (b"\xff\xfe", "not text"),
+    (b'{"format": "karras_jax.generation/0"}', "format is 'karras_jax.generation/0'"),
+    (b'{"format": "something else"}', "not a karras_jax generation manifest")]
+
+
+def _edited(done, **changes):
+    manifest = {**json.loads((done / "manifest.json").read_text()), **changes}
+    return json.dumps({k: v for k, v in manifest.items() if v is not ...}).encode()
+
+
+@pytest.mark.parametrize("case", range(len(DAMAGED) + 5))
+def test_a_damaged_or_foreign_manifest_is_refused_naming_it_and_nothing_is_adopted(done, tmp_path, case):
+    wrong_shapes = [(dict(model=...), "no 'model'"), (dict(num_shards="4"), "'num_shards' is str, not int"),
+                    (dict(shard_size=True), "'shard_size' is bool"), (dict(num_shards=5), "disagree"),
+                    (dict(checksums={"shard-000000.npz": "x"}), "'checksums' is not a table")]
+    data, what = DAMAGED[case] if case < len(DAMAGED) else (_edited(done, **wrong_shapes[case - 5][0]),
+                                                            wrong_shapes[case - 5][1])
+    folder = _copy(done, tmp_path / "gen", **{"manifest.json": data})
+    before = _files(folder)
+    with pytest.raises(ValueError, match="manifest.json") as refused:
+        kj.generate("mixture", "0-99", folder, batch=32, s_churn=0.0, progress=False)  # other settings
+    assert what in str(refused.value) and f"delete {folder}" in str(refused.value)
+    with pytest.raises(ValueError, match=what.replace("(", r"\(").replace(")", r"\)")):
+        kj.verify(folder)
+    assert _files(folder) == before  # nothing written, nothing adopted
+
+
+@pytest.mark.parametrize("leftover", ["shard-000000.npz and more", "progress-p0.json"])
+def test_shards_or_progress_records_without_a_manifest_are_refused(done, tmp_path, leftover):
+    folder = _copy(done, tmp_path / "gen")
+    (folder / "manifest.json").unlink()
+    if leftover == "progress-p0.json":
+        (folder / "progress-p0.json").write_text("{}")
+        for shard in folder.glob("shard-*"):
+            shard.unlink()
+    with pytest.raises(ValueError, match=f"{leftover}.* but no manifest.json, so no job vouches"):
+        kj.generate("mixture", "0-99", folder, batch=32, progress=False)
+    assert not (folder / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("record, kept", [(None, 4), ("{not json", 0), ('["shard-000000.npz"]', 0),
+                                          ('{"shard-000000.npz": "not a sha"}', 0)])
+def test_an_unfinished_job_keeps_only_the_shards_its_progress_records_vouch_for(done, tmp_path, record, kept):
+    manifest = json.loads((done / "manifest.json").read_text())
+    folder = _copy(done, tmp_path / "gen", **{"manifest.json": _edited(done, checksums={})})
+    (folder / "progress-p0.json").write_text(json.dumps(manifest["checksums"]) if record is None else record)
+    report = kj.verify(folder)
+    assert not report["ok"] and len(report["unrecorded"]) == 4  # the manifest vouches for none yet
+    again = kj.generate("mixture", "0-99", folder, batch=32, progress=False)
+    assert (again.skipped, again.written) == (kept, 4 - kept)  # a damaged record: regenerated, not adopted
+    assert _files(folder) == _files(done) and kj.verify(folder)["ok"]
+
+
+@pytest.mark.parametrize("model, seeds, batch, named, bad_shard", [
+    ("generate_models:nan_at_seed_7", "0-19", 4, "seed 7;", "shard-000001.npz"),
+    ("generate_models:inf_at_seeds_3_and_12", "0-19", 16, "seeds 3, 12;", "shard-000000.npz"),
+    ("generate_models:nan_at_seed_7", "5,7,9", 1, "seed 7;", "shard-000001.npz")])
+def test_non_finite_samples_stop_the_job_naming_the_seeds_and_write_nothing_of_their_shard(
+        tmp_path, model, seeds, batch, named, bad_shard):
+    for _ in range(2):  # a rerun fails the same way: never a folder generate and verify disagree about
+        with pytest.raises(FloatingPointError, match=named):
+            kj.generate(model, seeds, tmp_path, batch=batch, progress=False)
+        report = kj.verify(tmp_path)
+        assert not report["ok"] and not report["corrupt"]
+        assert bad_shard in report["missing"] and not (tmp_path / bad_shard).exists()
+        for name in report["unrecorded"]:  # the shards before it: complete, finite
+            with np.load(tmp_path / name) as shard:
+                assert np.isfinite(shard["samples"]).all()
+
+
+@pytest.mark.parametrize("change", [dict(image_range=None), dict(image_range=(0.0, 1.0)),
+                                    dict(image_range=(0.0, 1.0), sample_shape=(3, 4, 4))])
+def test_png_is_refused_up_front_for_samples_that_are_not_images(tmp_path, change):
+    model = kj.load_generate_model("mixture")._replace(**change)
+    with pytest.raises(ValueError, match=r"png \(--png\) needs an image model.*\(H, W\), \(H, W, 1\) or "
+                                         r"\(H, W, 3\); this model's samples are \("):
+        kj.generate(model, "0-3", tmp_path / "out", png=True, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("make", ["file", "below a file", "dangling symlink"])
+def test_an_out_that_cannot_be_a_folder_is_refused_naming_it(tmp_path, make):
+    (tmp_path / "f").write_text("")
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    out, what = {"file": (tmp_path / "f", "is a file"), "below a file": (tmp_path / "f" / "x", "is below"),
+                 "dangling symlink": (tmp_path / "link", "is a symlink to .*nowhere, which does not")}[make]
+    with pytest.raises(OSError, match=f"{out} {what}"):
+        kj.generate("mixture", "0-3", out, progress=False)
+
+
+def test_a_dry_run_plans_and_counts_but_writes_nothing(done, tmp_path):
+    fresh = kj.generate("mixture", "0-4294967295", tmp_path / "new", batch=512, dry_run=True)
+    assert (fresh.shards, fresh.written, fresh.skipped) == (2**23, 2**23, 0)
+    assert not (tmp_path / "new").exists()
+    folder = _copy(done, tmp_path / "gen")
+    (folder / "shard-000002.npz").unlink()
+    before = _files(folder)
+    resume = kj.generate("mixture", "0-99", folder, batch=32, dry_run=True)
+    assert (resume.written, resume.skipped) == (1, 3) and _files(folder) == before

@@ -1,5 +1,7 @@
-"""Killed, disk-full and multi-process generation runs (subprocesses) against an uninterrupted one."""
+"""Killed, interrupted, disk-full, memory-limited and multi-process generation runs (subprocesses)
+against an uninterrupted one."""
 
+import json
 import os
 import signal
 import socket
@@ -21,9 +23,9 @@ def _env():
     return env
 
 
-def _worker(out, *args, **kwargs):
-    return subprocess.run([sys.executable, str(WORKER), str(out), SEEDS, str(BATCH), *map(str, args)],
-                          env=_env(), capture_output=True, text=True, timeout=300, **kwargs)
+def _worker(out, *args, seeds=SEEDS, batch=BATCH):
+    return subprocess.run([sys.executable, str(WORKER), str(out), seeds, str(batch), *map(str, args)],
+                          env=_env(), capture_output=True, text=True, timeout=300)
 
 
 def _files(folder):
@@ -40,7 +42,7 @@ def whole(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kill_at, where", [(0, "sample"), (3, "sample"), (0, "write"), (2, "write"),
-                                            (4, "write")])
+                                            (4, "write"), (2, "record")])
 def test_sigkill_at_any_point_then_resume_leaves_exactly_the_files_of_an_uninterrupted_run(
         tmp_path, whole, kill_at, where):
     killed = _worker(tmp_path, "--kill-at", kill_at, "--where", where)
@@ -71,6 +73,33 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_earlier_shards(tmp_path, 
     resumed = _worker(tmp_path)  # with space again, the same command finishes the job
     assert resumed.returncode == 0, resumed.stderr
     assert _files(tmp_path) == whole
+
+
+def test_ctrl_c_is_one_line_exit_130_and_a_rerun_completes_the_job(tmp_path, whole):
+    interrupted = _worker(tmp_path, "--kill-at", 2, "--where", "sample", "--signal", "INT")
+    assert interrupted.returncode == 130, interrupted.stderr
+    assert interrupted.stderr.strip().splitlines() == [
+        "karras-jax: interrupted; files written so far are complete, none half-written"]
+    assert "shard-000000.npz" in _files(tmp_path)  # finished before Ctrl-C (shard 1 was still in flight)
+    assert not list(tmp_path.glob(".*.tmp"))
+    resumed = _worker(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _files(tmp_path) == whole
+
+
+def test_a_2_32_seed_job_plans_and_starts_in_bounded_memory(tmp_path):
+    # RLIMIT_AS 3 GiB: materialising 2**32 seeds (32 GiB) or one entry per seed anywhere fails.
+    limit, seeds = str(3 << 30), "0-4294967295"
+    dry = _worker(tmp_path, "--as-limit", limit, "--dry-run", "--shard-size", 8, seeds=seeds, batch=4)
+    assert dry.returncode == 0, dry.stderr
+    assert "4,294,967,296 seeds in 536,870,912 shards; would write 536,870,912" in dry.stdout
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())  # a dry run writes nothing
+    stopped = _worker(tmp_path, "--as-limit", limit, "--shard-size", 8, "--kill-at", 2, "--signal", "INT",
+                      seeds=seeds, batch=4)
+    assert stopped.returncode == 130, stopped.stderr
+    assert json.loads((tmp_path / "manifest.json").read_text())["seeds"] == seeds
+    with np.load(tmp_path / "shard-000000.npz") as shard:  # finished before Ctrl-C
+        assert shard["seeds"].tolist() == list(range(8)) and shard["samples"].shape == (8, 2)
 
 
 def _free_port():
