@@ -91,21 +91,26 @@ def check_folder_path(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def check_writable_folder(folder: str | os.PathLike) -> Path:
+def check_writable_folder(folder: str | os.PathLike, *, create: bool = True) -> Path:
     """Creates ``folder`` if needed and proves a file can be created in it.
+
+    With ``create=False`` nothing is left behind: a missing folder is not created, and the
+    nearest folder above it that exists is the one proved writable (where it would be made).
 
     Raises:
       OSError: the folder cannot be created, or nothing can be written into it; the message
         names ``folder`` and why (see also :func:`check_folder_path`).
     """
     folder = check_folder_path(folder)
+    probe_in = folder if create else next(p for p in (folder, *folder.parents) if p.exists())
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / ".karras_jax_write_probe", lambda f: f.write(b""))
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(probe_in / ".karras_jax_write_probe", lambda f: f.write(b""))
     except OSError as err:
         reason = os.strerror(err.errno) if err.errno else str(err)
         raise OSError(err.errno, f"cannot write in the folder {folder}: {reason}") from None
-    _remove(folder / ".karras_jax_write_probe")
+    _remove(probe_in / ".karras_jax_write_probe")
     return folder
 
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from karras_jax._files import atomic_write, check_folder_path, check_writable_folder
+from karras_jax._files import atomic_write, check_writable_folder
 
 __all__ = ["main"]
 
@@ -60,10 +60,10 @@ def _one_line(err: BaseException) -> str:
 def _check_out(flag: str, folder: Path, *, create: bool = True) -> None:
     """Refuses, as a usage error naming ``flag`` and the path, a folder that cannot be written.
 
-    ``create=False`` checks the path's shape only (a file, below a file, a dangling symlink).
+    ``create=False`` leaves nothing behind (the command creates the folder itself, later).
     """
     try:
-        check_writable_folder(folder) if create else check_folder_path(folder)
+        check_writable_folder(folder, create=create)
     except OSError as err:
         raise ValueError(f"argument {flag}: {_one_line(err)}") from None
 
@@ -222,7 +222,7 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     missing = [f"--{n}" for n in ("model", "seeds", "out") if getattr(args, n) is None]
     if missing:
         parser.error(f"generate needs {', '.join(missing)} (or --verify DIR)")
-    _check_out("--out", args.out, create=not args.dry_run)
+    _check_out("--out", args.out, create=False)  # generate() creates it once the job is planned
     result = generate(args.model, args.seeds, args.out, batch=args.batch, steps=args.steps,
                       schedule=args.schedule, solver=args.solver, s_churn=args.s_churn, s_noise=args.s_noise,
                       s_min=args.s_min, s_max=args.s_max, guidance=args.guidance, png=args.png,

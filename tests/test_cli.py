@@ -3,6 +3,7 @@
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,3 +220,103 @@ def test_a_failed_plot_keeps_the_previous_png_byte_for_byte(tmp_path):
     assert "demo.png" in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert (tmp_path / "demo.png").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.png", "samples.npz"]
+
+
+# --- one rule for every command: usage errors exit 2, runtime errors 1, one line naming the culprit ---
+
+
+GEN = ["generate", "--model", "mixture", "--seeds", "0-3", "--no-progress"]
+
+
+@pytest.mark.parametrize("seeds", ["0-x", "5-2", "4294967296", "0-3,2", ""])
+def test_malformed_seeds_exit_2_like_every_bad_flag(seeds, tmp_path, capsys):
+    argv = ["generate", "--model", "mixture", "--seeds", seeds, "--out", str(tmp_path)]
+    err = _one_line_exit_2(argv, capsys)
+    assert "argument --seeds" in err
+
+
+def _bad_out(tmp_path, make):
+    (tmp_path / "f").write_text("")
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    return {"file": tmp_path / "f", "below a file": tmp_path / "f" / "x",
+            "dangling symlink": tmp_path / "link"}[make]
+
+
+@pytest.mark.parametrize("make", ["file", "below a file", "dangling symlink"])
+@pytest.mark.parametrize("command", [["demo"], GEN, ["train-digits", "--no-eval"]])
+def test_an_out_that_cannot_be_a_folder_is_a_usage_error_naming_the_path(tmp_path, capsys, make, command):
+    out = _bad_out(tmp_path, make)
+    err = _one_line_exit_2([*command, "--out", str(out)], capsys)
+    assert f"argument --out: {out} " in err and "Traceback" not in err
+
+
+def test_a_read_only_out_folder_is_named_for_generate(tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkstemp", refuse)  # root ignores permission bits
+    err = _one_line_exit_2([*GEN, "--out", str(tmp_path / "ro")], capsys)
+    assert f"argument --out: cannot write in the folder {tmp_path / 'ro'}: Permission denied" in err
+
+
+@pytest.mark.parametrize("error", [ValueError("Unpack failed: incomplete input"),
+                                   PermissionError(13, "Permission denied", "CKPT/checkpoint.msgpack"),
+                                   None])
+def test_a_checkpoint_that_does_not_load_is_one_line_naming_it(tmp_path, capsys, monkeypatch, error):
+    import karras_jax.examples.digits as digits
+
+    checkpoint = tmp_path / "run"
+    if error is not None:
+        def fail(folder):
+            if isinstance(error, OSError):
+                raise type(error)(error.errno, error.strerror, error.filename.replace("CKPT", str(folder)))
+            raise error
+
+        monkeypatch.setattr(digits, "load_model", fail)
+    err = _one_line_exit_2(["sample-digits", "--checkpoint", str(checkpoint), "--out",
+                            str(tmp_path / "s.npz"), "--n", "2"], capsys)
+    assert "argument --checkpoint: " in err and f"{checkpoint}" in err
+
+
+def test_a_damaged_manifest_is_a_usage_error_saying_how_to_start_over(tmp_path, capsys):
+    (tmp_path / "manifest.json").write_text("[]")
+    err = _one_line_exit_2([*GEN, "--out", str(tmp_path)], capsys)
+    assert f"{tmp_path / 'manifest.json'} is damaged or foreign" in err and f"delete {tmp_path}" in err
+
+
+def test_png_for_samples_that_are_not_images_is_a_usage_error(tmp_path, capsys):
+    err = _one_line_exit_2([*GEN, "--png", "--out", str(tmp_path / "out")], capsys)
+    assert "--png" in err and "(H, W)" in err and "(2,)" in err and not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def nan_model(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # generate_models
+    return ["generate", "--model", "generate_models:nan_at_seed_7", "--seeds", "0-11", "--batch", "4",
+            "--no-progress"]
+
+
+def test_a_non_finite_sample_is_a_runtime_error_naming_the_seed(tmp_path, capsys, nan_model):
+    assert main([*nan_model, "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("karras-jax: error: the model gave non-finite samples")
+    assert "seed 7;" in err and "shard-000001.npz was not written" in err
+    assert main(["generate", "--verify", str(tmp_path)]) == 1  # verify agrees: shard 1 is missing
+    assert "missing    shard-000001.npz" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback(tmp_path, nan_model, where):
+    flag = ["--debug"]
+    with pytest.raises(ValueError, match="is a file"):
+        main([*flag, *GEN, "--out", str(_bad_out(tmp_path, "file"))] if where == "before"
+             else [*GEN, "--out", str(_bad_out(tmp_path, "file")), *flag])
+    with pytest.raises(FloatingPointError, match="seed 7"):
+        main([*flag, *nan_model, "--out", str(tmp_path / "nan")] if where == "before"
+             else [*nan_model, "--out", str(tmp_path / "nan"), *flag])
+
+
+def test_debug_is_not_in_the_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "--debug" not in capsys.readouterr().out

@@ -132,3 +132,29 @@ def test_a_symlinked_target_is_written_through(tmp_path):
     atomic_write(link, lambda f: f.write(b"new"))
     assert link.is_symlink() and real.read_bytes() == b"new"
     assert sorted(os.listdir(tmp_path)) == ["link.bin", "real.bin"]
+
+
+@pytest.mark.parametrize("make, message", [("file", "{out} is a file, not a folder"),
+                                           ("below", "{out} is below {f}, which is a file"),
+                                           ("link", "{out} is a symlink to {nowhere}, which does not exist")])
+def test_a_path_that_cannot_be_a_folder_is_named(tmp_path, make, message):
+    f, nowhere = tmp_path / "f", tmp_path / "nowhere"
+    f.write_text("")
+    (tmp_path / "link").symlink_to(nowhere)
+    out = {"file": f, "below": f / "x" / "y", "link": tmp_path / "link"}[make]
+    with pytest.raises(OSError) as info:
+        check_writable_folder(out)
+    assert message.format(out=out, f=f, nowhere=nowhere) in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == ["f", "link"]
+
+
+def test_checking_without_creating_leaves_nothing_behind(tmp_path, monkeypatch):
+    assert check_writable_folder(tmp_path / "a" / "b", create=False) == tmp_path / "a" / "b"
+    assert os.listdir(tmp_path) == []
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # a read-only folder (root ignores the bits)
+    with pytest.raises(OSError, match=f"cannot write in the folder {tmp_path / 'a'}: Permission denied"):
+        check_writable_folder(tmp_path / "a", create=False)
