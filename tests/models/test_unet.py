@@ -93,3 +93,51 @@ def test_bad_inputs_are_named():
         kj.UNet(channels=8, channel_mult=(1, 2, 2, 2)).init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)), 0.0)
     with pytest.raises(ValueError, match=r"\(B, H, W, C\)"):
         kj.UNet(channels=8).init(jax.random.key(0), jnp.zeros((8, 8, 1)), 0.0)
+
+
+# Issue 16: labels outside [0, num_classes] (num_classes = the null class) are refused, never NaN or a
+# silent null class.
+
+X2 = jnp.ones((2, *SHAPE))
+
+
+@pytest.mark.parametrize("labels", [jnp.asarray([7, 0]), jnp.asarray([-1, 0]), jnp.asarray([0, 4]), 5, -1])
+def test_concrete_labels_outside_the_classes_are_refused(initial, labels):
+    allowed = r"labels \(cond\) must be integer classes in \[0, 3\] \(3 = the null class, no condition\)"
+    with pytest.raises(ValueError, match=allowed + ", got (7|-1|4|5)"):
+        MODULE.apply(initial, X2, 0.0, labels)
+
+
+@pytest.mark.parametrize("labels, error, match", [
+    (jnp.asarray([0.0, 1.0]), TypeError, "labels .* got dtype float32"),
+    (jnp.asarray([True, False]), TypeError, "labels .* got dtype bool"),
+    (jnp.asarray([0, 1, 2]), ValueError, r"labels \(cond\) must be a scalar or one per sample, shape \(2,\) "
+                                         r"for x's batch of 2; got shape \(3,\)"),
+    (jnp.asarray([[0], [1]]), ValueError, r"got shape \(2, 1\)"),
+])
+def test_labels_of_another_dtype_or_shape_are_named(initial, labels, error, match):
+    with pytest.raises(error, match=match):
+        MODULE.apply(initial, X2, 0.0, labels)
+    with pytest.raises(error, match=match):  # dtype and shape are known at trace time
+        APPLY(initial, X2, 0.0, labels)
+
+
+def test_the_null_class_scalar_and_list_labels_are_accepted(trained):
+    np.testing.assert_array_equal(APPLY(trained, X2, 0.1, jnp.asarray([3, 3])), APPLY(trained, X2, 0.1, None))
+    np.testing.assert_array_equal(MODULE.apply(trained, X2, 0.1, 2), MODULE.apply(trained, X2, 0.1, [2, 2]))
+
+
+def test_traced_labels_out_of_range_give_nan_rows_never_a_silent_class(trained):
+    out = APPLY(trained, jnp.ones((4, *SHAPE)), 0.1, jnp.asarray([-1, 4, 3, 0]))
+    assert np.isnan(np.asarray(out[:2])).all(axis=(1, 2, 3)).all()
+    assert np.isfinite(np.asarray(out[2:])).all()
+
+
+def test_bad_fields_and_noise_levels_are_named():
+    with pytest.raises(ValueError, match="num_classes must be an int >= 0, got -1"):
+        kj.UNet(channels=8, num_classes=-1).init(jax.random.key(0), X2, 0.0)
+    with pytest.raises(ValueError, match="channels must be an int >= 1, got 0"):
+        kj.UNet(channels=0).init(jax.random.key(0), X2, 0.0)
+    with pytest.raises(ValueError, match=r"c_noise must be a scalar or one level per sample, shape \(2,\); "
+                                         r"got shape \(3,\)"):
+        kj.UNet(channels=8).init(jax.random.key(0), X2, jnp.zeros(3))
