@@ -9,7 +9,13 @@ import oracle
 import pytest
 from sampler_utils import numpy_gaussian_denoiser, numpy_mixture_denoiser, small_mixture
 
-from karras_jax.analytic import GaussianData, GaussianMixture, default_mixture, energy_distance
+from karras_jax.analytic import (
+    GaussianData,
+    GaussianMixture,
+    default_mixture,
+    energy_distance,
+    frechet_distance,
+)
 
 SIGMAS = [0.002, 0.05, 0.3, 1.0, 4.0, 80.0]
 
@@ -226,3 +232,72 @@ def test_energy_distance_in_blocks_equals_the_full_matrix():
 
     want = 2 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y)
     np.testing.assert_allclose(float(energy_distance(x, y)), want, rtol=1e-4, atol=1e-5)
+
+
+# --- Checks (issue 16): bad records are refused where built; rebuilt and traced ones are not -----
+
+W2, M2, S2 = jnp.asarray([0.25, 0.75]), jnp.asarray([[0.0, 1.0], [2.0, -1.0]]), jnp.asarray([0.3, 0.5])
+
+
+@pytest.mark.parametrize("std, match", [
+    (-1.0, "std must be > 0, got -1.0"), (0.0, "std must be > 0"),
+    (jnp.float32(np.nan), "std must be finite"), (np.inf, "std must be finite"),
+])
+def test_gaussian_data_refuses_a_bad_std(std, match):
+    with pytest.raises(ValueError, match=match):
+        GaussianData(mean=jnp.zeros(2), std=std)
+
+
+def test_gaussian_data_refuses_a_mean_that_is_not_finite():
+    with pytest.raises(ValueError, match=r"mean must be finite: .* index \(1,\)"):
+        GaussianData(mean=jnp.asarray([0.0, np.nan]), std=1.0)
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"weights": jnp.asarray([0.5, 0.6])}, r"weights must be >= 0 and sum to 1, .*sum 1.1"),
+    ({"weights": jnp.asarray([1.5, -0.5])}, "weights must be >= 0 and sum to 1"),
+    ({"weights": jnp.asarray([np.nan, 1.0])}, "weights must be finite"),
+    ({"means": M2.at[1, 0].set(np.inf)}, r"means must be finite: .* index \(1, 0\)"),
+    ({"stds": jnp.asarray([0.3, -0.5])}, "stds must be > 0"),
+    ({"stds": jnp.asarray([0.3, 0.0])}, "stds must be > 0"),
+    ({"means": jnp.zeros((3, 2))}, r"shapes \(K,\), \(K, dim\) and \(K,\); got \(2,\), \(3, 2\) and \(2,\)"),
+    ({"means": jnp.zeros(2)}, r"got \(2,\), \(2,\) and \(2,\)"),
+    ({"stds": jnp.asarray(0.3)}, r"got \(2,\), \(2, 2\) and \(\)"),
+])
+def test_gaussian_mixture_refuses_bad_fields(fields, match):
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(**{"weights": W2, "means": M2, "stds": S2, **fields})
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(W2, M2, S2).replace(**fields)
+
+
+def test_rebuilt_and_traced_records_are_not_checked():
+    mixture = GaussianMixture(W2, M2, S2)
+    zeros = jax.tree.map(jnp.zeros_like, mixture)  # stds of 0, weights summing to 0: not a user's record
+    assert float(zeros.stds.sum()) == 0.0
+    grads = jax.grad(lambda m: m.denoise(jnp.ones(2), 0.5).sum())(mixture)  # gradients may be negative
+    assert isinstance(grads, GaussianMixture) and np.all(np.isfinite(np.asarray(grads.stds)))
+    built = jax.jit(lambda w: GaussianMixture(w, M2, S2).mean())(jnp.asarray([0.5, 0.6]))  # traced
+    np.testing.assert_allclose(built, 0.5 * M2[0] + 0.6 * M2[1], rtol=1e-6)
+    solve = lambda s: GaussianData(jnp.zeros(1), s).ode_solution(jnp.ones(1), 1.0)  # noqa: E731
+    draws = jax.vmap(solve)(jnp.asarray([1.0, 2.0]))
+    assert draws.shape == (2, 1)
+    assert GaussianMixture(W2.astype(jnp.bfloat16), M2, S2).dim == 2  # a coarse dtype's rounding is allowed
+
+
+@pytest.mark.parametrize("x, y, match", [
+    (np.ones((3, 2)), np.ones((3, 3)), r"same d and n >= 1; got shapes \(3, 2\) and \(3, 3\)"),
+    (np.ones(3), np.ones((3, 1)), r"got shapes \(3,\) and \(3, 1\)"),
+    (np.full((3, 2), np.nan), np.ones((3, 2)), "x must be finite"),
+    (np.ones((3, 2)), np.full((3, 2), np.inf), "y must be finite"),
+])
+def test_energy_distance_refuses_bad_point_sets(x, y, match):
+    with pytest.raises(ValueError, match=match):
+        energy_distance(x, y)
+
+
+def test_frechet_distance_refuses_bad_point_sets():
+    with pytest.raises(ValueError, match="x must be finite"):
+        frechet_distance(np.full((3, 2), np.nan), np.ones((3, 2)))
+    with pytest.raises(ValueError, match=r"n >= 2; got shapes \(1, 2\)"):
+        frechet_distance(np.ones((1, 2)), np.ones((3, 2)))
