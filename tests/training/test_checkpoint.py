@@ -5,6 +5,7 @@ run continues exactly as an uninterrupted one; bad files and mismatched targets 
 import functools
 import json
 import os
+import re
 
 import flax.serialization
 import jax
@@ -269,3 +270,78 @@ def test_a_missing_or_bad_recipe_file_is_named(tmp_path, content, match):
         (tmp_path / kj.MODEL_FILE).write_text(content)
     with pytest.raises(FileNotFoundError if content is None else ValueError, match=match):
         kj.load_model_recipe(tmp_path)
+
+
+# --- damaged files: named, with what is wrong (issue 16) ------------------------------------
+
+
+def _payload_with(folder, **changes):
+    payload = flax.serialization.msgpack_restore((folder / kj.CHECKPOINT_FILE).read_bytes())
+    payload.update(changes)
+    for name in [k for k, v in changes.items() if v is None]:
+        del payload[name]
+    (folder / kj.CHECKPOINT_FILE).write_bytes(flax.serialization.msgpack_serialize(payload))
+
+
+def test_a_truncated_checkpoint_names_its_file_and_says_it_is_truncated_or_corrupt(previous):
+    folder, old = previous
+    for length in (len(old) // 2, len(old) - 1, 10, 0):
+        (folder / kj.CHECKPOINT_FILE).write_bytes(old[:length])
+        for load in (lambda: kj.load_checkpoint(folder, target()),
+                     lambda: kj.load_params(folder, fresh_params())):
+            with pytest.raises(ValueError) as info:
+                load()
+            assert str(folder / kj.CHECKPOINT_FILE) in str(info.value)
+            assert "truncated or corrupt" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"position": -3}, "its position is -3, not an int >= 0"),
+    ({"position": "4"}, "its position is '4'"),
+    ({"key": "garbage"}, "its PRNG key cannot be read"),
+    ({"key_impl": "garbage"}, "its PRNG key cannot be read"),
+    ({"metadata": "{not json"}, "its metadata is not JSON"),
+    ({"metadata": "[1, 2]"}, "its metadata is a list, not a JSON object"),
+    ({"key": None}, "it lacks key"),
+    ({"state": None, "metadata": None}, "it lacks state, metadata"),
+])
+def test_a_damaged_checkpoint_names_its_file_and_what_is_wrong(previous, changes, match):
+    folder, _ = previous
+    _payload_with(folder, **changes)
+    for load in (lambda: kj.load_checkpoint(folder, target()),
+                 lambda: kj.load_params(folder, fresh_params())):
+        with pytest.raises(ValueError, match=match) as info:
+            load()
+        assert str(info.value).startswith(f"{folder / kj.CHECKPOINT_FILE} is a damaged checkpoint")
+
+
+def test_a_checkpoint_path_that_cannot_be_read_is_an_os_error_naming_it(tmp_path):
+    (tmp_path / kj.CHECKPOINT_FILE).mkdir()
+    with pytest.raises(OSError, match="cannot read the checkpoint " + re.escape(str(tmp_path)) + "/check"):
+        kj.load_checkpoint(tmp_path, target())
+    (tmp_path / kj.MODEL_FILE).mkdir()
+    with pytest.raises(OSError, match="cannot read the model recipe " + re.escape(str(tmp_path)) + "/model"):
+        kj.load_model_recipe(tmp_path)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b'{"format": "karras_jax.model/1", "function": "m:f", "ar', "not readable JSON \\(truncated or corrupt"),
+    (b"\xff\xfe\x00", "not readable JSON"),
+    (b"[1, 2]", "not a karras_jax model recipe"),
+    (b'{"format": "karras_jax.model/1", "function": "m:f", "arguments": [1]}',
+     "a damaged model recipe: its arguments are list, not a JSON object"),
+    (b'{"format": "karras_jax.model/1", "function": "m:f", "arguments": null}', "its arguments are NoneType"),
+])
+def test_a_damaged_model_recipe_names_its_file_and_what_is_wrong(tmp_path, content, match):
+    (tmp_path / kj.MODEL_FILE).write_bytes(content)
+    with pytest.raises(ValueError, match=match) as info:
+        kj.load_model_recipe(tmp_path)
+    assert str(info.value).startswith(str(tmp_path / kj.MODEL_FILE)) and "\n" not in str(info.value)
+
+
+def test_json_that_cannot_be_written_names_the_parameter(tmp_path):
+    with pytest.raises(TypeError, match="metadata must be JSON-serialisable"):
+        kj.save_checkpoint(tmp_path, target(), position=0, key=jax.random.key(0), metadata={"f": object()})
+    with pytest.raises(TypeError, match="arguments must be JSON-serialisable"):
+        kj.save_model_recipe(tmp_path, "m:f", {"f": {1, 2}})
+    assert files_in(tmp_path) == []

@@ -1,6 +1,7 @@
 """kj.fit: a training run killed at any moment and resumed ends bitwise where an uninterrupted one does."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -135,3 +136,124 @@ def test_the_progress_bar_counts_images_from_where_a_resumed_run_starts(tmp_path
     kj.fit(step_fn, state, batch_at, jax.random.key(0), 20, folder=tmp_path, batch_size=4, label="train ")
     err = capsys.readouterr().err
     assert "train:" in err and " 40/80" in err and "80/80" in err and "img" in err and "loss=" in err
+
+
+# --- checked before the first step (issue 16) -----------------------------------------------
+
+
+def _counting():
+    calls = []
+
+    def batch_at(s):
+        calls.append(s)
+        return jnp.ones((4, 2))
+
+    return batch_at, calls
+
+
+def test_a_missing_folder_is_created_like_mkdir_p(tmp_path):
+    state, step_fn = _setup()
+    for folder in (tmp_path / "run", tmp_path / "a" / "b" / "c"):
+        run = kj.fit(step_fn, state, lambda s: jnp.ones((4, 2)), jax.random.key(0), 2, folder=folder,
+                     progress=False)
+        assert int(run.state.step) == 2 and (folder / kj.CHECKPOINT_FILE).is_file()
+
+
+@pytest.mark.parametrize("below", ["", "sub", "sub/deeper"])
+def test_a_folder_that_is_a_file_or_below_one_is_refused_before_any_step(tmp_path, below):
+    state, step_fn = _setup()
+    (tmp_path / "file").write_text("mine")
+    folder = tmp_path / "file" / below if below else tmp_path / "file"
+    batch_at, calls = _counting()
+    with pytest.raises(OSError, match=re.escape(str(tmp_path / "file"))):
+        kj.fit(step_fn, state, batch_at, jax.random.key(0), 3, folder=folder, progress=False)
+    assert calls == [] and (tmp_path / "file").read_text() == "mine"
+
+
+def test_an_unwritable_folder_is_refused_before_any_step(tmp_path, monkeypatch):
+    import tempfile
+
+    state, step_fn = _setup()
+    batch_at, calls = _counting()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # what a read-only folder does to the write probe
+    with pytest.raises(OSError, match=re.escape(str(tmp_path))):
+        kj.fit(step_fn, state, batch_at, jax.random.key(0), 3, folder=tmp_path, progress=False)
+    assert calls == []
+
+
+@pytest.mark.parametrize("num_steps", [1, 2, 3])
+def test_num_steps_below_the_checkpoints_step_is_refused_saying_how_to_continue(tmp_path, num_steps):
+    state, step_fn = _setup()
+    kj.fit(step_fn, state, lambda s: jnp.ones((4, 2)), jax.random.key(0), 4, folder=tmp_path, progress=False)
+    saved = (tmp_path / kj.CHECKPOINT_FILE).read_bytes()
+    batch_at, calls = _counting()
+    with pytest.raises(ValueError, match=rf"num_steps={num_steps} but the checkpoint in .* is at step 4: "
+                                         r"pass num_steps >= 4 .* or use another folder"):
+        kj.fit(step_fn, state, batch_at, jax.random.key(0), num_steps, folder=tmp_path, progress=False)
+    assert calls == [] and (tmp_path / kj.CHECKPOINT_FILE).read_bytes() == saved
+    again = kj.fit(step_fn, state, batch_at, jax.random.key(0), 4, folder=tmp_path, progress=False)
+    assert calls == [] and int(again.state.step) == 4  # num_steps = 4 returns the run as saved
+
+
+def test_without_a_checkpoint_the_run_starts_at_the_states_step_and_refuses_a_state_past_num_steps():
+    state, step_fn = _setup()
+    whole = kj.fit(step_fn, state, lambda s: jnp.ones((4, 2)), jax.random.key(0), 5, progress=False)
+    first = kj.fit(step_fn, state, lambda s: jnp.ones((4, 2)), jax.random.key(0), 3, progress=False)
+    batch_at, calls = _counting()
+    rest = kj.fit(step_fn, first.state, batch_at, jax.random.key(0), 5, progress=False)
+    assert calls == [3, 4] and rest.resumed_from == 3 and int(rest.state.step) == 5
+    jax.tree_util.tree_map(np.testing.assert_array_equal, rest.state.params, whole.state.params)
+    with pytest.raises(ValueError, match=r"num_steps=2 but the state is already at step 3"):
+        kj.fit(step_fn, first.state, batch_at, jax.random.key(0), 2, progress=False)
+    with pytest.raises(ValueError, match="abstract"):
+        kj.fit(step_fn, jax.eval_shape(lambda: state), batch_at, jax.random.key(0), 2, progress=False)
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b[:-1], lambda b: b"\xff" * 40])
+def test_a_damaged_checkpoint_is_named_before_any_step_and_left_as_it_is(tmp_path, damage):
+    state, step_fn = _setup()
+    kj.fit(step_fn, state, lambda s: jnp.ones((4, 2)), jax.random.key(0), 2, folder=tmp_path, progress=False)
+    damaged = damage((tmp_path / kj.CHECKPOINT_FILE).read_bytes())
+    (tmp_path / kj.CHECKPOINT_FILE).write_bytes(damaged)
+    batch_at, calls = _counting()
+    path = re.escape(str(tmp_path / kj.CHECKPOINT_FILE))
+    with pytest.raises(ValueError, match=path + " is not a (readable|karras_jax) "):
+        kj.fit(step_fn, state, batch_at, jax.random.key(0), 4, folder=tmp_path, progress=False)
+    assert calls == [] and (tmp_path / kj.CHECKPOINT_FILE).read_bytes() == damaged
+
+
+@pytest.mark.parametrize("arguments, error, match", [
+    ({"batch_size": 0}, ValueError, "batch_size must be an int >= 1"),
+    ({"batch_size": -3}, ValueError, "batch_size"),
+    ({"key": 0}, TypeError, "key must be one PRNG key"),
+    ({"key": jax.random.split(jax.random.key(0), 2)}, TypeError, "key must be one PRNG key"),
+    ({"metadata": {"losses": [1.0]}}, ValueError, "metadata must not hold the key 'losses'"),
+    ({"metadata": {"lr": float("nan")}}, ValueError, "metadata must not hold NaN"),
+    ({"metadata": {"f": object()}}, TypeError, "metadata must be JSON-serialisable"),
+    ({"metadata": [("lr", 1.0)]}, TypeError, "metadata must be a dict"),
+    ({"model": "m:f", "model_args": {"f": object()}}, TypeError, "model_args must be JSON-serialisable"),
+    ({"train_step": None}, TypeError, "train_step must be callable"),
+    ({"batch_at": lambda: None}, TypeError, r"batch_at is called as batch_at\(step\)"),
+])
+def test_bad_arguments_are_refused_before_any_step_and_nothing_is_written(tmp_path, arguments, error, match):
+    state, step_fn = _setup()
+    batch_at, calls = _counting()
+    call = {"train_step": step_fn, "state": state, "batch_at": batch_at, "key": jax.random.key(0),
+            "num_steps": 3, "folder": tmp_path, "progress": False, **arguments}
+    with pytest.raises(error, match=match):
+        kj.fit(**call)
+    assert calls == [] and os.listdir(tmp_path) == []
+
+
+def test_metadata_resumes_as_json_holds_it_and_a_raw_key_as_its_typed_key(tmp_path):
+    state, step_fn = _setup()
+    batch_at = lambda s: jnp.ones((4, 2))  # noqa: E731
+    kj.fit(step_fn, state, batch_at, jax.random.PRNGKey(0), 2, folder=tmp_path, metadata={"sizes": (2, 3)},
+           progress=False)
+    again = kj.fit(step_fn, state, batch_at, jax.random.key(0), 3, folder=tmp_path,
+                   metadata={"sizes": (2, 3)}, progress=False)
+    assert again.resumed_from == 2 and int(again.state.step) == 3

@@ -4,6 +4,7 @@ exact expected loss for Gaussian data, label dropout, and the errors."""
 
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -376,3 +377,95 @@ def test_bad_constant_values_are_rejected(kind, constants):
 def test_an_empty_batch_is_rejected():
     with pytest.raises(ValueError, match="non-empty"):
         kj.edm_loss(toy_denoiser, TOY_PARAMS, jnp.zeros((0, 3, 2)), jax.random.key(0))
+
+
+# --- concrete values refused, messages naming the parameter (issue 16) ----------------------
+
+
+@pytest.mark.parametrize("kind", [["edm"], ("edm",), None, 0])
+def test_a_kind_that_is_not_a_string_is_a_type_error_naming_the_kinds(kind):
+    for call in (lambda: kj.edm_loss(toy_denoiser, TOY_PARAMS, X, jax.random.key(0), kind=kind),
+                 lambda: kj.training_sigmas(MANY[:4], kind),
+                 lambda: kj.loss_weight(1.0, kind)):
+        with pytest.raises(TypeError, match=r"kind must be one of .*'edm', 'vp', 've', 'iddpm'"):
+            call()
+
+
+@pytest.mark.parametrize("sigma", [0.0, -1.0, float("nan"), float("inf"), [1.0, 0.0]])
+def test_loss_weight_refuses_a_level_whose_weight_is_not_finite(sigma):
+    with pytest.raises(ValueError, match="sigma must be finite and > 0"):
+        kj.loss_weight(jnp.asarray(sigma))
+
+
+@pytest.mark.parametrize("cond, drop", [
+    (LABELS[:5], 0.0), (LABELS[:5], 0.5), (LABELS[:3], 1.0), (jnp.int32(3), 0.0),
+])
+def test_cond_of_another_batch_size_is_named_with_both_sizes(cond, drop):
+    shape = re.escape(str(jnp.shape(cond)))
+    with pytest.raises(ValueError, match=rf"cond must have leading dimension B=4 .*got shape {shape}"):
+        kj.edm_loss(cond_denoiser, None, SMALL, jax.random.key(0), cond, cond_drop_prob=drop, null_cond=0)
+
+
+def test_a_pytree_cond_leaf_of_another_batch_size_is_named_by_its_path():
+    cond = {"label": LABELS[:4], "feature": jnp.zeros((5, 3))}
+    with pytest.raises(ValueError, match=r"cond\['feature'\] must have leading dimension B=4"):
+        kj.edm_loss(cond_denoiser, None, SMALL, jax.random.key(0), cond)
+
+
+def dict_denoiser(params, x, sigma, cond):
+    """cond_denoiser's label plus the one-hot row's class + 1: 0 exactly when both leaves were dropped."""
+    value = cond["label"] + cond["one_hot"] @ jnp.arange(1, 9, dtype=jnp.float32)
+    return jnp.broadcast_to(value.astype(x.dtype)[:, None], x.shape)
+
+
+@pytest.mark.parametrize("p", [0.3, 1.0])
+def test_label_dropout_over_a_pytree_cond_drops_every_leaf_of_the_dropped_samples(p):
+    cond = {"label": LABELS, "one_hot": jax.nn.one_hot(LABELS, 8)}
+    null = {"label": 0, "one_hot": jnp.zeros(8)}
+    losses = kj.edm_loss(dict_denoiser, None, jnp.zeros((BATCH, 2)), DROP_KEY, cond, cond_drop_prob=p,
+                         null_cond=null)
+    np.testing.assert_array_equal(dropped(losses), dropped(label_losses(LABELS, 0, p)))
+    traced = jax.jit(lambda q: kj.edm_loss(dict_denoiser, None, jnp.zeros((BATCH, 2)), DROP_KEY, cond,
+                                           cond_drop_prob=q, null_cond=null))(p)
+    np.testing.assert_allclose(traced, losses, rtol=1e-5)
+
+
+@pytest.mark.parametrize("null_cond, match", [
+    (0, "null_cond must have the pytree structure of cond"),
+    ({"label": 0}, "null_cond must have the pytree structure of cond"),
+    ({"label": 0, "one_hot": jnp.zeros(7)}, r"null_cond\['one_hot'\] must be one sample of cond\['one_hot"),
+])
+def test_a_null_cond_that_does_not_fit_a_pytree_cond_is_refused(null_cond, match):
+    cond = {"label": LABELS[:4], "one_hot": jax.nn.one_hot(LABELS[:4], 8)}
+    with pytest.raises(ValueError, match=match):
+        kj.edm_loss(dict_denoiser, None, SMALL, jax.random.key(0), cond, cond_drop_prob=0.5,
+                    null_cond=null_cond)
+
+
+@pytest.mark.parametrize("p, error, match", [
+    ([0.1], TypeError, r"cond_drop_prob must be a real number \(in \[0, 1\]\)"),
+    ("0.1", TypeError, "cond_drop_prob must be a real number"),
+    (True, TypeError, "cond_drop_prob must be a real number"),
+    (jnp.full((4,), 0.1), ValueError, r"cond_drop_prob must be a scalar \(in \[0, 1\]\), got shape \(4,\)"),
+    (float("inf"), ValueError, r"cond_drop_prob must be in \[0, 1\]"),
+])
+def test_a_cond_drop_prob_that_is_not_a_probability_is_refused_naming_it(p, error, match):
+    with pytest.raises(error, match=match):
+        kj.edm_loss(cond_denoiser, None, SMALL, jax.random.key(0), LABELS[:4], cond_drop_prob=p, null_cond=0)
+
+
+@pytest.mark.parametrize("x, error, match", [
+    (jnp.ones((4, 2), jnp.int32), TypeError, "x must be floating point"),
+    (jnp.full((4, 2), jnp.nan), ValueError, "x must be finite"),
+    (jnp.ones((4, 2)).at[2, 1].set(jnp.inf), ValueError, r"x must be finite: .* index \(2, 1\)"),
+])
+def test_x_that_is_not_finite_floating_point_is_refused(x, error, match):
+    with pytest.raises(error, match=match):
+        kj.edm_loss(cond_denoiser, None, x, jax.random.key(0), LABELS[:4])
+
+
+def test_a_denoiser_of_the_wrong_shape_or_arity_is_named():
+    with pytest.raises(ValueError, match=r"apply_fn must return D of x's shape \(4, 2\), got shape \(4, 1\)"):
+        kj.edm_loss(lambda p, x, s, c: x[:, :1], None, SMALL, jax.random.key(0))
+    with pytest.raises(TypeError, match=r"apply_fn is called as apply_fn\(params, x, sigma, cond\)"):
+        kj.edm_loss(lambda p, x, s: x, None, SMALL, jax.random.key(0))

@@ -225,6 +225,13 @@ def test_a_non_optax_optimizer_or_a_non_callable_loss_is_a_type_error():
 def test_a_bad_ema_sigma_rel_is_rejected():
     with pytest.raises(ValueError, match="sigma_rel"):
         kj.make_train_step(per_sample_loss, optax.adam(1e-3), ema_sigma_rel=0.5)
+    with pytest.raises(TypeError, match="sigma_rel must be a real number"):
+        kj.make_train_step(per_sample_loss, optax.adam(1e-3), ema_sigma_rel="0.05")
+
+
+def test_a_jax_or_numpy_scalar_ema_sigma_rel_is_taken_like_a_float():
+    for sigma_rel in (jnp.float32(0.05), np.float64(0.05), jnp.asarray(0.05)):
+        assert callable(kj.make_train_step(per_sample_loss, optax.adam(1e-3), ema_sigma_rel=sigma_rel))
 
 
 # --- data parallel -------------------------------------------------------------------------
