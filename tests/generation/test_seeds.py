@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import karras_jax as kj
+from karras_jax.generation.seeds import seed_runs
 
 
 def test_edm_syntax_ranges_are_inclusive_and_sorted():
@@ -29,13 +30,13 @@ def test_seed_s_is_sampled_from_jax_random_key_s():
 
 
 def test_a_seed_set_is_held_as_runs_whatever_its_length():
-    runs = kj.generation.seed_runs("0-4294967295")
+    runs = seed_runs("0-4294967295")
     assert len(runs) == 2**32 and runs.starts.nbytes + runs.offsets.nbytes < 100
     assert runs.take(2**32 - 2, 2**32 + 5).tolist() == [2**32 - 2, 2**32 - 1]  # clipped to the set
-    mixed = kj.generation.seed_runs("20-22, 0,5, 6, 23")  # adjacent items merge into one run
+    mixed = seed_runs("20-22, 0,5, 6, 23")  # adjacent items merge into one run
     assert str(mixed) == "0,5-6,20-23" and len(mixed) == 7
     assert mixed.take(2, 5).tolist() == [6, 20, 21]
-    assert mixed == kj.generation.seed_runs(np.asarray([23, 0, 6, 5, 22, 21, 20]))  # a list: the same set
+    assert mixed == seed_runs(np.asarray([23, 0, 6, 5, 22, 21, 20]))  # a list: the same set
 
 
 @pytest.mark.parametrize("seeds, match", [("0-10,3-4", "3 is given more than once"),
@@ -43,4 +44,4 @@ def test_a_seed_set_is_held_as_runs_whatever_its_length():
                                           (np.asarray([[1]]), "1-D"), (np.asarray([-1]), "0 ..")])
 def test_overlapping_runs_and_bad_lists_are_named(seeds, match):
     with pytest.raises(ValueError, match=match):
-        kj.generation.seed_runs(seeds)
+        seed_runs(seeds)
