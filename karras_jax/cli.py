@@ -110,7 +110,7 @@ def _seed(text: str) -> int:
 
 
 def _seed_set(text: str) -> Any:
-    from karras_jax.generation import seed_runs
+    from karras_jax.generation.seeds import seed_runs
 
     try:
         return seed_runs(text)
