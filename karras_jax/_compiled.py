@@ -163,7 +163,8 @@ def wrap_program(run: Any, default: Prepared, dtype: jnp.dtype,
 
     ``run(params, keys, cond, x_init, state, draws)`` is the jitted program (``draws``
     static); ``place(keys, cond, x_init)`` readies a call's arrays (wraps raw keys, puts
-    them on a sharding). An override pair is checked the first time it is passed and the
+    them on a sharding); ``sampler.lower(params, keys, cond, x_init)`` lowers the default
+    run. An override pair is checked the first time it is passed and the
     last one is remembered, so a loop passing the same override pays the checks once.
     """
     last: list[Any] = []
@@ -183,5 +184,8 @@ def wrap_program(run: Any, default: Prepared, dtype: jnp.dtype,
         chosen = default if config is None and state is None else resolve(state, config)
         return run(params, keys, cond, x_init, chosen.state, chosen.draws)
 
-    sampler.jitted = run  # type: ignore[attr-defined]
+    def lower(params: Any, keys: jax.Array, cond: Any = None, x_init: ArrayLike | None = None) -> Any:
+        return run.lower(params, *place(keys, cond, x_init), default.state, default.draws)
+
+    sampler.jitted, sampler.lower = run, lower  # type: ignore[attr-defined]
     return sampler

@@ -111,6 +111,8 @@ def fast_keys(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 def _per_key(fn: Any, keys: jax.Array, *args: Any) -> Any:
     """``fn`` applied to each key: ``lax.map`` for rbg keys (their batched forms mix keys)."""
     if _impl_name(keys) in ("rbg", "unsafe_rbg"):
+        if (getattr(jax.typeof(keys).sharding, "spec", None) or (None,))[0] is not None:
+            keys = jax.sharding.reshard(keys, jax.sharding.PartitionSpec())  # a scan needs the whole axis
         return jax.lax.map(lambda k: fn(k, *args), keys)
     return jax.vmap(fn, in_axes=(0, *([None] * len(args))))(keys, *args)
 

@@ -1,20 +1,22 @@
-"""Sampling with the batch of seeds sharded over a device mesh (one host or a pod).
+"""Sampling with the batch of seeds sharded over a device mesh, and weights sharded as they are.
 
-Every sample depends only on its own key, so the batch splits over devices with no
-communication at all: each device runs the whole sampling loop on its slice of keys
-(``jax.shard_map``), with the weights replicated. The same code runs on 8 CPU devices, one
-GPU host, or a multi-host TPU pod after ``jax.distributed.initialize()``.
+Every sample depends only on its own key, so the batch splits over a mesh axis with no
+communication: the sampling loop is one ``jax.jit`` program whose keys, ``cond``, ``x_init``
+and output are split along the batch over ``axis_name``, while the weights keep whatever
+``NamedSharding`` they arrive with (replicated, FSDP over the batch axis, tensor-parallel over
+a model axis, or a mix). XLA's partitioner then inserts only the collectives the network's
+own layers need (none for replicated weights). The same code runs on 8 CPU devices, one GPU
+host, or a multi-host TPU pod after ``jax.distributed.initialize()``.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jax.typing import DTypeLike
 
 from karras_jax._compiled import loop_config, prepare, wrap_program
@@ -46,27 +48,25 @@ def make_sharded_sampler(
     """A jitted ``sampler(params, keys, cond=None, x_init=None, *, config=, state=)`` sharded over ``mesh``.
 
     ``keys`` (B,), every ``cond`` leaf and ``x_init`` are split along their leading axis
-    over ``axis_name`` (B must divide evenly); ``params`` are replicated; the output
-    (B, *sample_shape) comes back sharded the same way. Inside, each device runs
-    :func:`karras_jax.sample` on its own keys: no collectives in the loop. Checks, overrides
-    and recompilation are as for :func:`karras_jax.make_sampler`.
+    over ``axis_name`` (B must divide evenly); the output (B, *sample_shape) comes back
+    sharded the same way. ``params`` keep their sharding: place them with
+    ``jax.device_put(params, shardings)`` (``NamedSharding`` on ``mesh``) and no device holds
+    more of a sharded weight than one layer's computation gathers; unplaced params are
+    replicated. Checks, overrides and recompilation are as for
+    :func:`karras_jax.make_sampler`; ``sampler.lower(params, keys, cond=None, x_init=None)``
+    lowers the program (for its ``cost_analysis`` and ``memory_analysis``).
 
     Args:
       apply_fn: ``apply_fn(params, x, sigma, cond) -> D(x; sigma)``, batch-parallel.
       state, config, sample_shape, solver, dtype: as for :func:`karras_jax.sample`.
-      mesh: A ``jax.sharding.Mesh``, e.g. ``jax.make_mesh((jax.device_count(),), ("data",))``.
+      mesh: A ``jax.sharding.Mesh``, e.g. ``jax.make_mesh((jax.device_count(),), ("data",))``
+        or ``jax.make_mesh((2, 4), ("data", "model"))``.
       axis_name: The mesh axis (or axes) the batch is split over.
     """
     sample_shape, solver, dtype = check_sample_shape(sample_shape), get_solver(solver), check_dtype(dtype)
     devices = mesh_devices(mesh, axis_name)
     check_arity("apply_fn", apply_fn, "apply_fn(params, x, sigma, cond)", 4)
-    spec = PartitionSpec(axis_name)
-    sharding = NamedSharding(mesh, spec)
-
-    def local(params: Any, keys: jax.Array, cond: Any, x_init: Any, state: KarrasVeState,
-              draws: bool) -> jax.Array:
-        return sample(lambda x, sigma, c: apply_fn(params, x, sigma, c), keys, state,
-                      loop_config(state, draws), sample_shape, cond, solver, x_init=x_init, dtype=dtype)
+    sharding = NamedSharding(mesh, PartitionSpec(axis_name))
 
     def split_keys(keys: Any) -> jax.Array:
         keys = as_typed_keys("keys", keys, batch=True)
@@ -77,12 +77,11 @@ def make_sharded_sampler(
 
     def program(params: Any, keys: jax.Array, cond: Any, x_init: Any, state: KarrasVeState,
                 draws: bool = True) -> jax.Array:
-        keys = split_keys(keys)
-        batched = jax.tree_util.tree_map(lambda _: spec, (cond, x_init))
-        mapped = jax.shard_map(
-            functools.partial(local, draws=draws), mesh=mesh,
-            in_specs=(PartitionSpec(), spec, *batched, PartitionSpec()), out_specs=spec, check_vma=False)
-        return mapped(params, keys, cond, x_init, state)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            keys, cond, x_init = _constrain((split_keys(keys), cond, x_init), sharding)
+            out = sample(lambda x, sigma, c: apply_fn(params, x, sigma, c), keys, state,
+                         loop_config(state, draws), sample_shape, cond, solver, x_init=x_init, dtype=dtype)
+            return _constrain(out, sharding)
 
     def place(keys: Any, cond: Any, x_init: Any) -> tuple[Any, Any, Any]:
         if not _on(keys, sharding):
@@ -91,8 +90,20 @@ def make_sharded_sampler(
             return keys, cond, x_init
         return (keys, *jax.tree_util.tree_map(lambda leaf: _place(leaf, sharding), (cond, x_init)))
 
-    run = jax.jit(program, static_argnums=5)
+    run = jax.jit(program, static_argnums=5, out_shardings=sharding)
     return wrap_program(run, prepare(state, config, dtype), dtype, place)
+
+
+def _constrain(tree: Any, sharding: NamedSharding) -> Any:
+    """Every leaf split along its leading axis as ``sharding`` says, inside a traced program.
+
+    A hint to XLA's partitioner on the mesh's devices with every axis automatic, whatever
+    the user's axis types: explicit axes would need the caller's jit to run under
+    ``jax.set_mesh``, and the sampler's own arithmetic needs no sharding in its types.
+    """
+    explicit = any(t == AxisType.Explicit for t in sharding.mesh.axis_types)
+    move = jax.sharding.reshard if explicit else jax.lax.with_sharding_constraint
+    return jax.tree_util.tree_map(lambda leaf: move(leaf, sharding), tree)
 
 
 def _on(array: Any, sharding: NamedSharding) -> bool:
@@ -114,13 +125,10 @@ def _on(array: Any, sharding: NamedSharding) -> bool:
 def _place(array: Any, sharding: NamedSharding) -> Any:
     """Puts a local array on the batch sharding; global (multi-host) arrays stay as they are."""
     if isinstance(array, jax.core.Tracer):  # inside the caller's jit: constrain, don't move
-        explicit = any(t == jax.sharding.AxisType.Explicit for t in sharding.mesh.axis_types)
-        if explicit:
-            return jax.sharding.reshard(array, sharding)
-        return jax.lax.with_sharding_constraint(array, sharding)
+        return _constrain(array, sharding)
     if isinstance(array, jax.Array) and not array.is_fully_addressable:
         return array
-    # Equivalent placements are not enough: with explicit mesh axes shard_map compares specs,
+    # Equivalent placements are not enough: with explicit mesh axes a program compares specs,
     # and a 1-device array is "equivalent" to any sharding over a 1-device mesh.
     current = getattr(array, "sharding", None)
     if (isinstance(current, NamedSharding) and current.mesh == sharding.mesh

@@ -1,4 +1,4 @@
-"""Test set-up: 8 host CPU devices for the sharding tests, set before JAX is imported.
+"""Test set-up (the 8 host CPU devices are set in the root conftest.py, before JAX is imported).
 
 The cross-checks against diffusers' PyTorch code skip (with their reason, shown by ``-rs``)
 when torch or diffusers is missing; CI sets ``KARRAS_JAX_REQUIRE_COMPAT=1`` so that a missing
@@ -9,11 +9,6 @@ import importlib.util
 import os
 
 import pytest
-
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 def pytest_configure(config):

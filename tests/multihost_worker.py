@@ -5,8 +5,9 @@
 Joins a 2-process JAX cluster on 127.0.0.1:PORT (4 CPU devices each, 8 in all), builds the
 global batch of keys and conditioning from global seed indices with
 ``jax.make_array_from_process_local_data``, samples it with ``kj.make_sharded_sampler``
-over an 8-device mesh, and writes this process's addressable shards with their batch
-offsets to OUT.npz. Not a test module (no ``test_`` prefix); everything runs under
+over an 8-device mesh, then again with a tensor-parallel MLP whose weights are split over the
+model axis of a (data=2, model=4) mesh, and writes this process's addressable shards of both
+with their batch offsets to OUT.npz. Not a test module (no ``test_`` prefix); everything runs under
 ``__main__`` so that importing it (pytest's doctest collection) has no effect.
 """
 
@@ -31,6 +32,20 @@ def global_keys_and_cond(indices):
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(SEED), i))(indices)
     shift = 0.1 * indices.astype(jnp.float32)
     return keys, shift
+
+
+def mlp_params():
+    """The tensor-parallel MLP's weights, as NumPy float32 (the same on every process)."""
+    rng = __import__("numpy").random.default_rng(7)
+    return {"w1": rng.normal(size=(3, 64)).astype("float32") / 3**0.5,
+            "w2": rng.normal(size=(64, 3)).astype("float32") / 8.0}
+
+
+def mlp_apply(params, x, sigma, cond):
+    """A two-layer denoiser: column-split first kernel, row-split second (an all-reduce)."""
+    import jax.numpy as jnp
+
+    return x / (1 + sigma**2) + 0.1 * (jnp.tanh(x @ params["w1"]) @ params["w2"])
 
 
 def apply_fn(params, x, sigma, cond):
@@ -72,11 +87,25 @@ def main(process_id: int, port: int, out_path: str) -> None:
     assert out.shape == (GLOBAL_BATCH, *SAMPLE_SHAPE)
     assert out.sharding.is_equivalent_to(sharding, out.ndim), out.sharding
 
-    starts, blocks = [], []
-    for shard in sorted(out.addressable_shards, key=lambda s: s.index[0].start):
-        starts.append(shard.index[0].start)
-        blocks.append(np.asarray(shard.data))
-    np.savez(out_path, starts=np.asarray(starts), blocks=np.stack(blocks),
+    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    pod = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    specs = {"w1": P(None, "model"), "w2": P("model", None)}
+    weights = {name: jax.make_array_from_callback(w.shape, NamedSharding(pod, specs[name]),
+                                                  lambda i, w=w: w[i]) for name, w in mlp_params().items()}
+    pod_keys = jax.random.wrap_key_data(jax.make_array_from_process_local_data(
+        NamedSharding(pod, P("data")), np.asarray(jax.random.key_data(local_keys))))
+    tp = kj.make_sharded_sampler(mlp_apply, state, cfg, SAMPLE_SHAPE, pod)(weights, pod_keys)
+    assert {name: w.sharding.spec for name, w in weights.items()} == specs
+
+    def local_blocks(array):
+        shards = {s.index[0].start: np.asarray(s.data) for s in array.addressable_shards}
+        return np.asarray(sorted(shards)), np.stack([shards[k] for k in sorted(shards)])
+
+    starts, blocks = local_blocks(out)
+    tp_starts, tp_blocks = local_blocks(tp)
+    np.savez(out_path, starts=starts, blocks=blocks, tp_starts=tp_starts, tp_blocks=tp_blocks,
              process_index=jax.process_index())
     jax.distributed.shutdown()
 

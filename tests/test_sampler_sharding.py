@@ -323,6 +323,18 @@ def test_two_processes_equal_single_process(tmp_path):
             covered += range(start, stop)
     assert sorted(covered) == list(range(worker.GLOBAL_BATCH))
 
+    # Weights split over the model axis across both processes: the one-device run, to 1e-5.
+    tp_one = np.asarray(kj.make_sampler(worker.mlp_apply, state, cfg, worker.SAMPLE_SHAPE)(
+        jax.tree.map(jnp.asarray, worker.mlp_params()), keys))
+    tp_covered = []
+    for path in outs:
+        data = np.load(path)
+        for start, block in zip(data["tp_starts"], data["tp_blocks"], strict=True):
+            want = tp_one[start:start + len(block)]
+            assert np.max(np.abs(block - want)) <= 1e-5 * np.max(np.abs(tp_one))
+            tp_covered += range(start, start + len(block))
+    assert sorted(tp_covered) == list(range(worker.GLOBAL_BATCH))
+
 
 def test_one_device_mesh_and_unsharded_inputs_are_placed_for_the_user():
     # A single-device array counts as "equivalent" to any sharding over a 1-device mesh, but
