@@ -24,10 +24,12 @@ from karras_jax.generation import (
     MAX_SEED,
     GenerateModel,
     GenerateResult,
+    SeedRuns,
     generate,
     load_generate_model,
     parse_seeds,
     seed_keys,
+    seed_runs,
     verify,
 )
 from karras_jax.models import (
@@ -100,6 +102,7 @@ __all__ = [
     "SCHEDULES",
     "SOLVERS",
     "SchedulerConfig",
+    "SeedRuns",
     "Checkpoint",
     "FlaxKarrasVeOutput",
     "FlaxKarrasVeScheduler",
@@ -165,6 +168,7 @@ __all__ = [
     "save_model_recipe",
     "scale_model_input",
     "seed_keys",
+    "seed_runs",
     "set_timesteps",
     "slope",
     "step",

@@ -2,16 +2,18 @@
 
 from karras_jax.generation.job import MANIFEST, GenerateResult, generate, verify
 from karras_jax.generation.models import GenerateModel, load_generate_model
-from karras_jax.generation.seeds import MAX_SEED, parse_seeds, seed_keys
+from karras_jax.generation.seeds import MAX_SEED, SeedRuns, parse_seeds, seed_keys, seed_runs
 
 __all__ = [
     "MANIFEST",
     "MAX_SEED",
     "GenerateModel",
     "GenerateResult",
+    "SeedRuns",
     "generate",
     "load_generate_model",
     "parse_seeds",
     "seed_keys",
+    "seed_runs",
     "verify",
 ]

@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-# SeedRuns and seed_runs are public too; they join __all__ once the package re-exports them.
-__all__ = ["MAX_SEED", "parse_seeds", "seed_keys"]
+__all__ = ["MAX_SEED", "SeedRuns", "parse_seeds", "seed_keys", "seed_runs"]
 
 #: Seeds are in [0, MAX_SEED]: one uint32 each.
 MAX_SEED = 2**32 - 1
