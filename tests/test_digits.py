@@ -92,18 +92,29 @@ def test_sample_i_does_not_depend_on_the_batch_it_is_drawn_in(trained):
     np.testing.assert_allclose(whole, chunked, atol=1e-4)
 
 
+def cli_error(capsys, args):
+    """The one-line message of a refused command (as SystemExit's text or on stderr) and its exit code."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    code = info.value.code
+    text = (code if isinstance(code, str) else "") + capsys.readouterr().err
+    assert code not in (0, None) and text.strip() and "\n" not in text.strip(), text
+    return text
+
+
 def test_sample_digits_errors_are_one_line(trained, tmp_path, capsys):
     out, _ = trained
-    with pytest.raises(SystemExit, match="no checkpoint"):
-        main(["sample-digits", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.npz"), "--n", "2"])
+    assert "no checkpoint" in cli_error(capsys, ["sample-digits", "--checkpoint", str(tmp_path), "--out",
+                                                 str(tmp_path / "x.npz"), "--n", "2"])
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "checkpoint.msgpack").write_bytes((out / "checkpoint.msgpack").read_bytes())
     kj.save_model_recipe(tmp_path / "other", "generate_models:tiny_mlp")
-    with pytest.raises(SystemExit, match="not a digits checkpoint"):
-        main(["sample-digits", "--checkpoint", str(tmp_path / "other"), "--out", str(tmp_path / "x.npz"),
-              "--n", "2"])
-    with pytest.raises(SystemExit, match=r"\.npz"):
-        main(["sample-digits", "--checkpoint", str(out), "--out", str(tmp_path / "x.txt"), "--n", "2"])
+    other = ["sample-digits", "--checkpoint", str(tmp_path / "other"), "--out", str(tmp_path / "x.npz"),
+             "--n", "2"]
+    assert "not a digits checkpoint" in cli_error(capsys, other)
+    assert ".npz" in cli_error(capsys, ["sample-digits", "--checkpoint", str(out), "--out",
+                                        str(tmp_path / "x.txt"), "--n", "2"])
     with pytest.raises(SystemExit):
         main(["sample-digits", "--checkpoint", str(out), "--out", str(tmp_path / "x.npz"), "--n", "0"])
     assert "positive integer" in capsys.readouterr().err
@@ -121,8 +132,7 @@ def test_train_digits_command_trains_writes_a_checkpoint_and_resumes(tmp_path, c
                                                                  channels=4)
     assert main(args) == 0
     assert "resumed at 4" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="batch"):
-        main([*args[:-1], "--batch", "32", "--no-eval"])
+    assert "batch (saved 16, now 32)" in cli_error(capsys, [*args[:-1], "--batch", "32", "--no-eval"])
 
 
 def test_a_digits_checkpoint_is_a_model_for_generate(trained, tmp_path):
@@ -134,3 +144,72 @@ def test_a_digits_checkpoint_is_a_model_for_generate(trained, tmp_path):
     assert (tmp_path / "000000" / "000019.png").exists()
     again = kj.generate(str(out), "0-19", tmp_path, batch=10, guidance=2.0, png=True, progress=False)
     assert again.written == 0  # resumes: the digits shards pass their own checks
+
+
+# --- inputs checked before anything is loaded, trained or written (issue 16) ----------------
+
+
+@pytest.mark.parametrize("field, value, error, match", [
+    ("steps", 0, ValueError, "steps must be an int >= 1"),
+    ("steps", 2.5, ValueError, "steps must be an int >= 1"),
+    ("batch", -1, ValueError, "batch must be an int >= 1"),
+    ("channels", True, ValueError, "channels must be an int >= 1"),
+    ("sample_steps", 0, ValueError, "sample_steps"),
+    ("seed", -1, ValueError, "seed must be an int >= 0"),
+    ("warmup_steps", -5, ValueError, "warmup_steps must be an int >= 0"),
+    ("learning_rate", 0.0, ValueError, "learning_rate must be > 0"),
+    ("learning_rate", float("nan"), ValueError, "learning_rate must be > 0"),
+    ("sigma_data", -0.75, ValueError, "sigma_data must be > 0"),
+    ("cond_drop_prob", 1.5, ValueError, r"cond_drop_prob must be in \[0, 1\]"),
+    ("cond_drop_prob", "0.1", TypeError, "cond_drop_prob must be a real number"),
+    ("ema_sigma_rel", 0.5, ValueError, r"ema_sigma_rel must be in \(0, 1/sqrt\(12\)"),
+    ("guidance", -1.0, ValueError, "guidance must be >= 0"),
+])
+def test_a_config_field_out_of_range_is_refused_naming_it(field, value, error, match):
+    with pytest.raises(error, match=match):
+        dataclasses.replace(digits.DigitsConfig(), **{field: value})
+
+
+def test_train_digits_refuses_a_bad_out_or_checkpoint_every_before_loading_anything(tmp_path, monkeypatch):
+    monkeypatch.setattr(digits, "load_split", lambda: pytest.fail("loaded the data before checking"))
+    (tmp_path / "file").write_text("mine")
+    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+        with pytest.raises(OSError, match="file"):
+            digits.train_digits(out, SMALL, progress=False)
+    with pytest.raises(ValueError, match="checkpoint_every must be an int >= 1"):
+        digits.train_digits(tmp_path / "run", SMALL, progress=False, checkpoint_every=0)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"] and (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.mark.parametrize("counts", [{"guided": 5}, {"unguided": 0}, {"guided": 10.0}])
+def test_run_example_refuses_too_few_samples_before_training(tmp_path, monkeypatch, counts):
+    monkeypatch.setattr(digits, "train_digits", lambda *a, **k: pytest.fail("trained before checking"))
+    with pytest.raises(ValueError, match=rf"{next(iter(counts))} must be an int >= 10"):
+        digits.run_example(tmp_path, SMALL, progress=False, **counts)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("arguments, error, match", [
+    ({"labels": np.full(4, 2.5)}, ValueError, r"labels must be \(4,\) integer classes in 0..9, got float64"),
+    ({"labels": np.arange(3)}, ValueError, r"labels must be \(4,\) integer classes"),
+    ({"labels": np.array([0, 1, 2, 10])}, ValueError, "with values 0..10"),
+    ({"labels": np.arange(4), "guidance": -1.0}, ValueError, "guidance must be >= 0"),
+    ({"labels": np.arange(4), "guidance": "2"}, TypeError, "guidance must be a real number"),
+    ({"seed": -1}, ValueError, "seed must be an int >= 0"),
+    ({"batch": 0}, ValueError, "batch must be an int >= 1"),
+])
+def test_sample_digits_refuses_bad_inputs_before_sampling(arguments, error, match):
+    with pytest.raises(error, match=match):
+        digits.sample_digits(SMALL, None, 4, **arguments)  # params are never reached
+
+
+def test_load_model_names_a_folder_that_is_not_a_digits_model(tmp_path):
+    (tmp_path / kj.CHECKPOINT_FILE).write_bytes(b"anything")
+    with pytest.raises(ValueError, match=r"is not a digits checkpoint: .* has no model.json"):
+        digits.load_model(tmp_path)
+    kj.save_model_recipe(tmp_path, "generate_models:tiny_mlp")
+    with pytest.raises(ValueError, match="its model.json names generate_models:tiny_mlp, not"):
+        digits.load_model(tmp_path)
+    kj.save_model_recipe(tmp_path, digits.RECIPE, {"steps": 0})
+    with pytest.raises(ValueError, match=r"model.json holds settings that are not a digits config: steps"):
+        digits.load_model(tmp_path)

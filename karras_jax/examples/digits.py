@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from karras_jax._chunks import padded_chunks
-from karras_jax._files import atomic_write, write_json
+from karras_jax._files import atomic_write, check_writable_folder, write_json
 from karras_jax._validation import check_count
 from karras_jax.analytic import frechet_distance
 from karras_jax.config import KarrasVeConfig
@@ -46,13 +46,16 @@ from karras_jax.sampler import make_sampler
 from karras_jax.state import set_timesteps
 from karras_jax.training import (
     CHECKPOINT_FILE,
+    MODEL_FILE,
     TrainState,
     edm_loss,
+    ema_gamma,
     fit,
     load_model_recipe,
     load_params,
     make_train_step,
 )
+from karras_jax.training._checks import check_real
 
 __all__ = [
     "DigitsConfig",
@@ -74,7 +77,11 @@ RECIPE = "karras_jax.examples.digits:generate_model"
 
 @dataclass(frozen=True)
 class DigitsConfig:
-    """Every setting of a digits run (stored in its checkpoint; a resume must match it)."""
+    """Every setting of a digits run (stored in its checkpoint; a resume must match it).
+
+    Checked when constructed: counts are ints (``seed`` and ``warmup_steps`` >= 0, the others
+    >= 1), rates finite and in range; a ``ValueError`` / ``TypeError`` names the field.
+    """
 
     steps: int = 2400
     batch: int = 64
@@ -87,6 +94,20 @@ class DigitsConfig:
     ema_sigma_rel: float = 0.05
     sample_steps: int = 12
     guidance: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "channels", "sample_steps"):
+            check_count(name, getattr(self, name))
+        for name in ("seed", "warmup_steps"):
+            check_count(name, getattr(self, name), minimum=0)
+        check_real("learning_rate", self.learning_rate, "> 0", lambda v: v > 0)
+        check_real("sigma_data", self.sigma_data, "> 0", lambda v: v > 0)
+        check_real("cond_drop_prob", self.cond_drop_prob, "in [0, 1]", lambda v: (v >= 0) & (v <= 1))
+        check_real("guidance", self.guidance, ">= 0", lambda v: v >= 0)
+        try:
+            ema_gamma(self.ema_sigma_rel)
+        except (TypeError, ValueError) as err:  # named as this config's field
+            raise type(err)(f"ema_{err}") from None
 
     def module(self) -> UNet:
         """The network F."""
@@ -189,7 +210,19 @@ def _sampler(cfg: DigitsConfig, guided: bool) -> Any:
 
 def train_digits(out: str | Path, cfg: DigitsConfig = DigitsConfig(), *, progress: bool = True,
                  checkpoint_every: int = 200) -> Any:
-    """Trains (or resumes training) into ``out``; returns the :class:`karras_jax.TrainingRun`."""
+    """Trains (or resumes training) into ``out``; returns the :class:`karras_jax.TrainingRun`.
+
+    ``out`` is created if missing; it and ``checkpoint_every`` are checked before anything is
+    loaded or compiled.
+
+    Raises:
+      OSError: ``out`` is a file, lies below one, or cannot be written.
+      ValueError: ``checkpoint_every`` is not an int >= 1, ``cfg.batch`` exceeds the training
+        images, or ``out`` holds a checkpoint of other settings or past ``cfg.steps``
+        (see :func:`karras_jax.fit`).
+    """
+    checkpoint_every = check_count("checkpoint_every", checkpoint_every)
+    out = check_writable_folder(out)
     x_train, y_train, _, _ = load_split()
     images, labels = jnp.asarray(to_model(x_train)), jnp.asarray(y_train, jnp.int32)
     n = images.shape[0]
@@ -215,8 +248,6 @@ def train_digits(out: str | Path, cfg: DigitsConfig = DigitsConfig(), *, progres
         index = orders[epoch][offset * cfg.batch:(offset + 1) * cfg.batch]
         return images[index], labels[index]
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     # resuming reads the weights into the state's shapes: no need to initialise (and compile) anything
     resuming = (out / CHECKPOINT_FILE).exists()
     start = _state_template(cfg) if resuming else _initial_state(cfg)
@@ -230,7 +261,7 @@ def load_model(folder: str | Path) -> tuple[DigitsConfig, Any]:
 
     Raises:
       FileNotFoundError: no checkpoint in ``folder``.
-      ValueError: the checkpoint is not a digits model.
+      ValueError: the checkpoint is not a digits model, or its files are damaged (named).
     """
     path = Path(folder) / CHECKPOINT_FILE
     if not path.exists():
@@ -239,10 +270,16 @@ def load_model(folder: str | Path) -> tuple[DigitsConfig, Any]:
     try:
         function, settings = load_model_recipe(folder)
     except FileNotFoundError:
-        function, settings = "", {}
+        raise ValueError(f"{path} is not a digits checkpoint: {folder} has no {MODEL_FILE} naming "
+                         f"{RECIPE}.") from None
     if function != RECIPE:
-        raise ValueError(f"{path} is not a digits checkpoint (its model.json does not name {RECIPE}).")
-    cfg = DigitsConfig.from_dict(settings)
+        raise ValueError(f"{path} is not a digits checkpoint: its {MODEL_FILE} names {function}, "
+                         f"not {RECIPE}.")
+    try:
+        cfg = DigitsConfig.from_dict(settings)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{Path(folder) / MODEL_FILE} holds settings that are not a digits config: "
+                         f"{err}") from None
     return cfg, load_params(folder, jax.eval_shape(lambda: _init_params(cfg)))
 
 
@@ -253,13 +290,22 @@ def sample_digits(cfg: DigitsConfig, params: Any, n: int, *, labels: np.ndarray 
     ``labels`` (n,) conditions each sample on a class (guided with scale ``guidance``,
     default the config's); None samples the unconditional model (the null class). Sample i
     uses key ``jax.random.fold_in(jax.random.key(seed), i)``, so it does not depend on ``batch``.
+
+    Raises:
+      ValueError: ``n`` / ``batch`` not ints >= 1, ``seed`` not an int >= 0, ``labels`` not
+        ``(n,)`` integer classes in 0..9, ``guidance`` not finite and >= 0.
+      TypeError: ``guidance`` is not a real number.
     """
-    n, batch = check_count("n", n), check_count("batch", batch)
-    if labels is not None and (np.shape(labels) != (n,) or np.any(np.asarray(labels) < 0)
-                               or np.any(np.asarray(labels) >= NUM_CLASSES)):
-        raise ValueError(f"labels must be ({n},) classes in 0..{NUM_CLASSES - 1}.")
-    if guidance is not None and not (np.isfinite(guidance) and guidance >= 0):
-        raise ValueError(f"guidance must be finite and >= 0, got {guidance!r}.")
+    n, batch, seed = check_count("n", n), check_count("batch", batch), check_count("seed", seed, minimum=0)
+    if labels is not None:
+        given = np.asarray(labels)
+        if (given.shape != (n,) or given.dtype.kind not in "iu" or np.any(given < 0)
+                or np.any(given >= NUM_CLASSES)):
+            raise ValueError(f"labels must be ({n},) integer classes in 0..{NUM_CLASSES - 1}, got "
+                             f"{given.dtype}{list(given.shape)}"
+                             + (f" with values {given.min()}..{given.max()}." if given.size else "."))
+    if guidance is not None:
+        check_real("guidance", guidance, ">= 0", lambda v: v >= 0)
     scale = cfg.guidance if guidance is None else float(guidance)
     if labels is None or scale == 1.0:  # w = 1 is the conditional denoiser: half the network rows
         sampler = _sampler(cfg, guided=False)
@@ -376,7 +422,13 @@ def plot_losses(path: Path, losses: np.ndarray) -> None:
 
 def run_example(out: str | Path, cfg: DigitsConfig = DigitsConfig(), *, guided: int = 500,
                 unguided: int = 1000, progress: bool = True, checkpoint_every: int = 200) -> dict[str, Any]:
-    """``karras-jax train-digits``: train, sample, score, write the figures; returns the metrics."""
+    """``karras-jax train-digits``: train, sample, score, write the figures; returns the metrics.
+
+    ``guided`` and ``unguided`` (sample counts, each >= 10: one row per class in the figures)
+    are checked before training, with everything :func:`train_digits` checks.
+    """
+    guided = check_count("guided", guided, minimum=NUM_CLASSES)
+    unguided = check_count("unguided", unguided, minimum=NUM_CLASSES)
     out = Path(out)
     began = time.perf_counter()
     run = train_digits(out, cfg, progress=progress, checkpoint_every=checkpoint_every)
@@ -392,8 +444,9 @@ def run_example(out: str | Path, cfg: DigitsConfig = DigitsConfig(), *, guided: 
                    final_loss_50=float(np.nanmean(run.losses[-50:])), resumed_from=run.resumed_from)
     metrics["frechet_ratio_to_floor"] = (metrics["frechet_unguided_vs_test"]
                                          / metrics["frechet_train_vs_test_floor"])
-    def rows(pixels: np.ndarray, classes: np.ndarray) -> np.ndarray:  # 10 of each class, a row per class
-        return np.concatenate([pixels[classes == c][:10] for c in range(NUM_CLASSES)])
+    def rows(pixels: np.ndarray, classes: np.ndarray) -> np.ndarray:  # a row of up to 10 per class
+        per_class = min(10, len(classes) // NUM_CLASSES)  # balanced labels: every class has that many
+        return np.concatenate([pixels[classes == c][:per_class] for c in range(NUM_CLASSES)])
 
     plot_grid(out / "guided.png", rows(with_w, labels), NUM_CLASSES,
               f"guided (w = {cfg.guidance}), one row per class")
