@@ -57,7 +57,8 @@ def test_ema_gamma_rejects_a_sigma_rel_that_is_not_a_number_with_a_type_error(si
         kj.ema_gamma(sigma_rel)
 
 
-@pytest.mark.parametrize("sigma_rel", [jnp.float32(0.05), jnp.asarray(0.05), np.float32(0.05), np.asarray(0.05)])
+@pytest.mark.parametrize("sigma_rel", [jnp.float32(0.05), jnp.asarray(0.05), np.float32(0.05),
+                                       np.asarray(0.05)])
 def test_ema_gamma_takes_a_concrete_numpy_or_jax_scalar(sigma_rel):
     assert kj.ema_gamma(sigma_rel) == pytest.approx(kj.ema_gamma(0.05), rel=1e-6)
 
