@@ -42,7 +42,8 @@ class TrainingRun:
 
     Attributes:
       state: The train state after the last step.
-      losses: ``(num_steps,)`` float32 batch loss of every step of the run (resumed parts included).
+      losses: ``(num_steps,)`` float32 batch loss of every step of the run (resumed parts
+        included; NaN before the step a state without a checkpoint started at).
       resumed_from: The step the run started at: its checkpoint's, else the state's (0 for a
         fresh run).
     """
