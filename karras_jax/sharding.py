@@ -67,6 +67,12 @@ def make_sharded_sampler(
     devices = mesh_devices(mesh, axis_name)
     check_arity("apply_fn", apply_fn, "apply_fn(params, x, sigma, cond)", 4)
     sharding = NamedSharding(mesh, PartitionSpec(axis_name))
+    # The program runs on the mesh's devices with every axis automatic: XLA's partitioner
+    # places what the network computes, so a network written for one device (a label lookup,
+    # a row-split product) needs no explicit-sharding annotations. Inputs and output keep the
+    # caller's mesh and axis types.
+    auto = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+    batch = NamedSharding(auto, sharding.spec)
 
     def split_keys(keys: Any) -> jax.Array:
         keys = as_typed_keys("keys", keys, batch=True)
@@ -77,11 +83,11 @@ def make_sharded_sampler(
 
     def program(params: Any, keys: jax.Array, cond: Any, x_init: Any, state: KarrasVeState,
                 draws: bool = True) -> jax.Array:
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            keys, cond, x_init = _constrain((split_keys(keys), cond, x_init), sharding)
-            out = sample(lambda x, sigma, c: apply_fn(params, x, sigma, c), keys, state,
-                         loop_config(state, draws), sample_shape, cond, solver, x_init=x_init, dtype=dtype)
-            return _constrain(out, sharding)
+        params = jax.tree_util.tree_map(lambda leaf: _as_auto(leaf, auto), params)
+        keys, cond, x_init = _constrain((split_keys(keys), cond, x_init), batch)
+        out = sample(lambda x, sigma, c: apply_fn(params, x, sigma, c), keys, state,
+                     loop_config(state, draws), sample_shape, cond, solver, x_init=x_init, dtype=dtype)
+        return _constrain(out, batch)
 
     def place(keys: Any, cond: Any, x_init: Any) -> tuple[Any, Any, Any]:
         if not _on(keys, sharding):
@@ -95,15 +101,18 @@ def make_sharded_sampler(
 
 
 def _constrain(tree: Any, sharding: NamedSharding) -> Any:
-    """Every leaf split along its leading axis as ``sharding`` says, inside a traced program.
-
-    A hint to XLA's partitioner on the mesh's devices with every axis automatic, whatever
-    the user's axis types: explicit axes would need the caller's jit to run under
-    ``jax.set_mesh``, and the sampler's own arithmetic needs no sharding in its types.
-    """
+    """Every leaf placed as ``sharding`` says, inside a traced program."""
     explicit = any(t == AxisType.Explicit for t in sharding.mesh.axis_types)
     move = jax.sharding.reshard if explicit else jax.lax.with_sharding_constraint
     return jax.tree_util.tree_map(lambda leaf: move(leaf, sharding), tree)
+
+
+def _as_auto(leaf: Any, auto: Mesh) -> Any:
+    """A weight split over explicit mesh axes, seen as the same split over ``auto``'s axes."""
+    placed = getattr(jax.typeof(leaf), "sharding", None)
+    if placed is None or not any(t == AxisType.Explicit for t in placed.mesh.axis_types):
+        return leaf
+    return jax.lax.with_sharding_constraint(leaf, NamedSharding(auto, placed.spec))
 
 
 def _on(array: Any, sharding: NamedSharding) -> bool:
