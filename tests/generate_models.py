@@ -10,12 +10,19 @@ that returns NaN (inf) for those seeds: a model that breaks on some seeds.
 
 ``generate_models:tiny_mlp``: a small EDM-preconditioned MLP on 2-D points, the model a
 ``kj.fit`` folder records (its ``params`` are shapes only: the checkpoint fills them in).
+
+``generate_models:tp_mlp`` / ``tp_mlp_sharded`` / ``tp_mlp_local_sharded``: one Megatron-style
+MLP denoiser (column-split first kernel, row-split second) with the same weights, replicated
+(NumPy params), split over the "model" axis of a (data=2, model=n/2) mesh of ``jax.devices()``
+(every process's devices), or of this process's ``jax.local_devices()``.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import karras_jax as kj
 
@@ -84,3 +91,49 @@ def tiny_mlp(hidden=8):
 def tiny_mlp_params(hidden=8, seed=0):
     """Real initial weights of :func:`tiny_mlp` (what a fit starts from)."""
     return _MLP(hidden).init(jax.random.key(seed), jnp.zeros((1, 2)), jnp.zeros((1,)))
+
+
+TP_DIM, TP_HIDDEN = 4, 64
+TP_SPECS = {"w1": P(None, "model"), "w2": P("model", None)}
+
+
+def tp_weights():
+    """The tensor-parallel MLP's weights as NumPy float32 (the same in every process)."""
+    rng = np.random.default_rng(11)
+    return {"w1": (rng.normal(size=(TP_DIM, TP_HIDDEN)) / TP_DIM**0.5).astype(np.float32),
+            "w2": (rng.normal(size=(TP_HIDDEN, TP_DIM)) / TP_HIDDEN**0.5).astype(np.float32)}
+
+
+def _tp_apply(params, x, sigma, cond):
+    hidden = jnp.tanh(x @ params["w1"])
+    return x / (1 + sigma**2) + 0.3 * (hidden @ params["w2"])
+
+
+def tp_mlp():
+    return kj.GenerateModel(
+        apply_fn=_tp_apply, params=tp_weights(), sample_shape=(TP_DIM,),
+        config=kj.KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=10.0), schedule="karras", steps=6)
+
+
+def tp_mesh(devices):
+    """A (data=2, model=n/2) mesh of ``devices`` (n even; else data=1) with automatic (GSPMD) axes."""
+    data = 2 if len(devices) % 2 == 0 else 1
+    return jax.make_mesh((data, len(devices) // data), ("data", "model"), axis_types=(AxisType.Auto,) * 2,
+                         devices=devices)
+
+
+def place(weights, mesh, specs=TP_SPECS):
+    """``weights`` (host arrays, the same in every process) placed on ``mesh`` as ``specs`` say."""
+    def put(value, spec):
+        sharding = NamedSharding(mesh, spec)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return {name: put(value, specs[name]) for name, value in weights.items()}
+
+
+def tp_mlp_sharded():
+    return tp_mlp()._replace(params=place(tp_weights(), tp_mesh(jax.devices())))
+
+
+def tp_mlp_local_sharded():
+    return tp_mlp()._replace(params=place(tp_weights(), tp_mesh(jax.local_devices())))

@@ -32,10 +32,19 @@ Memory does not grow with the number of seeds: seeds are held as runs
 (:class:`~karras_jax.generation.seeds.SeedRuns`) and each shard's seeds are taken by position.
 What does grow is per shard: the checksum table (about 100 bytes a shard).
 
-Multi-host: every process runs the same call; shard i is generated and written by process
-``i % process_count`` on its local devices; process 0 writes the final manifest once all
-processes are done. Sample s depends only on seed s (:func:`seed_keys` and the noise-stream
-contract), so the union of the shards equals a single-process run.
+Multi-host: every process runs the same call; shard i is written by process
+``i % process_count``; process 0 writes the final manifest once all processes are done.
+Sample s depends only on seed s (:func:`seed_keys` and the noise-stream contract), so the
+union of the shards equals a single-process run.
+
+Where the sampler runs (:func:`_placement`): weights placed with ``NamedSharding`` on a mesh
+(:func:`~karras_jax.generation.models.weights_mesh`) are sampled on that mesh as placed, the
+batch split over the model's ``batch_axis``; unplaced weights are replicated over this
+process's devices (the batch split over all of them). A mesh of this process's devices (or
+unplaced weights) runs each process on its own shards, with no collectives between
+processes. A mesh that spans every process runs one global program: every process plans the
+same shards (a resume checks that they agree), takes part in sampling every one of them, and
+writes its own.
 """
 
 from __future__ import annotations
@@ -57,7 +66,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import struct
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from karras_jax._chunks import padded_chunks
 from karras_jax._files import check_folder_path, check_writable_folder, write_json
@@ -65,7 +74,7 @@ from karras_jax._progress import progress_bar
 from karras_jax._validation import check_count
 from karras_jax.config import KarrasVeConfig
 from karras_jax.generation._writer import PNG_HINT, ShardWriter
-from karras_jax.generation.models import GenerateModel, load_generate_model
+from karras_jax.generation.models import GenerateModel, load_generate_model, weights_mesh
 from karras_jax.generation.seeds import SeedRuns, seed_keys, seed_runs
 from karras_jax.models import Guidance, classifier_free_guidance
 from karras_jax.sampler import make_sampler
@@ -341,25 +350,68 @@ class _Keyed:
 # The cache holds the network itself, so two networks never share an entry.
 @functools.lru_cache(maxsize=8)
 def _compiled_sampler(apply_fn: Any, sample_shape: tuple[int, ...], config: _Keyed, state: _Keyed,
-                      solver: str, null_cond: _Keyed | None, devices: tuple[Any, ...]) -> Any:
+                      solver: str, null_cond: _Keyed | None, mesh: Mesh | None,
+                      axis: str | tuple[str, ...]) -> Any:
     if null_cond is not None:
         apply_fn = classifier_free_guidance(apply_fn, null_cond.value)
-    if len(devices) == 1:
+    if mesh is None:
         return make_sampler(apply_fn, state.value, config.value, sample_shape, solver=solver)
-    mesh = Mesh(np.asarray(devices), ("data",))
-    return make_sharded_sampler(apply_fn, state.value, config.value, sample_shape, mesh, solver=solver)
+    return make_sharded_sampler(apply_fn, state.value, config.value, sample_shape, mesh, axis_name=axis,
+                                solver=solver)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Placement:
+    """Where the sampler runs.
+
+    Attributes:
+      mesh: The mesh (None: one local device, unsharded).
+      axis: The mesh axis (or axes) the batch is split over.
+      size: The devices along ``axis``: each sampler call's batch is a multiple of it.
+      spans_processes: Whether ``mesh`` holds other processes' devices: then every process
+        takes part in every sampler call, with the batch as a global array.
+    """
+
+    mesh: Mesh | None
+    axis: str | tuple[str, ...]
+    size: int
+    spans_processes: bool
+
+
+def _placement(model: GenerateModel) -> _Placement:
+    """The weights' mesh and ``batch_axis``, or (unplaced weights) this process's devices over ``"data"``.
+
+    Raises:
+      ValueError: the weights are placed on several meshes, on a mesh without ``batch_axis``,
+        or on a mesh that spans some processes but not all (the message names what).
+    """
+    mesh = weights_mesh(model.params, model.batch_axis)
+    if mesh is None:
+        devices = jax.local_devices()
+        if len(devices) == 1:
+            return _Placement(mesh=None, axis="data", size=1, spans_processes=False)
+        return _Placement(mesh=Mesh(np.asarray(devices), ("data",)), axis="data", size=len(devices),
+                          spans_processes=False)
+    axes = (model.batch_axis,) if isinstance(model.batch_axis, str) else tuple(model.batch_axis)
+    size = int(np.prod([mesh.shape[a] for a in axes]))
+    processes = {d.process_index for d in mesh.devices.flat}
+    spans = processes != {jax.process_index()}
+    if spans and processes != set(range(jax.process_count())):
+        raise ValueError(f"model params are placed on a mesh holding the devices of processes "
+                         f"{sorted(processes)} of {jax.process_count()}; a mesh must hold this process's "
+                         "devices only, or devices of every process.")
+    return _Placement(mesh=mesh, axis=model.batch_axis, size=size, spans_processes=spans)
 
 
 def _local_sampler(model: GenerateModel, state: Any, config: KarrasVeConfig, solver: str,
-                   guidance: float | None) -> tuple[Any, Any, int]:
-    """``(sampler, weights, devices)``: over this process's devices, sharded when there are several."""
-    devices = tuple(jax.local_devices())
+                   guidance: float | None, placement: _Placement) -> tuple[Any, Any]:
+    """``(sampler, weights)`` on ``placement``'s mesh: weights as placed, the batch split over its axis."""
     weights = model.params if guidance is None else (model.params, Guidance(scale=guidance))
     null_cond = None if guidance is None else _Keyed(model.null_cond, repr(model.null_cond))
     sampler = _compiled_sampler(model.apply_fn, tuple(model.sample_shape), _Keyed(config, repr(config)),
                                 _Keyed(state, tuple(np.asarray(state.sigmas).tolist())), solver, null_cond,
-                                devices)
-    return sampler, weights, len(devices)
+                                placement.mesh, placement.axis)
+    return sampler, weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,6 +429,7 @@ class _Plan:
       png: Whether PNGs are written.
       manifest: The folder's manifest (as saved, on a resume) or the new one.
       resumed: Whether the folder already held this job's manifest.
+      placement: Where the sampler runs (the weights' mesh, or this process's devices).
     """
 
     folder: Path
@@ -389,6 +442,7 @@ class _Plan:
     png: bool
     manifest: dict[str, Any]
     resumed: bool
+    placement: _Placement
 
 
 _PNG_SHAPES = "(H, W), (H, W, 1) or (H, W, 3)"
@@ -417,6 +471,7 @@ def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | 
     batch = check_count("batch", batch)
     if shard_size is not None:
         shard_size = check_count("shard_size", shard_size)
+    placement = _placement(model)  # the weights' mesh: refused now if it cannot split the batch
     if guidance is not None and model.cond_fn is None:
         raise ValueError("guidance needs a conditional model (its cond_fn gives each seed's condition).")
     if guidance is not None and not (np.isfinite(guidance) and guidance >= 0):
@@ -449,7 +504,8 @@ def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | 
             raise ValueError(f"{folder} holds another generation job; what differs: {'; '.join(differ)}.")
     manifest = saved if saved is not None else {**job, "versions": _versions(), "checksums": {}}
     return _Plan(folder=folder, model=model, seeds=runs, config=config, state=state, solver=solver,
-                 batch=batch, png=bool(png), manifest=manifest, resumed=saved is not None)
+                 batch=batch, png=bool(png), manifest=manifest, resumed=saved is not None,
+                 placement=placement)
 
 
 def _open(plan: _Plan, process: int, processes: int) -> None:
@@ -509,13 +565,18 @@ def _scan(folder: Path, manifest: dict[str, Any], known: dict[str, str], *, proc
     return _Scan(done=done, todo=todo, problems=problems)
 
 
-def _write(plan: _Plan, scan: _Scan, *, process: int = 0, progress: bool = False) -> int:
-    """Writing: samples ``scan.todo`` into shard files and records each one; returns the samples made.
+def _write(plan: _Plan, scan: _Scan, *, process: int = 0, processes: int = 1, progress: bool = False,
+           together: Sequence[int] | None = None) -> int:
+    """Writing: samples ``scan.todo`` into shard files and records each one; returns the samples written.
 
     The writer's lifecycle: shards go to a background :class:`ShardWriter`; each one written
     is recorded (with its checksum, next to those of ``scan.done``) in ``progress-pN.json``,
     so a kill loses at most the shards in flight. The writer is closed (everything queued
     written, or its error raised) whatever happens.
+
+    With a mesh that spans every process, ``together`` lists the shards of every process
+    still to do: all of them are sampled here (every process takes part in each call), and
+    this process writes its own (``i % processes == process``, i.e. ``scan.todo``).
 
     Raises:
       FloatingPointError: a sample is NaN or inf (naming the seeds); its shard is not written.
@@ -523,7 +584,8 @@ def _write(plan: _Plan, scan: _Scan, *, process: int = 0, progress: bool = False
     """
     done = dict(scan.done)
     own_record = plan.folder / f"progress-p{process}.json"
-    if not scan.todo:
+    todo = scan.todo if together is None else together
+    if not todo:
         if done:
             write_json(own_record, dict(sorted(done.items())))
         return 0
@@ -535,18 +597,21 @@ def _write(plan: _Plan, scan: _Scan, *, process: int = 0, progress: bool = False
             write_json(own_record, dict(sorted(done.items())))
 
     model = plan.model
-    sampler, weights, devices = _local_sampler(model, plan.state, plan.config, plan.solver,
-                                               plan.manifest["guidance"])
-    chunk = -(-min(plan.batch, plan.manifest["shard_size"]) // devices) * devices
+    placement = plan.placement
+    sampler, weights = _local_sampler(model, plan.state, plan.config, plan.solver, plan.manifest["guidance"],
+                                      placement)
+    chunk = -(-min(plan.batch, plan.manifest["shard_size"]) // placement.size) * placement.size
     writer = ShardWriter(plan.folder, record, model.image_range if plan.png else None)
-    shards = ((i, _shard_seeds(plan.seeds, plan.manifest, i)) for i in scan.todo)
+    shards = ((i, _shard_seeds(plan.seeds, plan.manifest, i)) for i in todo)
     bar = None
     if progress:  # every shard is full but the last one (todo may be a range of millions: no loop)
         size, last = plan.manifest["shard_size"], plan.manifest["num_shards"] - 1
-        short = size * (last + 1) - len(plan.seeds) if last in scan.todo else 0
-        bar = progress_bar(len(scan.todo) * size - short, unit="samples", label="generate")
+        short = size * (last + 1) - len(plan.seeds) if last in todo else 0
+        bar = progress_bar(len(todo) * size - short, unit="samples", label="generate")
+    inputs = _global_inputs(placement) if placement.spans_processes else None
     try:
-        return _sample_shards(shards, sampler, weights, model, chunk, writer, bar)
+        return _sample_shards(shards, sampler, weights, model, chunk, writer, bar, inputs=inputs,
+                              keep=lambda i: i % processes == process)
     finally:
         try:
             writer.close()
@@ -564,9 +629,48 @@ def _non_finite(seeds: np.ndarray, samples: np.ndarray, name: str) -> FloatingPo
         "kj.sample(..., check_finite=True).")
 
 
+class _GlobalInputs:
+    """Keys and conditioning as global arrays split over a mesh that spans every process.
+
+    Every process plans the same chunk of seeds, so each builds the same global array from
+    its own devices' slices of the same host values; the output, split over every process,
+    is gathered on each (samples are small next to the weights).
+    """
+
+    def __init__(self, sharding: NamedSharding) -> None:
+        self.sharding = sharding
+
+    def put(self, value: Any) -> jax.Array:
+        value = np.asarray(value)
+        return jax.make_array_from_callback(value.shape, self.sharding, lambda index: value[index])
+
+    def keys(self, keys: jax.Array) -> jax.Array:
+        return jax.random.wrap_key_data(self.put(jax.random.key_data(keys)), impl=jax.random.key_impl(keys))
+
+    def cond(self, cond: Any) -> Any:
+        return None if cond is None else jax.tree_util.tree_map(self.put, cond)
+
+    @staticmethod
+    def fetch(out: jax.Array) -> np.ndarray:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(out, tiled=True))
+
+
+def _global_inputs(placement: _Placement) -> _GlobalInputs:
+    return _GlobalInputs(NamedSharding(placement.mesh, PartitionSpec(placement.axis)))
+
+
 def _sample_shards(todo: Iterable[tuple[int, np.ndarray]], sampler: Any, weights: Any, model: GenerateModel,
-                   chunk: int, writer: ShardWriter, bar: Any) -> int:
+                   chunk: int, writer: ShardWriter, bar: Any, *, inputs: _GlobalInputs | None = None,
+                   keep: Any = None) -> int:
     """Samples the shards chunk by chunk; the next chunk is dispatched before the last one is fetched.
+
+    ``inputs``: with a mesh over every process, how keys and conditioning become global
+    arrays and the output is gathered (None: this process's own arrays). ``keep(i)``: whether
+    this process writes shard ``i`` (None: every shard); the samples of the others are only
+    computed (every process takes part in every call of a global program). Returns the number
+    of samples written.
 
     Raises:
       FloatingPointError: a chunk holds a non-finite sample; nothing of its shard is written.
@@ -577,23 +681,28 @@ def _sample_shards(todo: Iterable[tuple[int, np.ndarray]], sampler: Any, weights
 
     def collect(i: int, shard_seeds: np.ndarray, lo: int, count: int, out: Any) -> None:
         nonlocal generated
-        samples = np.asarray(out)[:count].astype(np.float32)
+        samples = (np.asarray(out) if inputs is None else inputs.fetch(out))[:count].astype(np.float32)
         if model.postprocess is not None:
             samples = np.asarray(model.postprocess(samples), np.float32)
         if not np.isfinite(samples).all():
             raise _non_finite(shard_seeds[lo:lo + count], samples, _shard_name(i))
+        if bar is not None:
+            bar.update(count)
+        if keep is not None and not keep(i):
+            return
         parts.setdefault(i, []).append(samples)
         generated += count
         if lo + count == len(shard_seeds):
             writer.put(_shard_name(i), shard_seeds, np.concatenate(parts.pop(i)))
-        if bar is not None:
-            bar.update(count)
 
     for i, shard_seeds in todo:
         for index, count in padded_chunks(len(shard_seeds), chunk):
             padded = shard_seeds[index]
             cond = None if model.cond_fn is None else model.cond_fn(padded)
-            out = sampler(weights, seed_keys(padded), cond)  # dispatched: runs while we fetch the last one
+            keys = seed_keys(padded)
+            if inputs is not None:
+                keys, cond = inputs.keys(keys), inputs.cond(cond)
+            out = sampler(weights, keys, cond)  # dispatched: runs while we fetch the last one
             if pending is not None:
                 collect(*pending)
             pending = (i, shard_seeds, int(index[0]), count, out)
@@ -652,18 +761,53 @@ def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray
     process, processes = jax.process_index(), jax.process_count()
     if not dry_run:
         _open(plan, process, processes)
-    if plan.resumed:
+    together = None
+    if plan.resumed and plan.placement.spans_processes:  # one global program: every process plans every shard
+        known = _known_checksums(plan.folder, plan.manifest)
+        every = _scan(plan.folder, plan.manifest, known)
+        together = _agreed(every.todo, processes)
+        scan = _own(every, process, processes)
+    elif plan.resumed:
         known = _known_checksums(plan.folder, plan.manifest)
         scan = _scan(plan.folder, plan.manifest, known, process=process, processes=processes)
     else:  # a new job: a folder without a manifest holds no shards (_plan refuses it otherwise)
         scan = _Scan(done={}, todo=range(process, plan.manifest["num_shards"], processes), problems={})
-    generated = 0 if dry_run else _write(plan, scan, process=process, progress=progress)
+        if plan.placement.spans_processes:
+            together = range(plan.manifest["num_shards"])
+    generated = 0 if dry_run else _write(plan, scan, process=process, processes=processes,
+                                         progress=progress, together=together)
     if not dry_run:
         _finish(plan.folder, plan.manifest, processes, process)
     seconds = time.perf_counter() - began
     return GenerateResult(folder=plan.folder, shards=plan.manifest["num_shards"], written=len(scan.todo),
                           skipped=len(scan.done), seconds=seconds,
                           samples_per_s=generated / seconds if generated else 0.0)
+
+
+def _own(every: _Scan, process: int, processes: int) -> _Scan:
+    """The part of a scan of every shard that process ``process`` writes (``i % processes``)."""
+    def own(name: str) -> bool:
+        return int(_SHARD.fullmatch(name)[1]) % processes == process
+
+    return _Scan(done={k: v for k, v in every.done.items() if own(k)},
+                 todo=[i for i in every.todo if i % processes == process],
+                 problems={k: v for k, v in every.problems.items() if own(k)})
+
+
+def _agreed(todo: Sequence[int], processes: int) -> Sequence[int]:
+    """``todo``, once every process has found the same shards to do (they sample them together).
+
+    Raises:
+      RuntimeError: the processes see different files (``DIR`` is not one shared folder).
+    """
+    if processes > 1:
+        from jax.experimental import multihost_utils
+
+        digest = hashlib.sha256(np.asarray(todo, np.int64).tobytes()).digest()
+        multihost_utils.assert_equal(np.frombuffer(digest, np.uint32),
+                                     "karras_jax.generation: the processes found different shards to do; "
+                                     "the output folder must be one folder shared by every host")
+    return todo
 
 
 def _finish(folder: Path, manifest: dict[str, Any], processes: int, process: int) -> None:

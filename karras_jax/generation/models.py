@@ -7,8 +7,15 @@ MODEL is one of:
   or a dict of its fields.
 - a folder written by ``kj.fit(..., folder=DIR, model=...)`` (``karras-jax train-digits``
   writes one): its ``model.json`` names the function and its JSON arguments; the function's
-  model is sampled with the checkpoint's EMA weights in place of its ``params``. Every folder
-  loads this same way; nothing is special to any one model.
+  model is sampled with the checkpoint's EMA weights in place of its ``params`` (placed as
+  its ``params`` are, when they are sharded). Every folder loads this same way; nothing is
+  special to any one model.
+
+Sharded weights: a factory may return ``params`` already placed with ``NamedSharding`` on a
+mesh it built (``jax.make_mesh`` over ``jax.devices()`` or ``jax.local_devices()``);
+:func:`weights_mesh` finds that mesh, and the job splits the batch over its ``batch_axis``.
+The weights hash that identifies a model is of the weights' values, whatever their
+placement: sharded and replicated copies of the same weights are the same model.
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
 from karras_jax.config import KarrasVeConfig
 from karras_jax.training.checkpoint import load_model_recipe, load_params
 
-__all__ = ["GenerateModel", "load_generate_model"]
+__all__ = ["GenerateModel", "load_generate_model", "weights_mesh"]
 
 
 class GenerateModel(NamedTuple):
@@ -47,6 +55,8 @@ class GenerateModel(NamedTuple):
       postprocess: None, or a function applied to the sampler's output before it is
         written (e.g. to pixel values).
       image_range: ``(lo, hi)`` of the written samples for ``--png`` (None: not images).
+      batch_axis: When ``params`` are placed on a mesh (``NamedSharding``), the axis (or
+        axes) of that mesh the batch of seeds is split over; ignored otherwise.
     """
 
     apply_fn: Callable[..., jax.Array]
@@ -60,15 +70,88 @@ class GenerateModel(NamedTuple):
     null_cond: Any = None
     postprocess: Callable[[np.ndarray], np.ndarray] | None = None
     image_range: tuple[float, float] | None = None
+    batch_axis: str | tuple[str, ...] = "data"
+
+
+def _mesh_text(mesh: Mesh) -> str:
+    return "(" + ", ".join(f"{name}={size}" for name, size in mesh.shape.items()) + ")"
+
+
+def weights_mesh(params: Any, batch_axis: str | tuple[str, ...] = "data") -> Mesh | None:
+    """The mesh ``params`` are placed on, or None if no leaf is placed with a ``NamedSharding``.
+
+    Leaves that are not placed (NumPy arrays, Python scalars, uncommitted arrays) are
+    replicated by the sampler.
+
+    Raises:
+      ValueError: the leaves are placed on different meshes, or the mesh has no axis
+        ``batch_axis`` (the message names the leaves or the axis).
+    """
+    found: dict[Mesh, str] = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(leaf, jax.Array) and isinstance(sharding, NamedSharding):
+            found.setdefault(sharding.mesh, f"params{jax.tree_util.keystr(path)}")
+    if not found:
+        return None
+    if len(found) > 1:
+        where = "; ".join(f"{name} on {_mesh_text(mesh)} of devices {mesh.device_ids.ravel().tolist()}"
+                          for mesh, name in found.items())
+        raise ValueError(f"model params are placed on {len(found)} different meshes ({where}); "
+                         "place every weight on one mesh.")
+    mesh = next(iter(found))
+    axes = (batch_axis,) if isinstance(batch_axis, str) else tuple(batch_axis)
+    missing = [a for a in axes if a not in mesh.axis_names]
+    if not axes or missing:
+        raise ValueError(f"model batch_axis {batch_axis!r} is not an axis of the mesh its params are placed "
+                         f"on {_mesh_text(mesh)}; set GenerateModel.batch_axis to the axis the seeds are "
+                         "split over.")
+    return mesh
+
+
+def _host_value(leaf: Any) -> np.ndarray:
+    """One weight's whole value on the host.
+
+    A leaf sharded over this process's devices is assembled on the host from its shards. A
+    leaf spread over several processes (not fully addressable) is gathered with
+    ``process_allgather``: every process hashes the same leaves in the same order, so each
+    takes part in every gather, and each device briefly holds one whole leaf.
+    """
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(leaf)
 
 
 def _weights_hash(params: Any) -> str:
+    """A hash of the weights' values (dtype, shape, bytes of each leaf in tree order).
+
+    Independent of placement: sharded and replicated copies hash alike. Leaves are brought to
+    the host one at a time, so host memory holds at most one whole leaf beyond the weights.
+    """
     digest = hashlib.sha256()
     for leaf in jax.tree_util.tree_leaves(params):
-        array = np.ascontiguousarray(np.asarray(leaf))
+        array = np.ascontiguousarray(_host_value(leaf))
         digest.update(f"{array.dtype}{array.shape}".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()[:16]
+
+
+def _placed_like(params: Any, template: Any) -> Any:
+    """``params`` (host arrays) placed as ``template``'s leaves are, where those are ``NamedSharding``-placed.
+
+    Built from each device's slice (``jax.make_array_from_callback``), so this also works
+    for a mesh that spans several processes.
+    """
+    def place(value: Any, like: Any) -> Any:
+        sharding = getattr(like, "sharding", None)
+        if not isinstance(sharding, NamedSharding):
+            return value
+        value = np.asarray(value)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree_util.tree_map(place, params, template)
 
 
 @functools.lru_cache(maxsize=1)
@@ -116,7 +199,7 @@ def _from_folder(spec: str, folder: Path) -> GenerateModel:
         raise ValueError(f"model {spec!r}: {err}") from None
     made = _build(spec, function, arguments)
     try:
-        params = load_params(folder, made.params)
+        params = _placed_like(load_params(folder, made.params), made.params)
     except (FileNotFoundError, ValueError) as err:
         raise ValueError(f"model {spec!r}: {err}") from None
     return made._replace(params=params, identity=f"{function}:{_weights_hash(params)}")
