@@ -33,13 +33,16 @@ from karras_jax.generation import (
     verify,
 )
 from karras_jax.models import (
+    DIT_AXIS_RULES,
     PRECONDITIONINGS,
+    DiT,
     Guidance,
     UNet,
     autoguidance,
     classifier_free_guidance,
     discrete_sigmas,
     discrete_time_denoiser,
+    dit_shardings,
     precondition,
     precondition_coefficients,
 )
@@ -94,6 +97,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "DIT_AXIS_RULES",
     "LOSSES",
     "MANIFEST",
     "MAX_SEED",
@@ -104,6 +108,7 @@ __all__ = [
     "SchedulerConfig",
     "SeedRuns",
     "Checkpoint",
+    "DiT",
     "FlaxKarrasVeOutput",
     "FlaxKarrasVeScheduler",
     "GenerateModel",
@@ -132,6 +137,7 @@ __all__ = [
     "diffusers_sigmas",
     "discrete_sigmas",
     "discrete_time_denoiser",
+    "dit_shardings",
     "dpmpp_2m",
     "edm_loss",
     "ema_decay",

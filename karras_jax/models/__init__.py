@@ -1,9 +1,10 @@
 """Bringing trained networks to the sampler.
 
-Preconditioning, discrete-time models, guidance, and a small UNet.
+Preconditioning, discrete-time models, guidance, a small UNet and a small DiT.
 """
 
 from karras_jax.models.discrete import discrete_sigmas, discrete_time_denoiser
+from karras_jax.models.dit import DIT_AXIS_RULES, DiT, dit_shardings
 from karras_jax.models.guidance import Guidance, autoguidance, classifier_free_guidance
 from karras_jax.models.precondition import (
     PRECONDITIONINGS,
@@ -13,13 +14,16 @@ from karras_jax.models.precondition import (
 from karras_jax.models.unet import UNet
 
 __all__ = [
+    "DIT_AXIS_RULES",
     "PRECONDITIONINGS",
+    "DiT",
     "Guidance",
     "UNet",
     "autoguidance",
     "classifier_free_guidance",
     "discrete_sigmas",
     "discrete_time_denoiser",
+    "dit_shardings",
     "precondition",
     "precondition_coefficients",
 ]
