@@ -3,15 +3,15 @@
     python generate_worker.py OUT SEEDS BATCH [--kill-at SHARD --where {sample,write,record}
                                                --signal {KILL,INT}] [--fsize BYTES] [--as-limit BYTES]
                                              [--shard-size N] [--dry-run]
-                                             [--process I --processes N --port P]
+                                             [--process I --processes N --port P] [--model MODEL]
 
 --kill-at: send --signal (default SIGKILL) to this process when shard SHARD is about to be
 sampled ("sample"), in the middle of writing it (temporary file written, not renamed:
 "write") or once it is renamed into place but before it is recorded ("record"). --fsize:
 RLIMIT_FSIZE (a full disk). --as-limit: RLIMIT_AS (no allocation grows past it).
 --process/--processes/--port: join a local multi-process JAX cluster first (2 CPU devices per
-process). The run goes through the command line (``karras_jax.cli.main``); its exit code is
-the command's.
+process). --model: the MODEL (default ``mixture``). The run goes through the command line
+(``karras_jax.cli.main``); its exit code is the command's.
 """
 
 import argparse
@@ -36,6 +36,7 @@ def main():
     parser.add_argument("--process", type=int)
     parser.add_argument("--processes", type=int)
     parser.add_argument("--port", type=int)
+    parser.add_argument("--model", default="mixture")
     args = parser.parse_args()
     if args.fsize is not None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (args.fsize, args.fsize))
@@ -79,7 +80,7 @@ def main():
             return real_seed_keys(seeds)
 
         job.seed_keys = dying_keys
-    argv = ["generate", "--model", "mixture", "--seeds", args.seeds, "--batch", str(args.batch), "--out",
+    argv = ["generate", "--model", args.model, "--seeds", args.seeds, "--batch", str(args.batch), "--out",
             args.out, "--no-progress"]
     if args.shard_size:
         argv += ["--shard-size", str(args.shard_size)]

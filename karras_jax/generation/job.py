@@ -670,7 +670,9 @@ def _sample_shards(todo: Iterable[tuple[int, np.ndarray]], sampler: Any, weights
     arrays and the output is gathered (None: this process's own arrays). ``keep(i)``: whether
     this process writes shard ``i`` (None: every shard); the samples of the others are only
     computed (every process takes part in every call of a global program). Returns the number
-    of samples written.
+    of samples written. Over every process the chunks run one at a time: the gather is a
+    collective too, and the collectives of two programs in flight may pair up differently on
+    different processes.
 
     Raises:
       FloatingPointError: a chunk holds a non-finite sample; nothing of its shard is written.
@@ -702,6 +704,9 @@ def _sample_shards(todo: Iterable[tuple[int, np.ndarray]], sampler: Any, weights
             keys = seed_keys(padded)
             if inputs is not None:
                 keys, cond = inputs.keys(keys), inputs.cond(cond)
+            if inputs is not None and pending is not None:  # one global program at a time (below)
+                collect(*pending)
+                pending = None
             out = sampler(weights, keys, cond)  # dispatched: runs while we fetch the last one
             if pending is not None:
                 collect(*pending)

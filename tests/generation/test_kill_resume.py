@@ -108,15 +108,18 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_write_the_shards_of_one_process(tmp_path, whole):
-    port = _free_port()
-    cmd = [sys.executable, str(WORKER), str(tmp_path), SEEDS, str(BATCH), "--processes", "2",
-           "--port", str(port)]
+def _two_processes(out, *args, seeds=SEEDS, batch=BATCH):
+    cmd = [sys.executable, str(WORKER), str(out), seeds, str(batch), "--processes", "2",
+           "--port", str(_free_port()), *args]
     procs = [subprocess.Popen([*cmd, "--process", str(i)], env=_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
+
+
+def test_two_processes_write_the_shards_of_one_process(tmp_path, whole):
+    _two_processes(tmp_path)
     files = _files(tmp_path)
     assert sorted(files) == sorted(whole)
     for name in files:
@@ -127,3 +130,41 @@ def test_two_processes_write_the_shards_of_one_process(tmp_path, whole):
                 with np.load(io.BytesIO(whole[name])) as ref:
                     np.testing.assert_array_equal(mine["seeds"], ref["seeds"])
                     np.testing.assert_allclose(mine["samples"], ref["samples"], rtol=1e-5, atol=1e-6)
+
+
+TP_SEEDS, TP_BATCH = "0-63", 16  # 4 shards: two written by each process
+
+
+def _samples(folder):
+    seeds, samples = [], []
+    for path in sorted(Path(folder).glob("shard-*.npz")):
+        with np.load(path) as shard:
+            seeds.append(shard["seeds"])
+            samples.append(shard["samples"])
+    return np.concatenate(seeds), np.concatenate(samples)
+
+
+@pytest.fixture(scope="module")
+def whole_tp(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole_tp")
+    run = _worker(out, "--model", "generate_models:tp_mlp", seeds=TP_SEEDS, batch=TP_BATCH)
+    assert run.returncode == 0, run.stderr
+    return _samples(out)
+
+
+@pytest.mark.parametrize("model, resume", [("tp_mlp_sharded", True), ("tp_mlp_local_sharded", False)],
+                         ids=["one-mesh-over-both-processes", "a-mesh-per-process"])
+def test_two_processes_with_sharded_weights_write_the_replicated_run(tmp_path, whole_tp, model, resume):
+    # tp_mlp_sharded: one (data=2, model=2) mesh of both processes' 4 devices, a global program;
+    # tp_mlp_local_sharded: each process's own (data=2, model=1) mesh, no collectives between them
+    args = ("--model", f"generate_models:{model}")
+    _two_processes(tmp_path, *args, seeds=TP_SEEDS, batch=TP_BATCH)
+    seeds, samples = _samples(tmp_path)
+    np.testing.assert_array_equal(seeds, whole_tp[0])
+    assert np.max(np.abs(samples - whole_tp[1])) <= 1e-5 * np.max(np.abs(whole_tp[1]))
+    if resume:  # one shard of each process gone: both processes plan and sample them together again
+        before = _files(tmp_path)
+        for name in ("shard-000001.npz", "shard-000002.npz"):
+            (tmp_path / name).unlink()
+        _two_processes(tmp_path, *args, seeds=TP_SEEDS, batch=TP_BATCH)
+        assert _files(tmp_path) == before
