@@ -272,7 +272,8 @@ def dit_shardings(variables: Any, mesh: Mesh,
         shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
 
     Every mesh axis the rules name (``"model"`` for :data:`DIT_AXIS_RULES`) must be in
-    ``mesh``; a weight whose split dimension does not divide by the axis size is refused by
+    ``mesh``, of type ``AxisType.Auto`` (the network gives its matmuls no output sharding);
+    a weight whose split dimension does not divide by the axis size is refused by
     ``jax.device_put`` (choose ``num_heads``, ``mlp_ratio * width`` and ``6 * width``
     divisible by it).
 
