@@ -731,7 +731,8 @@ def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray
         in 0 .. 2**32 - 1) or :class:`SeedRuns`; generated and sharded in ascending order.
         A range is never held in memory whole: ``"0-4294967295"`` plans in constant memory.
       out: The output folder (created).
-      batch: Samples per sampler call (rounded up to a multiple of the local devices);
+      batch: Samples per sampler call, rounded up to a multiple of the devices it is split
+        over (the local devices, or for weights placed on a mesh the model's ``batch_axis``);
         does not change any sample.
       steps, schedule: Override the model's defaults.
       solver: A name in ``kj.SOLVERS``.
@@ -749,9 +750,10 @@ def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray
       A :class:`GenerateResult`.
 
     Raises:
-      ValueError: bad arguments; ``out`` holds another job (the message names what differs),
-        a damaged or foreign manifest, or shards without a manifest (the message says how to
-        start over).
+      ValueError: bad arguments; the weights are placed on several meshes, on a mesh without
+        the model's ``batch_axis`` or on one spanning some processes but not all; ``out``
+        holds another job (the message names what differs), a damaged or foreign manifest,
+        or shards without a manifest (the message says how to start over).
       ImportError: ``png`` without Pillow installed.
       FloatingPointError: the model gave a NaN or inf sample (the message names the seeds);
         that shard is not written, the shards before it are complete.
