@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 from karras_jax.config import KarrasVeConfig
 from karras_jax.training.checkpoint import load_model_recipe, load_params
 
-__all__ = ["GenerateModel", "load_generate_model", "weights_mesh"]
+__all__ = ["GenerateModel", "load_generate_model"]  # weights_mesh: used by the job, not (yet) exported
 
 
 class GenerateModel(NamedTuple):
