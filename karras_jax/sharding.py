@@ -67,11 +67,7 @@ def make_sharded_sampler(
     devices = mesh_devices(mesh, axis_name)
     check_arity("apply_fn", apply_fn, "apply_fn(params, x, sigma, cond)", 4)
     sharding = NamedSharding(mesh, PartitionSpec(axis_name))
-    # The program runs on the mesh's devices with every axis automatic: XLA's partitioner
-    # places what the network computes, so a network written for one device (a label lookup,
-    # a row-split product) needs no explicit-sharding annotations. Inputs and output keep the
-    # caller's mesh and axis types.
-    auto = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+    auto = auto_axes(mesh)
     batch = NamedSharding(auto, sharding.spec)
 
     def split_keys(keys: Any) -> jax.Array:
@@ -83,7 +79,7 @@ def make_sharded_sampler(
 
     def program(params: Any, keys: jax.Array, cond: Any, x_init: Any, state: KarrasVeState,
                 draws: bool = True) -> jax.Array:
-        params = jax.tree_util.tree_map(lambda leaf: _as_auto(leaf, auto), params)
+        params = jax.tree_util.tree_map(lambda leaf: on_auto_axes(leaf, auto), params)
         keys, cond, x_init = _constrain((split_keys(keys), cond, x_init), batch)
         out = sample(lambda x, sigma, c: apply_fn(params, x, sigma, c), keys, state,
                      loop_config(state, draws), sample_shape, cond, solver, x_init=x_init, dtype=dtype)
@@ -107,8 +103,18 @@ def _constrain(tree: Any, sharding: NamedSharding) -> Any:
     return jax.tree_util.tree_map(lambda leaf: move(leaf, sharding), tree)
 
 
-def _as_auto(leaf: Any, auto: Mesh) -> Any:
-    """A weight split over explicit mesh axes, seen as the same split over ``auto``'s axes."""
+def auto_axes(mesh: Mesh) -> Mesh:
+    """``mesh`` with every axis automatic: the mesh the sampler's and train step's programs run on.
+
+    XLA's partitioner then places what the network computes, so a network written for one
+    device (a label lookup, a row-split product) needs no explicit-sharding annotations on
+    ``jax.make_mesh``'s default explicit axes; inputs and outputs keep the caller's mesh.
+    """
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
+def on_auto_axes(leaf: Any, auto: Mesh) -> Any:
+    """A traced array split over explicit mesh axes, seen as the same split over ``auto``'s axes."""
     placed = getattr(jax.typeof(leaf), "sharding", None)
     if placed is None or not any(t == AxisType.Explicit for t in placed.mesh.axis_types):
         return leaf

@@ -31,6 +31,7 @@ from typing import Any
 import flax.serialization
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from karras_jax._files import atomic_write, write_json
 from karras_jax._validation import check_count
@@ -95,7 +96,7 @@ def save_checkpoint(folder: str | os.PathLike, state: Any, *, position: int, key
         raise TypeError("key must be a typed PRNG key (jax.random.key).")
     payload = {
         "format": _FORMAT,
-        "state": flax.serialization.to_state_dict(jax.device_get(state)),
+        "state": flax.serialization.to_state_dict(jax.tree_util.tree_map(_to_host, state)),
         "position": int(position),
         "key_impl": str(jax.random.key_impl(key)),
         "key": np.asarray(jax.random.key_data(key)),
@@ -123,6 +124,9 @@ def load_checkpoint(folder: str | os.PathLike, target: Any) -> Checkpoint:
       ValueError: the file is truncated, corrupt or not a karras_jax checkpoint (the message
         names it and what is wrong), or its entries, shapes or dtypes differ from ``target``'s
         (which may be abstract: ``jax.eval_shape`` of the creation).
+
+    A leaf of ``target`` placed with a ``NamedSharding`` (or a ``jax.ShapeDtypeStruct``
+    carrying one) is loaded onto that sharding, so a state trained sharded resumes sharded.
     """
     path, payload = _read(folder)
     position, key, metadata = _fields(path, payload)
@@ -190,9 +194,30 @@ def _restore(path: Path, target: Any, saved_tree: Any, what: str) -> Any:
             raise ValueError(f"{path} does not match {what}: {name} is saved as "
                              f"{saved[name][1]}{list(saved[name][0])}, expected {dtype}{list(shape)}.")
     try:
-        return flax.serialization.from_state_dict(target, saved_tree)
+        restored = flax.serialization.from_state_dict(target, saved_tree)
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path} does not match {what}: {err}") from None
+    return jax.tree_util.tree_map(_placed_like, target, restored)
+
+
+def _to_host(leaf: Any) -> Any:
+    """A leaf as a host array: a sharded one gathered (from every process, on a pod)."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        return multihost_utils.process_allgather(leaf, tiled=True)
+    return jax.device_get(leaf)
+
+
+def _placed_like(template: Any, value: Any) -> Any:
+    """``value`` on ``template``'s ``NamedSharding``, if it has one: a sharded state loads sharded.
+
+    The template may be an array or a ``jax.ShapeDtypeStruct`` with ``sharding=``; each
+    device (each process, on a pod) receives only its own pieces.
+    """
+    sharding = getattr(template, "sharding", None)
+    if not isinstance(sharding, jax.sharding.NamedSharding) or not hasattr(value, "shape"):
+        return value
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def load_params(folder: str | os.PathLike, target: Any, *, ema: bool = True) -> Any:

@@ -9,9 +9,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from karras_jax._validation import mesh_devices
+from karras_jax.sharding import auto_axes, on_auto_axes
 from karras_jax.training.ema import ema_gamma, ema_update
 
 __all__ = ["TrainState", "make_train_step"]
@@ -70,11 +71,14 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         p, b["x"], k, b["label"])``.
       optimizer: Any ``optax.GradientTransformation``.
       ema_sigma_rel: Width of the power-function EMA (:func:`karras_jax.ema_gamma`).
-      mesh: Data parallelism: every leaf of ``batch`` is split along its leading axis over
-        ``axis_name`` of this mesh, the state and key are replicated, and XLA averages the
-        gradients across devices (the mean over the whole batch, as on one device). The
-        batch size must divide evenly. The step runs on the mesh's devices with its axes
-        treated as ``AxisType.Auto`` whatever their declared type.
+      mesh: Every leaf of ``batch`` is split along its leading axis over ``axis_name`` of
+        this mesh (the batch size must divide evenly) and XLA averages the gradients across
+        devices (the mean over the whole batch, as on one device). The state keeps its
+        sharding: a leaf placed with a ``NamedSharding`` on this mesh (FSDP over the batch
+        axis, tensor-parallel over another, e.g. from ``nn.with_partitioning`` and
+        ``nn.logical_to_mesh_sharding``) comes back with that sharding, and a leaf that is not
+        placed on the mesh is replicated. The step runs with the mesh's axes treated as
+        automatic whatever their declared type (:func:`karras_jax.sharding.auto_axes`).
       axis_name: The mesh axis (or axes) the batch is split over.
 
     Returns:
@@ -99,22 +103,32 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
 
     if mesh is None:
         return jax.jit(train_step)
-    devices = mesh_devices(mesh, axis_name)
-    # Auto axes: XLA partitions the step (gradient all-reduce included). On jax.make_mesh's
-    # default Explicit axes a label lookup (nn.Embed) in a sharded batch fails to trace.
-    mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    split = NamedSharding(mesh, PartitionSpec(axis_name))
-    jitted = jax.jit(train_step, out_shardings=replicated)
+    devices, auto = mesh_devices(mesh, axis_name), auto_axes(mesh)
+    replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(axis_name))
+    programs: dict[Any, Any] = {}  # one per layout of the state (normally one)
+
+    def placement(leaf: Any) -> NamedSharding:
+        placed = getattr(leaf, "sharding", None)
+        if isinstance(placed, NamedSharding) and placed.mesh.devices.shape == mesh.devices.shape and (
+                placed.mesh.axis_names == mesh.axis_names and (placed.mesh.devices == mesh.devices).all()):
+            return placed
+        return replicated
+
+    def on_auto(state: TrainState, batch: Any, key: jax.Array) -> tuple[TrainState, Metrics]:
+        return train_step(*jax.tree_util.tree_map(lambda leaf: on_auto_axes(leaf, auto), (state, batch, key)))
 
     def sharded_step(state: TrainState, batch: Any, key: jax.Array) -> tuple[TrainState, Metrics]:
         for leaf in jax.tree_util.tree_leaves(batch):
             if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] % devices:
                 raise ValueError(f"every batch leaf's leading axis must divide evenly over the {devices} "
                                  f"devices of mesh axis {axis_name!r}; got shape {jnp.shape(leaf)}.")
-        batch = jax.device_put(batch, split)
-        state, key = jax.device_put((state, key), replicated)
-        return jitted(state, batch, key)
+        layout = jax.tree_util.tree_map(placement, state)
+        state, batch, key = jax.device_put((state, batch, key), (layout, split, replicated))
+        signature = jax.tree_util.tree_flatten(layout)
+        signature = (signature[1], tuple(signature[0]))
+        if signature not in programs:
+            programs[signature] = jax.jit(on_auto, out_shardings=(layout, replicated))
+        sharded_step.jitted = programs[signature]  # type: ignore[attr-defined]
+        return programs[signature](state, batch, key)
 
-    sharded_step.jitted = jitted  # type: ignore[attr-defined]
     return sharded_step
