@@ -146,6 +146,33 @@ def test_a_digits_checkpoint_is_a_model_for_generate(trained, tmp_path):
     assert again.written == 0  # resumes: the digits shards pass their own checks
 
 
+# --- the DiT (issue 17) ----------------------------------------------------------------------
+
+# DigitsConfig(model="dit", learning_rate=1e-3), 2400 steps of 64: guided accuracy 0.998, unguided
+# 0.873, Frechet 0.40 (floor 0.19) in 220 s of training, 290 s in all, on 2 cores
+
+
+def test_a_dit_run_trains_resumes_and_is_a_model_for_generate(tmp_path):
+    cfg = dataclasses.replace(digits.DigitsConfig(), model="dit", steps=4, batch=16, channels=4)
+    run = digits.train_digits(tmp_path, cfg, progress=False, checkpoint_every=2)
+    assert np.isfinite(run.losses).all()
+    function, settings = kj.load_model_recipe(tmp_path)
+    assert function == digits.RECIPE and settings["model"] == "dit"
+    loaded, params = digits.load_model(tmp_path)
+    assert loaded == cfg and params["params"]["block_3"]["qkv"]["kernel"].shape == (16, 3, 4, 4)
+    pixels = digits.sample_digits(cfg, params, 10, labels=np.arange(10))
+    assert pixels.shape == (10, 8, 8) and np.isfinite(pixels).all()
+    assert digits.train_digits(tmp_path, cfg, progress=False).resumed_from == 4
+    result = kj.generate(str(tmp_path), "0-9", tmp_path / "gen", batch=10, guidance=2.0, progress=False)
+    assert result.shards == 1 and kj.verify(tmp_path / "gen")["ok"]
+
+
+def test_unet_settings_are_saved_without_the_model_field_so_older_folders_resume():
+    assert "model" not in digits.DigitsConfig().settings()
+    assert digits.DigitsConfig.from_dict(digits.DigitsConfig().settings()) == digits.DigitsConfig()
+    assert digits.DigitsConfig(model="dit").settings()["model"] == "dit"
+
+
 # --- inputs checked before anything is loaded, trained or written (issue 16) ----------------
 
 
@@ -164,6 +191,7 @@ def test_a_digits_checkpoint_is_a_model_for_generate(trained, tmp_path):
     ("cond_drop_prob", "0.1", TypeError, "cond_drop_prob must be a real number"),
     ("ema_sigma_rel", 0.5, ValueError, r"ema_sigma_rel must be in \(0, 1/sqrt\(12\)"),
     ("guidance", -1.0, ValueError, "guidance must be >= 0"),
+    ("model", "vit", ValueError, r"model must be one of \('unet', 'dit'\), got 'vit'"),
 ])
 def test_a_config_field_out_of_range_is_refused_naming_it(field, value, error, match):
     with pytest.raises(error, match=match):
