@@ -74,7 +74,7 @@ from karras_jax._progress import progress_bar
 from karras_jax._validation import check_count
 from karras_jax.config import KarrasVeConfig
 from karras_jax.generation._writer import PNG_HINT, ShardWriter
-from karras_jax.generation.models import GenerateModel, load_generate_model, weights_mesh
+from karras_jax.generation.models import GenerateModel, gather, load_generate_model, weights_mesh
 from karras_jax.generation.seeds import SeedRuns, seed_keys, seed_runs
 from karras_jax.models import Guidance, classifier_free_guidance
 from karras_jax.sampler import make_sampler
@@ -652,9 +652,7 @@ class _GlobalInputs:
 
     @staticmethod
     def fetch(out: jax.Array) -> np.ndarray:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(out, tiled=True))
+        return gather(out)
 
 
 def _global_inputs(placement: _Placement) -> _GlobalInputs:

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from karras_jax.config import KarrasVeConfig
 from karras_jax.training.checkpoint import load_model_recipe, load_params
@@ -118,10 +118,28 @@ def _host_value(leaf: Any) -> np.ndarray:
     takes part in every gather, and each device briefly holds one whole leaf.
     """
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+        return gather(leaf)
     return np.asarray(leaf)
+
+
+def gather(array: jax.Array) -> np.ndarray:
+    """The whole value of an array spread over several processes, on every process (a collective).
+
+    Unlike ``multihost_utils.process_allgather``, which waits for one local device, this
+    starts once every local device has finished the program that made ``array`` and returns
+    once every one has finished the gather: no device starts a collective program while
+    another local device is still in the one before (on CPU, Gloo then pairs the collectives
+    of the two programs wrongly across processes: "collective mismatch").
+    """
+    jax.block_until_ready(array)  # the program that made it is done on every local device, too
+    sharding = array.sharding
+    if isinstance(sharding, NamedSharding):
+        whole = sharding.update(spec=PartitionSpec())
+    else:
+        whole = jax.sharding.GSPMDSharding.get_replicated(sharding._device_assignment)  # noqa: SLF001
+    out = jax.jit(lambda x: x, out_shardings=whole)(array)
+    jax.block_until_ready(out)
+    return np.asarray(out.addressable_data(0))
 
 
 def _weights_hash(params: Any) -> str:
