@@ -10,11 +10,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from karras_jax._validation import concrete_value
 
 __all__ = ["SIGMA_SHAPES", "as_sigma_shape", "check_kind_constants", "check_levels", "check_null_cond",
-           "check_sigma_shape", "per_sample"]
+           "check_sigma_shape", "class_labels", "per_sample"]
 
 #: How a wrapper hands the noise level to the network: as the sampler's scalar, or one per sample.
 SIGMA_SHAPES = ("scalar", "batch")
@@ -139,3 +140,28 @@ def check_null_cond(null_cond: Any, cond: Any, batch: int) -> None:
         if not np.can_cast(n_dtype, c_dtype, casting="same_kind"):
             raise TypeError(f"null_cond{where} has dtype {n_dtype}, which does not fit cond{where}'s "
                             f"{c_dtype} (e.g. a float null for integer labels).")
+
+
+def class_labels(labels: ArrayLike | None, num_classes: int, batch: int) -> jax.Array:
+    """``labels`` as ``(B,)`` int32 after checking them; None is the null class ``num_classes``.
+
+    Dtype and shape are checked always, values only where concrete; a traced label outside
+    ``[0, num_classes]`` gives a NaN output (the embedding lookup's fill value).
+    """
+    if labels is None:
+        return jnp.full((batch,), num_classes, jnp.int32)
+    allowed = f"[0, {num_classes}] ({num_classes} = the null class, no condition)"
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"labels (cond) must be integer classes in {allowed}, got dtype {labels.dtype}.")
+    if labels.shape not in ((), (batch,)):
+        raise ValueError(f"labels (cond) must be a scalar or one per sample, shape ({batch},) for x's batch "
+                         f"of {batch}; got shape {labels.shape}.")
+    value = concrete_value("labels", labels)
+    if value is not None and not np.all((value >= 0) & (value <= num_classes)):
+        bad = value.reshape(-1)[np.argmax(((value < 0) | (value > num_classes)).reshape(-1))]
+        raise ValueError(f"labels (cond) must be integer classes in {allowed}, got {int(bad)}.")
+    # traced labels out of range: make a negative one (which indexing would wrap round to the
+    # null class) out of range too, so that every bad label gives a NaN output, never a silent class
+    labels = jnp.where(labels < 0, num_classes + 1, labels).astype(jnp.int32)
+    return jnp.broadcast_to(labels, (batch,))

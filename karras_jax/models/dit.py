@@ -55,7 +55,8 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.typing import ArrayLike, DTypeLike
 
-from karras_jax._validation import check_count, concrete_value
+from karras_jax._validation import check_count
+from karras_jax.models._batch import class_labels
 
 __all__ = ["DIT_AXIS_RULES", "DiT", "dit_shardings"]
 
@@ -88,31 +89,6 @@ def _dense(features: int, names: tuple[str | None, str | None], *, zero: bool = 
     return nn.Dense(features, dtype=dtype, name=name,
                     kernel_init=_named(_ZEROS if zero else _DENSE, *names),
                     bias_init=_named(_ZEROS, names[1]))
-
-
-def _labels(labels: ArrayLike | None, num_classes: int, batch: int) -> jax.Array:
-    """``labels`` as ``(B,)`` int32 after checking them as :class:`karras_jax.UNet` does.
-
-    None is the null class ``num_classes``; dtype and shape are checked always, values only
-    where concrete; a traced label outside ``[0, num_classes]`` gives a NaN output.
-    """
-    # the same check as unet.py's _labels (kept in step with it; one copy once it moves to a shared module)
-    if labels is None:
-        return jnp.full((batch,), num_classes, jnp.int32)
-    allowed = f"[0, {num_classes}] ({num_classes} = the null class, no condition)"
-    labels = jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"labels (cond) must be integer classes in {allowed}, got dtype {labels.dtype}.")
-    if labels.shape not in ((), (batch,)):
-        raise ValueError(f"labels (cond) must be a scalar or one per sample, shape ({batch},) for x's batch "
-                         f"of {batch}; got shape {labels.shape}.")
-    value = concrete_value("labels", labels)
-    if value is not None and not np.all((value >= 0) & (value <= num_classes)):
-        bad = value.reshape(-1)[np.argmax(((value < 0) | (value > num_classes)).reshape(-1))]
-        raise ValueError(f"labels (cond) must be integer classes in {allowed}, got {int(bad)}.")
-    # a negative traced label would wrap round to the null class: out of range instead (NaN row)
-    labels = jnp.where(labels < 0, num_classes + 1, labels).astype(jnp.int32)
-    return jnp.broadcast_to(labels, (batch,))
 
 
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -249,7 +225,7 @@ class DiT(nn.Module):
                              f"{jnp.shape(c_noise)}.")
         cond = self._embed_noise(jnp.broadcast_to(jnp.asarray(c_noise, jnp.float32), (batch,)))
         if self.num_classes > 0:
-            labels = _labels(labels, self.num_classes, batch)
+            labels = class_labels(labels, self.num_classes, batch)
             table = nn.Embed(self.num_classes + 1, self.width, name="class_emb",
                              embedding_init=_named(nn.initializers.normal(0.02), "classes", "embed"))
             cond = cond + table(labels)

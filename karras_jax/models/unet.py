@@ -28,37 +28,12 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
-from karras_jax._validation import check_count, concrete_value
+from karras_jax._validation import check_count
+from karras_jax.models._batch import class_labels
 
 __all__ = ["UNet"]
-
-
-def _labels(labels: ArrayLike | None, num_classes: int, batch: int) -> jax.Array:
-    """``labels`` as ``(B,)`` int32 after checking them; None is the null class ``num_classes``.
-
-    Dtype and shape are checked always, values only where concrete; a traced label outside
-    ``[0, num_classes]`` gives a NaN output (the embedding lookup's fill value).
-    """
-    if labels is None:
-        return jnp.full((batch,), num_classes, jnp.int32)
-    allowed = f"[0, {num_classes}] ({num_classes} = the null class, no condition)"
-    labels = jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"labels (cond) must be integer classes in {allowed}, got dtype {labels.dtype}.")
-    if labels.shape not in ((), (batch,)):
-        raise ValueError(f"labels (cond) must be a scalar or one per sample, shape ({batch},) for x's batch "
-                         f"of {batch}; got shape {labels.shape}.")
-    value = concrete_value("labels", labels)
-    if value is not None and not np.all((value >= 0) & (value <= num_classes)):
-        bad = value.reshape(-1)[np.argmax(((value < 0) | (value > num_classes)).reshape(-1))]
-        raise ValueError(f"labels (cond) must be integer classes in {allowed}, got {int(bad)}.")
-    # traced labels out of range: make a negative one (which indexing would wrap round to the
-    # null class) out of range too, so that every bad label gives a NaN output, never a silent class
-    labels = jnp.where(labels < 0, num_classes + 1, labels).astype(jnp.int32)
-    return jnp.broadcast_to(labels, (batch,))
 
 
 def _groups(channels: int) -> int:
@@ -148,7 +123,7 @@ class UNet(nn.Module):
                              f"{jnp.shape(c_noise)}.")
         emb = self._embed_noise(jnp.broadcast_to(jnp.asarray(c_noise, jnp.float32), (batch,)))
         if self.num_classes > 0:
-            labels = _labels(labels, self.num_classes, batch)
+            labels = class_labels(labels, self.num_classes, batch)
             emb = emb + nn.Embed(self.num_classes + 1, self.emb_dim, name="class_emb")(labels)
         elif labels is not None:
             raise ValueError("labels were given to a UNet with num_classes=0 (unconditional).")
