@@ -38,6 +38,9 @@ def main():
     parser.add_argument("--port", type=int)
     parser.add_argument("--model", default="mixture")
     args = parser.parse_args()
+    # As at a terminal: a process started in the background (nohup, some CI runners) inherits
+    # SIGINT ignored, and then Python never raises KeyboardInterrupt for the --signal INT cases.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.fsize is not None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (args.fsize, args.fsize))
     if args.as_limit is not None:
