@@ -99,7 +99,7 @@ GPU = Preset(
     unet_batches=(1, 1024),
     train_batches=(512, 8192, 65536),
     diffrax_batches=(1, 32, 4096, 65536),
-    order=("6", "1", "5", "8", "12", "9", "11", "10", "2", "3", "7", "4ab", "4c"),
+    order=("6", "1", "5", "8", "12", "9", "11", "10", "2", "3", "7", "4ab", "4c", "13"),
 )
 
 PRESETS = {p.name: p for p in (QUICK, FULL, GPU)}

@@ -245,6 +245,24 @@ def generate_table(rows: list[Row]) -> str:
     return _table(header, lines)
 
 
+def pod_table(rows: list[Row]) -> str:
+    """Measurement 13: a DiT with its weights split over a model axis vs replicated."""
+    lines = []
+    for r in (r for r in rows if r["measurement"] == "13_pod"):
+        c = r["case"]
+        for name in ("split", "replicated"):
+            m = r["memory"][name]
+            keys = ("weight_bytes_on_device_0", "argument_bytes", "temp_bytes")
+            mib = [f"{m[k] / 2**20:.1f}" for k in keys]
+            lines.append([f"{c['parameters'] / 1e6:.1f}M, {c['mesh']}", name,
+                          _ms(r["seconds_per_sample"][name]), *mib])
+        lines.append(["", "replicated / split", _x(1 / r["time_ratio"]), _x(r["weight_memory_ratio"]),
+                      _x(r["argument_memory_ratio"]), ""])
+    header = ["DiT, mesh", "weights", "ms/sample", "weight MiB/device", "argument MiB/device",
+              "temp MiB/device"]
+    return _table(header, lines)
+
+
 PROGRAMS = ("diffrax", "kj.sample", "fori_loop")  # measurement 12's columns
 
 
@@ -429,6 +447,8 @@ def render(result: dict[str, Any]) -> str:
         generate_table(rows),
         "**Deterministic sampling vs diffrax, N=18, s_churn=0 (measurement 12)**",
         diffrax_table(rows),
+        "**Weights split over a pod's model axis vs replicated, 8 CPU devices (measurement 13)**",
+        pod_table(rows),
     ]
     earlier = [f"{mid} ({m['run']['started']}, {(m['run']['commit'] or '')[:7]})"
                for mid, m in result.get("measurements", {}).items()

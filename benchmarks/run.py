@@ -44,6 +44,7 @@ MEASUREMENTS = {
     "10": ("bench_train", "train step: kj.make_train_step vs a PyTorch twin, samples/s"),
     "11": ("bench_generate", "kj.generate end to end vs sampling the same batches without writing"),
     "12": ("bench_diffrax", "deterministic Heun/Euler N=18: kj.sample vs diffrax's diffeqsolve"),
+    "13": ("bench_pod", "DiT ~50M params, weights split 4-way over a model axis vs replicated (child)"),
 }
 
 
