@@ -272,10 +272,11 @@ def dit_shardings(variables: Any, mesh: Mesh,
         shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
 
     Every mesh axis the rules name (``"model"`` for :data:`DIT_AXIS_RULES`) must be in
-    ``mesh``, of type ``AxisType.Auto`` (the network gives its matmuls no output sharding);
-    a weight whose split dimension does not divide by the axis size is refused by
-    ``jax.device_put`` (choose ``num_heads``, ``mlp_ratio * width`` and ``6 * width``
-    divisible by it).
+    ``mesh``. ``kj.make_sharded_sampler`` and ``kj.make_train_step(mesh=...)`` run on any
+    axis types; a ``jax.jit`` of your own needs ``AxisType.Auto`` axes (the network gives its
+    matmuls no output sharding, which explicit axes would ask for). A weight whose split
+    dimension does not divide by the axis size is refused by ``jax.device_put`` (choose
+    ``num_heads``, ``mlp_ratio * width`` and ``6 * width`` divisible by it).
 
     Raises:
       ValueError: a rule names a mesh axis that ``mesh`` lacks.
