@@ -135,6 +135,16 @@ def test_train_digits_command_trains_writes_a_checkpoint_and_resumes(tmp_path, c
     assert "batch (saved 16, now 32)" in cli_error(capsys, [*args[:-1], "--batch", "32", "--no-eval"])
 
 
+def test_train_digits_command_trains_the_dit_at_a_chosen_learning_rate(tmp_path, capsys):
+    args = ["train-digits", "--out", str(tmp_path), "--steps", "2", "--batch", "16", "--channels", "4",
+            "--model", "dit", "--learning-rate", "1e-3", "--no-eval"]
+    assert main(args) == 0
+    assert digits.load_model(tmp_path)[0] == dataclasses.replace(
+        digits.DigitsConfig(), steps=2, batch=16, channels=4, model="dit", learning_rate=1e-3)
+    assert "--model" in cli_error(capsys, [*args[:-3], "--model", "vit", "--no-eval"])
+    assert "--learning-rate" in cli_error(capsys, [*args[:-2], "-1", "--no-eval"])
+
+
 def test_a_digits_checkpoint_is_a_model_for_generate(trained, tmp_path):
     out, _ = trained
     result = kj.generate(str(out), "0-19", tmp_path, batch=10, guidance=2.0, png=True, progress=False)
