@@ -511,7 +511,14 @@ def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | 
 def _open(plan: _Plan, process: int, processes: int) -> None:
     """Creates the folder, clears what a kill left and writes a new job's manifest (process 0)."""
     check_writable_folder(plan.folder)
-    if process == 0:  # the others wait: a temporary file being cleaned might be theirs
+    # Process 0 touches the folder only once every process has read it (_plan) and proved it
+    # writable: a process still planning would take the new manifest for a resume and go down
+    # the other path (with a mesh over every process, into other collectives than process 0:
+    # a Gloo "collective mismatch" on CPU), and the sweep below would delete its write probe.
+    _same_everywhere(np.uint32(plan.resumed), processes,
+                     "karras_jax.generation: some processes found the job's manifest in the output folder "
+                     "and some did not; the output folder must be one folder shared by every host")
+    if process == 0:
         for stale in plan.folder.glob(".*.tmp"):  # left by a kill mid-write
             stale.unlink(missing_ok=True)
         if not plan.resumed:
@@ -805,14 +812,26 @@ def _agreed(todo: Sequence[int], processes: int) -> Sequence[int]:
     Raises:
       RuntimeError: the processes see different files (``DIR`` is not one shared folder).
     """
+    digest = hashlib.sha256(np.asarray(todo, np.int64).tobytes()).digest()
+    _same_everywhere(np.frombuffer(digest, np.uint32), processes,
+                     "karras_jax.generation: the processes found different shards to do; "
+                     "the output folder must be one folder shared by every host")
+    return todo
+
+
+def _same_everywhere(value: np.ndarray, processes: int, message: str) -> None:
+    """Waits for every process and checks that each has the same ``value`` (nothing to do in one process).
+
+    Raises:
+      RuntimeError: ``message``, when the values differ.
+    """
     if processes > 1:
         from jax.experimental import multihost_utils
 
-        digest = hashlib.sha256(np.asarray(todo, np.int64).tobytes()).digest()
-        multihost_utils.assert_equal(np.frombuffer(digest, np.uint32),
-                                     "karras_jax.generation: the processes found different shards to do; "
-                                     "the output folder must be one folder shared by every host")
-    return todo
+        try:
+            multihost_utils.assert_equal(value, message)
+        except AssertionError:
+            raise RuntimeError(message) from None
 
 
 def _finish(folder: Path, manifest: dict[str, Any], processes: int, process: int) -> None:

@@ -125,11 +125,10 @@ def _host_value(leaf: Any) -> np.ndarray:
 def gather(array: jax.Array) -> np.ndarray:
     """The whole value of an array spread over several processes, on every process (a collective).
 
-    Unlike ``multihost_utils.process_allgather``, which waits for one local device, this
-    starts once every local device has finished the program that made ``array`` and returns
-    once every one has finished the gather: no device starts a collective program while
-    another local device is still in the one before (on CPU, Gloo then pairs the collectives
-    of the two programs wrongly across processes: "collective mismatch").
+    Starts once every local device has finished the program that made ``array`` and returns
+    once every one has finished the gather (``multihost_utils.process_allgather`` waits for
+    one local device): a precaution, so that no local device is still in one program with
+    collectives while another starts the next.
     """
     jax.block_until_ready(array)  # the program that made it is done on every local device, too
     sharding = array.sharding
@@ -137,9 +136,15 @@ def gather(array: jax.Array) -> np.ndarray:
         whole = sharding.update(spec=PartitionSpec())
     else:
         whole = jax.sharding.GSPMDSharding.get_replicated(sharding._device_assignment)  # noqa: SLF001
-    out = jax.jit(lambda x: x, out_shardings=whole)(array)
+    out = _replicate(whole)(array)
     jax.block_until_ready(out)
     return np.asarray(out.addressable_data(0))
+
+
+@functools.lru_cache(maxsize=16)
+def _replicate(whole: jax.sharding.Sharding) -> Callable[[jax.Array], jax.Array]:
+    """A jitted identity onto ``whole``: one per sharding, so gathering every chunk compiles once."""
+    return jax.jit(lambda x: x, out_shardings=whole)
 
 
 def _weights_hash(params: Any) -> str:

@@ -172,6 +172,25 @@ def test_planning_a_resume_reads_the_saved_manifest_and_keeps_its_shard_size(don
         job._plan("mixture", "0-99", done, batch=7, shard_size=10)
 
 
+
+def test_process_0_changes_the_folder_only_once_every_process_has_read_and_probed_it(tmp_path, monkeypatch):
+    # Two processes, played by hand: before the wait, a manifest written by process 0 would make a
+    # process still planning take the new job for a resume (another path, other collectives), and
+    # the sweep of temporary files would delete that process's write probe.
+    plan = job._plan("mixture", "0-9", tmp_path, batch=4)
+    probe = tmp_path / ".karras_jax_write_probe.other.tmp"  # process 1's, mid-write
+    probe.touch()
+    seen = []
+
+    def wait(value, processes, message):
+        seen.append((int(value), processes, sorted(p.name for p in tmp_path.iterdir())))
+
+    monkeypatch.setattr(job, "_same_everywhere", wait)
+    monkeypatch.setattr(job, "_barrier", lambda processes, name: None)
+    job._open(plan, 0, 2)
+    assert seen == [(0, 2, [probe.name])]  # not resumed; nothing written, the probe still there
+    assert sorted(p.name for p in tmp_path.iterdir()) == [job.MANIFEST]  # then the sweep and the manifest
+
 @pytest.mark.parametrize("args, match", [
     (dict(batch=0), "batch must be an int >= 1"), (dict(batch=2.0), "batch"), (dict(batch=True), "batch"),
     (dict(shard_size=-1), "shard_size must be an int >= 1"),

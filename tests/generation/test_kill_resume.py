@@ -152,15 +152,7 @@ def whole_tp(tmp_path_factory):
     return _samples(out)
 
 
-# XLA:CPU's Gloo collectives across processes sometimes pair two all-gathers of the sampler program
-# wrongly ("Received data size doesn't match expected size ... collective mismatch", about one run in
-# four, on the first chunk, inside make_sharded_sampler's program): not a result this test judges.
-GLOO = pytest.mark.xfail(strict=False, raises=AssertionError,
-                         reason="intermittent Gloo collective mismatch on CPU with a mesh over two processes")
-
-
-@pytest.mark.parametrize("model, resume", [pytest.param("tp_mlp_sharded", True, marks=GLOO),
-                                           ("tp_mlp_local_sharded", False)],
+@pytest.mark.parametrize("model, resume", [("tp_mlp_sharded", True), ("tp_mlp_local_sharded", False)],
                          ids=["one-mesh-over-both-processes", "a-mesh-per-process"])
 def test_two_processes_with_sharded_weights_write_the_replicated_run(tmp_path, whole_tp, model, resume):
     # tp_mlp_sharded: one (data=2, model=2) mesh of both processes' 4 devices, a global program;
