@@ -1,15 +1,17 @@
-r"""Discrete-time (DDPM-style) networks as Karras denoisers: epsilon or v prediction at a timestep.
+r"""Discrete-time (DDPM-style) networks as Karras denoisers: epsilon, v or x0 prediction at a timestep.
 
 A DDPM/diffusers UNet trained with cumulative products :math:`\bar\alpha_j` sees
 :math:`x/\sqrt{\sigma^2+1}` and a timestep index j, where :math:`\sigma_j =
-\sqrt{(1-\bar\alpha_j)/\bar\alpha_j}`, and predicts the noise :math:`\epsilon` or
+\sqrt{(1-\bar\alpha_j)/\bar\alpha_j}`, and predicts the noise :math:`\epsilon`,
 :math:`v = \alpha\epsilon - s\, x_0` (:math:`\alpha = 1/\sqrt{\sigma^2+1}`, :math:`s =
-\sigma\alpha`). As a denoiser:
+\sigma\alpha`) or the clean sample :math:`x_0` itself (diffusers' ``"sample"``). With
+:math:`x = x_0 + \sigma\epsilon` (the scaled input times :math:`\sqrt{\sigma^2+1}`), as a denoiser:
 
 .. math::
 
-    D = x - \sigma\, \epsilon \quad\text{or}\quad
+    D = x - \sigma\, \epsilon, \qquad
     D = \frac{x}{\sigma^2+1} - \frac{\sigma}{\sqrt{\sigma^2+1}}\, v
+    \quad\text{or}\quad D = \hat x_0
 
 The timestep for a level sigma is the nearest training level in log sigma (``quantize``)
 or linear interpolation of the index in log sigma, as k-diffusion's discrete wrappers do.
@@ -34,7 +36,7 @@ from karras_jax.models._batch import as_sigma_shape, check_levels, check_sigma_s
 
 __all__ = ["discrete_sigmas", "discrete_time_denoiser"]
 
-PREDICTIONS = ("epsilon", "v")
+PREDICTIONS = ("epsilon", "v", "sample")
 
 
 def discrete_sigmas(alphas_cumprod: ArrayLike) -> jax.Array:
@@ -67,9 +69,9 @@ def discrete_time_denoiser(net_fn: Callable[[Any, jax.Array, jax.Array, Any], ja
 
     Args:
       net_fn: The network: ``x_scaled`` = x / sqrt(sigma^2 + 1), ``timestep`` an int32 index
-        (``quantize``) or a float32 fractional one; returns epsilon or v shaped like x.
+        (``quantize``) or a float32 fractional one; returns epsilon, v or x0 shaped like x.
       alphas_cumprod: The training schedule's cumulative products, (M,).
-      prediction: ``"epsilon"`` or ``"v"``.
+      prediction: ``"epsilon"``, ``"v"`` or ``"sample"`` (x0, as diffusers names it).
       quantize: Nearest training timestep (True) or interpolation in log sigma (False).
       sigma_shape: ``"scalar"`` or ``"batch"`` (the timestep broadcast to (B,)). ``apply_fn``
         also takes one sigma per sample (``(B,)`` or ``(B, 1, ..., 1)``); the timestep is then ``(B,)``.
@@ -124,8 +126,10 @@ def discrete_time_denoiser(net_fn: Callable[[Any, jax.Array, jax.Array, Any], ja
         xw = x.astype(work)
         if prediction == "epsilon":
             denoised = xw - s * out
-        else:
+        elif prediction == "v":
             denoised = xw * scale**2 - s * scale * out
+        else:
+            denoised = out
         return denoised.astype(x.dtype)
 
     return apply_fn

@@ -35,12 +35,12 @@ def _exact_net(prediction, quantize):
         x = x_scaled / alpha
         d = DATA.denoise(x, sigma)
         eps = (x - d) / sigma
-        return eps if prediction == "epsilon" else alpha * eps - sigma * alpha * d
+        return {"epsilon": eps, "v": alpha * eps - sigma * alpha * d, "sample": d}[prediction]
 
     return net
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v", "sample"])
 @pytest.mark.parametrize("quantize", [True, False])
 def test_an_exact_network_gives_the_exact_denoiser(prediction, quantize):
     apply_fn = kj.discrete_time_denoiser(_exact_net(prediction, quantize), ABAR, prediction, quantize)
@@ -94,7 +94,7 @@ def test_bad_input_is_named(call, match):
         call()
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v", "sample"])
 def test_one_sigma_per_sample_equals_each_sample_at_its_own_scalar_sigma(prediction):
     abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
     net = lambda params, x_scaled, t, cond: jnp.cos(x_scaled) * (1 + t.reshape((-1, 1)) / 1000)  # noqa: E731
@@ -122,11 +122,10 @@ def _oracle(abar, sigma, prediction, quantize, x):
         t = float(np.interp(np.log(sigma), np.log(levels[1:]), np.arange(1, len(abar))))
     scale = 1 / np.sqrt(sigma**2 + 1)
     out = np.cos(x * scale) * (1 + t / 100)
-    denoised = x - sigma * out if prediction == "epsilon" else x * scale**2 - sigma * scale * out
-    return t, denoised
+    return t, {"epsilon": x - sigma * out, "v": x * scale**2 - sigma * scale * out, "sample": out}[prediction]
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v", "sample"])
 @pytest.mark.parametrize("quantize", [True, False])
 def test_an_alpha_of_one_gives_finite_results_matching_a_float64_oracle(prediction, quantize):
     seen = []
