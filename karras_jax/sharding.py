@@ -20,7 +20,14 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jax.typing import DTypeLike
 
 from karras_jax._compiled import loop_config, prepare, wrap_program
-from karras_jax._validation import as_typed_keys, check_arity, check_dtype, check_sample_shape, mesh_devices
+from karras_jax._validation import (
+    as_typed_keys,
+    check_arity,
+    check_cond,
+    check_dtype,
+    check_sample_shape,
+    mesh_devices,
+)
 from karras_jax.config import KarrasVeConfig
 from karras_jax.sampler import sample
 from karras_jax.solvers import Solver, get_solver
@@ -90,6 +97,7 @@ def make_sharded_sampler(
             keys = _place(split_keys(keys), sharding)  # refused before the copy to the devices
         if cond is None and x_init is None:
             return keys, cond, x_init
+        check_cond(cond, keys.shape[0])  # named before a leaf that cannot be split reaches device_put
         return (keys, *jax.tree_util.tree_map(lambda leaf: _place(leaf, sharding), (cond, x_init)))
 
     run = jax.jit(program, static_argnums=5, out_shardings=sharding)

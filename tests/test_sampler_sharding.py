@@ -236,6 +236,8 @@ def test_sharded_sampler_bad_input(mesh):
         sampler(params, keys_for(0, 12), jnp.zeros(12))  # 12 does not divide over 8 devices
     with pytest.raises(ValueError, match="cond"):
         sampler(params, keys_for(0, 16), jnp.zeros(8))
+    with pytest.raises(ValueError, match="cond must have leading dimension B=16"):
+        sampler(params, keys_for(0, 16), jnp.float32(1.0))  # a scalar cannot be split over the mesh
     with pytest.raises(ValueError, match="axis_name"):
         kj.make_sharded_sampler(_gauss_apply, STATE, CFG, (3,), mesh, axis_name="model")(
             params, keys_for(0, 16), jnp.zeros(16))

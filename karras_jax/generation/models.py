@@ -161,22 +161,6 @@ def _weights_hash(params: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def _placed_like(params: Any, template: Any) -> Any:
-    """``params`` (host arrays) placed as ``template``'s leaves are, where those are ``NamedSharding``-placed.
-
-    Built from each device's slice (``jax.make_array_from_callback``), so this also works
-    for a mesh that spans several processes.
-    """
-    def place(value: Any, like: Any) -> Any:
-        sharding = getattr(like, "sharding", None)
-        if not isinstance(sharding, NamedSharding):
-            return value
-        value = np.asarray(value)
-        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
-
-    return jax.tree_util.tree_map(place, params, template)
-
-
 @functools.lru_cache(maxsize=1)
 def _default_mixture() -> Any:
     from karras_jax.analytic import default_mixture
@@ -222,7 +206,7 @@ def _from_folder(spec: str, folder: Path) -> GenerateModel:
         raise ValueError(f"model {spec!r}: {err}") from None
     made = _build(spec, function, arguments)
     try:
-        params = _placed_like(load_params(folder, made.params), made.params)
+        params = load_params(folder, made.params)  # on made.params' shardings, where it has them
     except (FileNotFoundError, ValueError) as err:
         raise ValueError(f"model {spec!r}: {err}") from None
     return made._replace(params=params, identity=f"{function}:{_weights_hash(params)}")

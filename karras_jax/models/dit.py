@@ -133,7 +133,7 @@ class _Block(nn.Module):
             kernel_init=_named(_DENSE, "embed", None, "heads", "kv"),
             bias_init=_named(_ZEROS, None, "heads", "kv"))(x)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, heads, head_dim)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(head_dim)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / np.sqrt(head_dim)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         out = nn.DenseGeneral(
@@ -191,6 +191,8 @@ class DiT(nn.Module):
         if self.width % 4:
             raise ValueError(f"width must be a multiple of 4 (the 2-D sine-cosine position embedding), "
                              f"got {self.width}.")
+        if not (isinstance(self.max_positions, (int, float)) and 1 < self.max_positions < float("inf")):
+            raise ValueError(f"max_positions must be a finite number > 1, got {self.max_positions!r}.")
         super().__post_init__()
 
     @nn.compact

@@ -126,7 +126,10 @@ def load_checkpoint(folder: str | os.PathLike, target: Any) -> Checkpoint:
         (which may be abstract: ``jax.eval_shape`` of the creation).
 
     A leaf of ``target`` placed with a ``NamedSharding`` (or a ``jax.ShapeDtypeStruct``
-    carrying one) is loaded onto that sharding, so a state trained sharded resumes sharded.
+    carrying one) is loaded onto that sharding, so a state trained sharded resumes sharded;
+    ``jax.eval_shape`` of a sharded state gives such structs on explicit mesh axes (their
+    abstract mesh is filled in from ``jax.set_mesh``), but none on automatic axes, where the
+    leaves then load as host arrays (which a sharded train step replicates).
     """
     path, payload = _read(folder)
     position, key, metadata = _fields(path, payload)
@@ -216,6 +219,15 @@ def _placed_like(template: Any, value: Any) -> Any:
     sharding = getattr(template, "sharding", None)
     if not isinstance(sharding, jax.sharding.NamedSharding) or not hasattr(value, "shape"):
         return value
+    if isinstance(sharding.mesh, jax.sharding.AbstractMesh):  # jax.eval_shape on explicit axes
+        mesh = jax.sharding.get_mesh()  # the devices come from `with jax.set_mesh(mesh)`, if any
+        if mesh.empty or mesh.abstract_mesh != sharding.mesh:
+            raise ValueError(
+                f"the template's leaf of shape {tuple(template.shape)} is placed on an abstract mesh "
+                f"({dict(sharding.mesh.shape)}, as jax.eval_shape gives on explicit axes), which names "
+                "no devices: load inside `with jax.set_mesh(mesh):`, or pass the state itself or "
+                "jax.ShapeDtypeStructs with sharding=NamedSharding(mesh, spec).")
+        sharding = jax.sharding.NamedSharding(mesh, sharding.spec)
     host = np.asarray(value)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 

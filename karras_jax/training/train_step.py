@@ -9,7 +9,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from karras_jax._validation import mesh_devices
 from karras_jax.sharding import auto_axes, on_auto_axes
@@ -77,8 +77,12 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         sharding: a leaf placed with a ``NamedSharding`` on this mesh (FSDP over the batch
         axis, tensor-parallel over another, e.g. from ``nn.with_partitioning`` and
         ``nn.logical_to_mesh_sharding``) comes back with that sharding, and a leaf that is not
-        placed on the mesh is replicated. The step runs with the mesh's axes treated as
-        automatic whatever their declared type (:func:`karras_jax.sharding.auto_axes`).
+        placed is replicated; a leaf placed on another mesh is refused. The step runs with the
+        mesh's axes treated as automatic whatever their declared type
+        (:func:`karras_jax.sharding.auto_axes`); called inside your own ``jax.jit`` or
+        ``lax.scan`` it places nothing itself (leaves typed with explicit axes keep their
+        type; the partitioner places the rest as your program does). ``.jitted`` is
+        the program of the last layout called (one is compiled per layout of the state).
       axis_name: The mesh axis (or axes) the batch is split over.
 
     Returns:
@@ -105,24 +109,44 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         return jax.jit(train_step)
     devices, auto = mesh_devices(mesh, axis_name), auto_axes(mesh)
     replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(axis_name))
-    programs: dict[Any, Any] = {}  # one per layout of the state (normally one)
+    programs: dict[Any, Any] = {}  # one compiled step per layout of the state (normally one)
 
-    def placement(leaf: Any) -> NamedSharding:
+    def placement(path: Any, leaf: Any) -> NamedSharding:
         placed = getattr(leaf, "sharding", None)
-        if isinstance(placed, NamedSharding) and placed.mesh.devices.shape == mesh.devices.shape and (
-                placed.mesh.axis_names == mesh.axis_names and (placed.mesh.devices == mesh.devices).all()):
-            return placed
-        return replicated
+        if not isinstance(placed, NamedSharding):
+            return replicated
+        if (placed.mesh.axis_names, placed.mesh.devices.shape) != (mesh.axis_names, mesh.devices.shape) or (
+                placed.mesh.devices != mesh.devices).any():
+            raise ValueError(f"state{jax.tree_util.keystr(path)} is placed on another mesh "
+                             f"({dict(placed.mesh.shape)} over other devices or in another order) than the "
+                             f"train step's {dict(mesh.shape)}; place the state on the step's mesh.")
+        return placed
 
     def on_auto(state: TrainState, batch: Any, key: jax.Array) -> tuple[TrainState, Metrics]:
         return train_step(*jax.tree_util.tree_map(lambda leaf: on_auto_axes(leaf, auto), (state, batch, key)))
 
+    def traced_step(state: TrainState, batch: Any, key: jax.Array) -> tuple[TrainState, Metrics]:
+        # Inside the caller's jit or scan: no placement to make, but a leaf typed with explicit
+        # axes gets its type back (a scan's carry must keep it), the rest propagates.
+        new, metrics = on_auto(state, batch, key)
+
+        def typed_as(before: Any, after: Any) -> Any:
+            placed = getattr(jax.typeof(before), "sharding", None)
+            if placed is None or not any(t == AxisType.Explicit for t in placed.mesh.axis_types):
+                return after
+            return jax.sharding.reshard(after, placed.spec)
+
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return jax.tree_util.tree_map(typed_as, state, new), metrics
+
     def sharded_step(state: TrainState, batch: Any, key: jax.Array) -> tuple[TrainState, Metrics]:
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((state, batch, key))):
+            return traced_step(state, batch, key)
         for leaf in jax.tree_util.tree_leaves(batch):
             if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] % devices:
                 raise ValueError(f"every batch leaf's leading axis must divide evenly over the {devices} "
                                  f"devices of mesh axis {axis_name!r}; got shape {jnp.shape(leaf)}.")
-        layout = jax.tree_util.tree_map(placement, state)
+        layout = jax.tree_util.tree_map_with_path(placement, state)
         state, batch, key = jax.device_put((state, batch, key), (layout, split, replicated))
         signature = jax.tree_util.tree_flatten(layout)
         signature = (signature[1], tuple(signature[0]))
@@ -131,4 +155,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         sharded_step.jitted = programs[signature]  # type: ignore[attr-defined]
         return programs[signature](state, batch, key)
 
+    # Until the first call (which compiles for the state's layout): the program for a state
+    # whose every leaf is replicated.
+    sharded_step.jitted = jax.jit(on_auto, out_shardings=(replicated, replicated))  # type: ignore[attr-defined]
     return sharded_step

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 import karras_jax as kj
 from karras_jax.generation import job
-from karras_jax.generation.models import _placed_like, _weights_hash
+from karras_jax.generation.models import _weights_hash, load_generate_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # generate_models
 
@@ -149,14 +148,13 @@ def test_bad_placements_are_refused_in_one_line_before_anything_is_written(tmp_p
     assert not (tmp_path / "gen").exists()
 
 
-def test_loaded_weights_are_placed_as_the_factory_s_template():
+def test_a_fit_folder_loads_its_weights_onto_the_factory_s_placement(tmp_path):
+    weights = {name: w * 2 for name, w in generate_models.tp_weights().items()}  # "trained" values
+    kj.save_checkpoint(tmp_path, kj.TrainState.create(weights, optax.sgd(0.1)), position=0,
+                       key=jax.random.key(0))
+    kj.save_model_recipe(tmp_path, "generate_models:tp_mlp_sharded", {})
     template = generate_models.tp_mlp_sharded().params
-    loaded = _placed_like(generate_models.tp_weights(), template)
+    loaded = load_generate_model(str(tmp_path)).params
     for name, leaf in loaded.items():
-        assert leaf.sharding == template[name].sharding
-        np.testing.assert_array_equal(np.asarray(leaf), generate_models.tp_weights()[name])
-    mesh = template["w1"].sharding.mesh
-    shapes = {"w1": jax.ShapeDtypeStruct((4, 64), np.float32, sharding=NamedSharding(mesh, P(None, "model"))),
-              "w2": jax.ShapeDtypeStruct((64, 4), np.float32)}  # an eval_shape template: unplaced stays host
-    loaded = _placed_like(generate_models.tp_weights(), shapes)
-    assert loaded["w1"].sharding.spec == P(None, "model") and isinstance(loaded["w2"], np.ndarray)
+        assert leaf.sharding == template[name].sharding  # split as the factory placed it
+        np.testing.assert_array_equal(np.asarray(leaf), weights[name])

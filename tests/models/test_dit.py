@@ -69,6 +69,8 @@ def test_bfloat16_computation_keeps_float32_weights():
     ({"mlp_ratio": 1.5}, "mlp_ratio must be an int >= 1, got 1.5"),
     ({"num_classes": -1}, "num_classes must be an int >= 0, got -1"),
     ({"out_channels": 0}, "out_channels must be an int >= 1, got 0"),
+    ({"max_positions": 0}, "max_positions must be a finite number > 1"),
+    ({"max_positions": float("nan")}, "max_positions must be a finite number > 1"),
 ])
 def test_bad_fields_are_refused_when_built(fields, match):
     with pytest.raises(ValueError, match=match):
@@ -273,3 +275,12 @@ def test_sampling_and_training_on_explicit_mesh_axes(tensor_parallel):
     assert np.isfinite(float(metrics["loss"]))
     assert jax.tree_util.tree_map(lambda a: a.sharding, after.params) == \
         jax.tree_util.tree_map(lambda a: a.sharding, sharded)
+
+
+def test_bfloat16_attention_logits_are_accumulated_in_float32():
+    module = kj.DiT(patch_size=2, width=32, depth=1, num_heads=2, num_classes=3, dtype=jnp.bfloat16)
+    args = (jnp.zeros((1, *SHAPE)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))
+    hlo = jax.jit(module.apply).lower(module.init(jax.random.key(0), *args), *args).as_text()
+    products = [line for line in hlo.splitlines() if "dot_general" in line and "x16x16x" in line]
+    # q.k of bfloat16 inputs (1 sample, 2 heads, 16 tokens) comes out in float32
+    assert any("bf16>) -> tensor<1x2x16x16xf32>" in line for line in products), products

@@ -388,3 +388,41 @@ def test_a_sharded_state_checkpoints_and_loads_back_onto_its_sharding(tmp_path):
         assert got.sharding == want.sharding
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     assert loaded.params["w1"].addressable_shards[0].data.shape == (DIM // 2, WIDE // 4)
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"])
+def test_inside_the_callers_jit_or_scan_the_state_keeps_its_sharding(axis_type):
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(axis_type,) * 2)
+    optimizer = optax.adam(1e-2)
+    step = kj.make_train_step(wide_loss, optimizer, mesh=mesh)
+    state = placed_state(mesh, SPLITS["tensor-parallel"], optimizer)
+    batch = batch_of(0)
+    after = jax.jit(lambda s: step(s, batch, key_of(0))[0])(state)
+    # not gathered to every device
+    assert after.params["w1"].sharding.is_equivalent_to(NamedSharding(mesh, P(None, "model")), 2)
+    scanned, _ = jax.lax.scan(lambda s, _: (step(s, batch, key_of(0))[0], None), state, None, length=2)
+    assert scanned.params["w2"].sharding.is_equivalent_to(NamedSharding(mesh, P("model", None)), 2)
+
+
+def test_a_state_on_another_mesh_is_refused_naming_the_leaf():
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    reversed_mesh = jax.sharding.Mesh(mesh.devices[::-1], mesh.axis_names, axis_types=mesh.axis_types)
+    optimizer = optax.adam(1e-2)
+    step = kj.make_train_step(wide_loss, optimizer, mesh=mesh)
+    assert hasattr(step, "jitted")  # there before the first call
+    with pytest.raises(ValueError, match=r"state.params\['w1'\] is placed on another mesh"):
+        step(placed_state(reversed_mesh, SPLITS["tensor-parallel"], optimizer), batch_of(0), key_of(0))
+
+
+def test_a_template_on_an_abstract_mesh_loads_under_set_mesh_or_is_refused(tmp_path):
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    optimizer = optax.adam(1e-2)
+    state = placed_state(mesh, SPLITS["tensor-parallel"], optimizer)
+    kj.save_checkpoint(tmp_path, state, position=0, key=key_of(0))
+    template = jax.eval_shape(lambda: state)  # explicit axes: shardings on an abstract mesh
+    with pytest.raises(ValueError, match="abstract mesh"):
+        kj.load_checkpoint(tmp_path, template)
+    with jax.set_mesh(mesh):
+        loaded = kj.load_checkpoint(tmp_path, template).state
+    assert loaded.params["w1"].sharding == state.params["w1"].sharding
+    np.testing.assert_array_equal(np.asarray(loaded.params["w1"]), np.asarray(state.params["w1"]))
