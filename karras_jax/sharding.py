@@ -88,9 +88,21 @@ def make_sharded_sampler(
                 draws: bool = True) -> jax.Array:
         params = jax.tree_util.tree_map(lambda leaf: on_auto_axes(leaf, auto), params)
         keys, cond, x_init = _constrain((split_keys(keys), cond, x_init), batch)
-        out = sample(lambda x, sigma, c: apply_fn(params, x, sigma, c), keys, state,
-                     loop_config(state, draws), sample_shape, cond, solver, x_init=x_init, dtype=dtype)
-        return _constrain(out, batch)
+
+        def run(params: Any, keys: jax.Array, cond: Any, x_init: Any, state: KarrasVeState) -> jax.Array:
+            return sample(lambda x, sigma, c: apply_fn(params, x, sigma, c), keys, state,
+                          loop_config(state, draws), sample_shape, cond, solver, x_init=x_init, dtype=dtype)
+
+        if str(jax.random.key_impl(keys)) in ("rbg", "unsafe_rbg"):
+            # rbg keys are drawn one at a time (lax.map: their batched draws mix keys), which
+            # the partitioner cannot split: map each device's own keys (the batch axis manual,
+            # the others still automatic for the weights).
+            split = jax.tree_util.tree_map(lambda _: batch.spec, (cond, x_init))
+            specs = (PartitionSpec(), batch.spec, *split, PartitionSpec())
+            manual = {axis_name} if isinstance(axis_name, str) else set(axis_name)
+            run = jax.shard_map(run, mesh=auto, in_specs=specs, out_specs=batch.spec, axis_names=manual,
+                                check_vma=False)
+        return _constrain(run(params, keys, cond, x_init, state), batch)
 
     def place(keys: Any, cond: Any, x_init: Any) -> tuple[Any, Any, Any]:
         if not _on(keys, sharding):
