@@ -15,7 +15,8 @@ from jax.typing import ArrayLike
 from karras_jax._validation import concrete_value
 
 __all__ = ["SIGMA_SHAPES", "as_sigma_shape", "check_kind_constants", "check_levels", "check_null_cond",
-           "check_sigma_shape", "class_labels", "per_sample"]
+           "check_sigma_shape", "class_labels", "image_inputs", "per_sample",
+           "sinusoidal_embedding"]
 
 #: How a wrapper hands the noise level to the network: as the sampler's scalar, or one per sample.
 SIGMA_SHAPES = ("scalar", "batch")
@@ -165,3 +166,38 @@ def class_labels(labels: ArrayLike | None, num_classes: int, batch: int) -> jax.
     # null class) out of range too, so that every bad label gives a NaN output, never a silent class
     labels = jnp.where(labels < 0, num_classes + 1, labels).astype(jnp.int32)
     return jnp.broadcast_to(labels, (batch,))
+
+
+def image_inputs(x: ArrayLike, c_noise: ArrayLike, labels: ArrayLike | None, num_classes: int,
+                 dtype: Any, network: str) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """An image network's inputs, checked: ``(x in dtype, c_noise as (B,) float32, labels or None)``.
+
+    Raises:
+      ValueError: x not ``(B, H, W, C)``, c_noise neither a scalar nor ``(B,)``, labels for an
+        unconditional network, or :func:`class_labels`' errors.
+      TypeError: labels that are not integers.
+    """
+    x = jnp.asarray(x, dtype)
+    if x.ndim != 4:
+        raise ValueError(f"x must be (B, H, W, C) images, got shape {x.shape}.")
+    batch = x.shape[0]
+    if jnp.shape(c_noise) not in ((), (batch,)):
+        raise ValueError(f"c_noise must be a scalar or one level per sample, shape ({batch},); got shape "
+                         f"{jnp.shape(c_noise)}.")
+    if num_classes > 0:
+        labels = class_labels(labels, num_classes, batch)
+    elif labels is not None:
+        raise ValueError(f"labels were given to a {network} with num_classes=0 (unconditional).")
+    return x, jnp.broadcast_to(jnp.asarray(c_noise, jnp.float32), (batch,)), labels
+
+
+def sinusoidal_embedding(c_noise: jax.Array, dim: int, max_positions: float) -> jax.Array:
+    r"""The noise-level embedding, ``(B, dim)``: cosines then sines of ``c_noise`` at dim/2 frequencies.
+
+    :math:`[\cos(c\,\omega_k), \sin(c\,\omega_k)]_k` with :math:`\omega_k = P^{-k/(dim/2)}`,
+    :math:`k < dim/2`, :math:`P` = ``max_positions``.
+    """
+    half = dim // 2
+    freqs = (1.0 / max_positions) ** (jnp.arange(half, dtype=jnp.float32) / half)
+    angles = c_noise[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)

@@ -56,7 +56,7 @@ from jax.sharding import Mesh
 from jax.typing import ArrayLike, DTypeLike
 
 from karras_jax._validation import check_count
-from karras_jax.models._batch import class_labels
+from karras_jax.models._batch import image_inputs, sinusoidal_embedding
 
 __all__ = ["DIT_AXIS_RULES", "DiT", "dit_shardings"]
 
@@ -214,25 +214,17 @@ class DiT(nn.Module):
             concrete) outside ``[0, num_classes]``, labels for an unconditional DiT.
           TypeError: labels that are not integers.
         """
-        x = jnp.asarray(x, self.dtype)
-        if x.ndim != 4:
-            raise ValueError(f"x must be (B, H, W, C) images, got shape {x.shape}.")
+        x, c_noise, labels = image_inputs(x, c_noise, labels, self.num_classes, self.dtype, "DiT")
         batch, height, width, channels = x.shape
         p = self.patch_size
         if height % p or width % p:
             raise ValueError(f"patch_size must divide x's height and width: patch_size={p}, got "
                              f"{(height, width)}.")
-        if jnp.shape(c_noise) not in ((), (batch,)):
-            raise ValueError(f"c_noise must be a scalar or one level per sample, shape ({batch},); got shape "
-                             f"{jnp.shape(c_noise)}.")
-        cond = self._embed_noise(jnp.broadcast_to(jnp.asarray(c_noise, jnp.float32), (batch,)))
-        if self.num_classes > 0:
-            labels = class_labels(labels, self.num_classes, batch)
+        cond = self._embed_noise(c_noise)
+        if labels is not None:
             table = nn.Embed(self.num_classes + 1, self.width, name="class_emb",
                              embedding_init=_named(nn.initializers.normal(0.02), "classes", "embed"))
             cond = cond + table(labels)
-        elif labels is not None:
-            raise ValueError("labels were given to a DiT with num_classes=0 (unconditional).")
         cond = nn.silu(cond).astype(self.dtype)
 
         rows, cols = height // p, width // p
@@ -253,10 +245,7 @@ class DiT(nn.Module):
         return h.reshape(batch, height, width, out)
 
     def _embed_noise(self, c_noise: jax.Array) -> jax.Array:
-        half = self.width // 2
-        freqs = (1.0 / self.max_positions) ** (jnp.arange(half, dtype=jnp.float32) / half)
-        angles = c_noise[:, None] * freqs[None, :]
-        emb = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+        emb = sinusoidal_embedding(c_noise, self.width, self.max_positions)
         emb = nn.silu(_dense(self.width, ("embed", "mlp"), name="noise_emb_0")(emb))
         return _dense(self.width, ("mlp", "embed"), name="noise_emb_1")(emb)
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
 from karras_jax._validation import check_count
-from karras_jax.models._batch import class_labels
+from karras_jax.models._batch import image_inputs, sinusoidal_embedding
 
 __all__ = ["UNet"]
 
@@ -109,24 +109,15 @@ class UNet(nn.Module):
         """
         check_count("num_classes", self.num_classes, minimum=0)
         check_count("channels", self.channels)
-        x = jnp.asarray(x, self.dtype)
-        if x.ndim != 4:
-            raise ValueError(f"x must be (B, H, W, C) images, got shape {x.shape}.")
+        x, c_noise, labels = image_inputs(x, c_noise, labels, self.num_classes, self.dtype, "UNet")
         depth = len(self.channel_mult) - 1
         if x.shape[1] % 2**depth or x.shape[2] % 2**depth:
             raise ValueError(
                 f"x's height and width must be divisible by 2**(len(channel_mult) - 1) = {2**depth}, "
                 f"got {x.shape[1:3]}.")
-        batch = x.shape[0]
-        if jnp.shape(c_noise) not in ((), (batch,)):
-            raise ValueError(f"c_noise must be a scalar or one level per sample, shape ({batch},); got shape "
-                             f"{jnp.shape(c_noise)}.")
-        emb = self._embed_noise(jnp.broadcast_to(jnp.asarray(c_noise, jnp.float32), (batch,)))
-        if self.num_classes > 0:
-            labels = class_labels(labels, self.num_classes, batch)
+        emb = self._embed_noise(c_noise)
+        if labels is not None:
             emb = emb + nn.Embed(self.num_classes + 1, self.emb_dim, name="class_emb")(labels)
-        elif labels is not None:
-            raise ValueError("labels were given to a UNet with num_classes=0 (unconditional).")
         emb = nn.silu(nn.Dense(self.emb_dim, name="emb_1")(nn.silu(emb))).astype(self.dtype)
 
         h = nn.Conv(self.channels, (3, 3), dtype=self.dtype, name="conv_in")(x)
@@ -153,9 +144,6 @@ class UNet(nn.Module):
         return nn.Conv(out, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros, name="conv_out")(h)
 
     def _embed_noise(self, c_noise: jax.Array) -> jax.Array:
-        half = self.emb_dim // 2
-        freqs = (1.0 / self.max_positions) ** (jnp.arange(half, dtype=jnp.float32) / half)
-        angles = c_noise[:, None] * freqs[None, :]
-        emb = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
-        return nn.Dense(self.emb_dim, name="emb_0")(emb)
+        return nn.Dense(self.emb_dim, name="emb_0")(sinusoidal_embedding(c_noise, self.emb_dim,
+                                                                          self.max_positions))
 
