@@ -18,30 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.suite import child_rows
+
 # About 50M parameters: width 512, depth 11 (18 width^2 per block with adaLN), 16x16x3 images.
 DIT = dict(patch_size=2, width=512, depth=11, num_heads=8, num_classes=10)
 IMAGE, BATCH, STEPS = (16, 16, 3), 8, 4
 
 
 def run(suite: Any) -> list[dict[str, Any]]:
-    """Parent side: spawn the child and return its row."""
-    env = dict(os.environ)
-    flag = "--xla_force_host_platform_device_count=8"
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    cmd = [sys.executable, "-m", "benchmarks.bench_pod", "--preset", suite.preset.name]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"pod child failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return [json.loads(done.stdout.strip().splitlines()[-1])]
+    """Parent side: the child's row."""
+    return child_rows("bench_pod", suite.preset.name, 8)
 
 
 def _child(preset_name: str) -> dict[str, Any]:

@@ -12,28 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.suite import child_rows
 
 
 def run(suite: Any) -> list[dict[str, Any]]:
-    """Parent side: spawn the child and return its row."""
-    preset = suite.preset
-    env = dict(os.environ)
-    flag = f"--xla_force_host_platform_device_count={preset.shard_devices}"
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    cmd = [sys.executable, "-m", "benchmarks.bench_sharding", "--preset", preset.name]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"sharding child failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return [json.loads(done.stdout.strip().splitlines()[-1])]
+    """Parent side: the child's row."""
+    return child_rows("bench_sharding", suite.preset.name, suite.preset.shard_devices)
 
 
 def _child(preset_name: str) -> dict[str, Any]:

@@ -3,8 +3,13 @@ that build (and cache) the jitted callables every measurement reuses."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -78,3 +83,23 @@ def row(measurement: str, case: dict[str, Any], times: dict[str, Timing], **extr
 def ratio(slow: Timing, fast: Timing) -> float:
     """Median over median."""
     return slow.median / fast.median
+
+
+def child_rows(module: str, preset_name: str, devices: int) -> list[dict[str, Any]]:
+    """Rows of ``python -m benchmarks.<module> --preset <preset_name>`` run on ``devices`` host CPU devices.
+
+    The device count must be set before JAX starts, so the measurement runs in a child process
+    (``XLA_FLAGS=--xla_force_host_platform_device_count``, ``JAX_PLATFORMS=cpu``) that prints
+    its row as JSON on its last line.
+    """
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    flag = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", f"benchmarks.{module}", "--preset", preset_name]
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{module} child failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return [json.loads(done.stdout.strip().splitlines()[-1])]
