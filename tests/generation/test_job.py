@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shard_files import read_shards
 
 import karras_jax as kj
 from karras_jax.cli import main
@@ -15,15 +16,6 @@ from karras_jax.generation import job
 from karras_jax.generation._writer import shard_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # generate_models
-
-
-def _samples(folder):
-    seeds, samples = [], []
-    for path in sorted(Path(folder).glob("shard-*.npz")):
-        with np.load(path) as f:
-            seeds.append(f["seeds"])
-            samples.append(f["samples"])
-    return np.concatenate(seeds), np.concatenate(samples)
 
 
 def _files(folder):
@@ -47,7 +39,7 @@ def test_the_folder_holds_shards_and_a_manifest_with_their_checksums(done):
     assert manifest["steps"] == 18 and len(manifest["sigmas"]) == 19 and "jax" in manifest["versions"]
     for name, checksum in manifest["checksums"].items():
         assert hashlib.sha256((done / name).read_bytes()).hexdigest() == checksum
-    seeds, samples = _samples(done)
+    seeds, samples = read_shards(done)
     assert seeds.tolist() == list(range(100)) and seeds.dtype == np.int64
     assert samples.shape == (100, 2) and samples.dtype == np.float32
     assert kj.verify(done)["ok"]
@@ -55,7 +47,7 @@ def test_the_folder_holds_shards_and_a_manifest_with_their_checksums(done):
 
 def test_sample_s_does_not_depend_on_the_batch_it_was_generated_in(done, tmp_path):
     kj.generate("mixture", "0-99", tmp_path, batch=7, progress=False)
-    np.testing.assert_allclose(_samples(tmp_path)[1], _samples(done)[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(read_shards(tmp_path)[1], read_shards(done)[1], rtol=1e-5, atol=1e-6)
 
 
 def test_sample_s_is_kj_sample_with_the_key_of_seed_s(done):
@@ -63,7 +55,7 @@ def test_sample_s_is_kj_sample_with_the_key_of_seed_s(done):
     state = kj.set_timesteps(model.config, model.steps, model.schedule)
     sampler = kj.make_sampler(model.apply_fn, state, model.config, (2,))
     direct = sampler(None, kj.seed_keys(np.asarray([3, 50])))
-    np.testing.assert_allclose(_samples(done)[1][[3, 50]], direct, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(read_shards(done)[1][[3, 50]], direct, rtol=1e-5, atol=1e-6)
 
 
 def test_a_rerun_keeps_complete_shards_and_regenerates_missing_or_corrupt_ones(done, tmp_path):
@@ -108,8 +100,8 @@ def test_guidance_and_pngs_for_a_conditional_image_model(tmp_path):
     guided = kj.generate("generate_models:gaussian_images", seeds, tmp_path / "w3", batch=16, guidance=3.0,
                          png=True, progress=False)
     assert plain.shards == guided.shards == 2
-    s, x1 = _samples(tmp_path / "w1")
-    _, x3 = _samples(tmp_path / "w3")
+    s, x1 = read_shards(tmp_path / "w1")
+    _, x3 = read_shards(tmp_path / "w3")
     high = (s % 3) == 2  # class mean +1
     assert abs(x1[high].mean() - 1.0) < 0.25 and x3[high].mean() > 1.5  # guidance pushes past the mean
     assert x3.shape == (30, 4, 4) and kj.verify(tmp_path / "w3")["ok"]  # the postprocessed shape
@@ -170,7 +162,6 @@ def test_planning_a_resume_reads_the_saved_manifest_and_keeps_its_shard_size(don
     assert plan.resumed and plan.manifest["shard_size"] == 32 and len(plan.manifest["checksums"]) == 4
     with pytest.raises(ValueError, match="what differs: .*shard_size"):
         job._plan("mixture", "0-99", done, batch=7, shard_size=10)
-
 
 
 def test_process_0_changes_the_folder_only_once_every_process_has_read_and_probed_it(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shard_files import read_shards
 
 TESTS = Path(__file__).resolve().parent.parent
 WORKER = TESTS / "generate_worker.py"
@@ -135,21 +136,12 @@ def test_two_processes_write_the_shards_of_one_process(tmp_path, whole):
 TP_SEEDS, TP_BATCH = "0-63", 16  # 4 shards: two written by each process
 
 
-def _samples(folder):
-    seeds, samples = [], []
-    for path in sorted(Path(folder).glob("shard-*.npz")):
-        with np.load(path) as shard:
-            seeds.append(shard["seeds"])
-            samples.append(shard["samples"])
-    return np.concatenate(seeds), np.concatenate(samples)
-
-
 @pytest.fixture(scope="module")
 def whole_tp(tmp_path_factory):
     out = tmp_path_factory.mktemp("whole_tp")
     run = _worker(out, "--model", "generate_models:tp_mlp", seeds=TP_SEEDS, batch=TP_BATCH)
     assert run.returncode == 0, run.stderr
-    return _samples(out)
+    return read_shards(out)
 
 
 @pytest.mark.parametrize("model, resume", [("tp_mlp_sharded", True), ("tp_mlp_local_sharded", False)],
@@ -159,7 +151,7 @@ def test_two_processes_with_sharded_weights_write_the_replicated_run(tmp_path, w
     # tp_mlp_local_sharded: each process's own (data=2, model=1) mesh, no collectives between them
     args = ("--model", f"generate_models:{model}")
     _two_processes(tmp_path, *args, seeds=TP_SEEDS, batch=TP_BATCH)
-    seeds, samples = _samples(tmp_path)
+    seeds, samples = read_shards(tmp_path)
     np.testing.assert_array_equal(seeds, whole_tp[0])
     assert np.max(np.abs(samples - whole_tp[1])) <= 1e-5 * np.max(np.abs(whole_tp[1]))
     if resume:  # one shard of each process gone: both processes plan and sample them together again

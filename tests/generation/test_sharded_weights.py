@@ -18,17 +18,9 @@ from karras_jax.generation.models import _weights_hash, load_generate_model
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # generate_models
 
 import generate_models  # noqa: E402
+from shard_files import read_shards  # noqa: E402
 
 SEEDS, BATCH, SHARD = "0-39", 8, 16  # 3 shards, the last one short
-
-
-def _samples(folder):
-    seeds, samples = [], []
-    for path in sorted(Path(folder).glob("shard-*.npz")):
-        with np.load(path) as f:
-            seeds.append(f["seeds"])
-            samples.append(f["samples"])
-    return np.concatenate(seeds), np.concatenate(samples)
 
 
 def _files(folder):
@@ -68,8 +60,8 @@ def test_the_factory_s_weights_stay_split_over_the_model_axis():
 
 
 def test_sharded_weights_write_the_shards_of_the_replicated_run(sharded, replicated):
-    seeds, out = _samples(sharded)
-    want_seeds, want = _samples(replicated)
+    seeds, out = read_shards(sharded)
+    want_seeds, want = read_shards(replicated)
     np.testing.assert_array_equal(seeds, want_seeds)
     assert seeds.tolist() == list(range(40))
     assert _relative_error(out, want) <= 1e-5
@@ -110,20 +102,20 @@ def test_a_job_begun_with_replicated_weights_resumes_with_sharded_ones(replicate
     result = _run(model._replace(identity=f"tp:{_weights_hash(model.params)}"), folder)
     assert (result.written, result.skipped) == (1, 2)
     assert kj.verify(folder)["ok"]
-    assert _relative_error(_samples(folder)[1], _samples(replicated)[1]) <= 1e-5
+    assert _relative_error(read_shards(folder)[1], read_shards(replicated)[1]) <= 1e-5
 
 
 @pytest.mark.parametrize("batch", [3, 5])
 def test_a_batch_the_data_axis_does_not_divide_is_rounded_up_changing_no_sample(replicated, tmp_path, batch):
     _run("generate_models:tp_mlp_sharded", tmp_path, seeds="0-15", batch=batch)
-    assert _relative_error(_samples(tmp_path)[1], _samples(replicated)[1][:16]) <= 1e-5
+    assert _relative_error(read_shards(tmp_path)[1], read_shards(replicated)[1][:16]) <= 1e-5
 
 
 def test_the_batch_may_split_over_several_mesh_axes(replicated, tmp_path):
     model = generate_models.tp_mlp_sharded()._replace(batch_axis=("data", "model"))
     assert job._placement(model).size == 8
     _run(model, tmp_path, seeds="0-15")
-    assert _relative_error(_samples(tmp_path)[1], _samples(replicated)[1][:16]) <= 1e-5
+    assert _relative_error(read_shards(tmp_path)[1], read_shards(replicated)[1][:16]) <= 1e-5
 
 
 def _two_meshes():
