@@ -115,6 +115,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         placed = getattr(leaf, "sharding", None)
         if not isinstance(placed, NamedSharding):
             return replicated
+        if placed.mesh == mesh:  # the common case, without comparing device arrays leaf by leaf
+            return placed
         if (placed.mesh.axis_names, placed.mesh.devices.shape) != (mesh.axis_names, mesh.devices.shape) or (
                 placed.mesh.devices != mesh.devices).any():
             raise ValueError(f"state{jax.tree_util.keystr(path)} is placed on another mesh "
@@ -148,8 +150,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                                  f"devices of mesh axis {axis_name!r}; got shape {jnp.shape(leaf)}.")
         layout = jax.tree_util.tree_map_with_path(placement, state)
         state, batch, key = jax.device_put((state, batch, key), (layout, split, replicated))
-        signature = jax.tree_util.tree_flatten(layout)
-        signature = (signature[1], tuple(signature[0]))
+        signature = (jax.tree_util.tree_structure(layout), tuple(jax.tree_util.tree_leaves(layout)))
         if signature not in programs:
             programs[signature] = jax.jit(on_auto, out_shardings=(layout, replicated))
         sharded_step.jitted = programs[signature]  # type: ignore[attr-defined]
