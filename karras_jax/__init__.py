@@ -4,7 +4,7 @@ Pure step functions with diffusers' ``KarrasVeScheduler`` shape, immutable pytre
 pluggable solvers, and a whole-loop sampler that compiles to one XLA program.
 """
 
-from karras_jax._noise import initial_noise
+from karras_jax._noise import initial_noise, step_noise
 from karras_jax.compat import (
     FlaxKarrasVeOutput,
     FlaxKarrasVeScheduler,
@@ -60,7 +60,7 @@ from karras_jax.schedules import (
     vp_sigmas,
 )
 from karras_jax.sharding import batch_sharding, make_sharded_sampler, sample_sharded
-from karras_jax.solvers import SOLVERS, Levels, Solver, dpmpp_2m, euler, get_solver, heun
+from karras_jax.solvers import SOLVERS, Levels, Solver, dpmpp_2m, euler, get_solver, heun, restart
 from karras_jax.state import KarrasVeState, set_timesteps
 from karras_jax.steps import (
     add_churn,
@@ -167,6 +167,7 @@ __all__ = [
     "parse_seeds",
     "precondition",
     "precondition_coefficients",
+    "restart",
     "sample",
     "sample_sharded",
     "save_checkpoint",
@@ -179,6 +180,7 @@ __all__ = [
     "slope",
     "step",
     "step_correct",
+    "step_noise",
     "training_sigmas",
     "ve_sigmas",
     "verify",

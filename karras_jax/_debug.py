@@ -84,12 +84,12 @@ def start(x0: jax.Array, sigma_hat: jax.Array, sigma: jax.Array) -> FirstFailure
 
 def watch(advance: Callable[..., tuple[jax.Array, jax.Array, Any]], denoise: Denoise,
           dtype: jnp.dtype) -> Callable[..., tuple[Any, ...]]:
-    """``advance(denoise, x_hat, levels, s)`` -> ``f(x_hat, levels, s, failure, i)`` that records failures.
+    """``advance(denoise, x_hat, levels, s, noise)`` -> ``f(x_hat, levels, s, failure, i, noise)``.
 
-    The returned step also returns the updated :class:`FirstFailure`.
+    The returned step records failures and also returns the updated :class:`FirstFailure`.
     """
     def step(x_hat: jax.Array, levels: Any, solver_state: Any, failure: FirstFailure,
-             i: jax.Array) -> tuple[Any, ...]:
+             i: jax.Array, noise: Any) -> tuple[Any, ...]:
         seen: list[tuple[jax.Array, int, jax.Array]] = []  # this step's checks, in program order
 
         def watched(x: jax.Array, sigma: jax.Array) -> jax.Array:
@@ -98,7 +98,7 @@ def watch(advance: Callable[..., tuple[jax.Array, jax.Array, Any]], denoise: Den
             seen.append((all_finite(out), OUTPUT, sigma))
             return out
 
-        x_next, denoised, solver_state = advance(watched, x_hat, levels, solver_state)
+        x_next, denoised, solver_state = advance(watched, x_hat, levels, solver_state, noise)
         seen.append((all_finite(x_next), UPDATE, levels.sigma_hat))
         for ok, kind, sigma in seen:
             failure = failure.record(ok, kind, i, levels.sigma_hat, sigma)

@@ -34,7 +34,7 @@ from karras_jax._validation import as_typed_keys, carry_dtype, check_dtype, chec
 from karras_jax.state import KarrasVeState, check_state
 
 __all__ = ["churn_keys", "churn_noise", "fast_keys", "fold_in_per_key", "initial_noise", "normal_per_key",
-           "split_per_key", "start_sample"]
+           "solver_keys", "solver_noise", "split_per_key", "start_sample", "step_noise"]
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
@@ -148,11 +148,14 @@ def start_sample(keys: jax.Array, init_noise_sigma: jax.Array, sample_shape: tup
 
     The normals are drawn in the carry dtype whatever ``dtype`` is: a bfloat16 draw has 8
     bits of mantissa through the inverse CDF (coarse, its tails cut), too poor to be noise.
+    At an infinite start level (a flow model's t = 1) the sample is held as its finite limit
+    x_0 / sigma_0, the unit normals themselves.
     """
     k_init, _ = split_per_key(keys)
     carry = carry_dtype(dtype)
     z = normal_per_key(fast_keys(k_init, sample_shape), sample_shape, carry)
-    return init_noise_sigma.astype(carry) * z
+    scale = init_noise_sigma.astype(carry)
+    return jnp.where(jnp.isinf(scale), jnp.ones_like(scale), scale) * z
 
 
 def churn_keys(keys: jax.Array, sample_shape: tuple[int, ...]) -> jax.Array:
@@ -168,6 +171,46 @@ def churn_noise(k_churn: jax.Array, step: Any, sample_shape: tuple[int, ...],
     ``normal(fold_in(k_churn_b, step))`` per sample, drawn like :func:`start_sample`'s.
     """
     return normal_per_key(fold_in_per_key(k_churn, step), sample_shape, carry_dtype(dtype))
+
+
+def solver_keys(keys: jax.Array, sample_shape: tuple[int, ...]) -> jax.Array:
+    """The per-sample solver keys ``split(k_b, 3)[2]``, a third stream beside start and churn."""
+    return fast_keys(_per_key(lambda k: jax.random.split(k, 3)[2], keys), sample_shape)
+
+
+def solver_noise(k_solver: jax.Array, step: Any, draw: int, sample_shape: tuple[int, ...],
+                 dtype: jnp.dtype) -> jax.Array:
+    """Normals number ``draw`` of step ``step``: ``normal(fold_in(fold_in(k_solver_b, step), draw))``."""
+    keys = fold_in_per_key(fold_in_per_key(k_solver, step), draw)
+    return normal_per_key(keys, sample_shape, carry_dtype(dtype))
+
+
+def step_noise(keys: jax.Array, step: Any, sample_shape: tuple[int, ...], draw: int = 0) -> jax.Array:
+    r"""The normals a stochastic solver draws at step ``step`` (docs/noise.md), to feed other code.
+
+    For sample b with key :math:`k_b`: ``normal(fold_in(fold_in(split(k_b, 3)[2], step), draw),
+    sample_shape)`` in float32 (float64 under x64): a stream of its own, apart from the
+    start noise and the churn, so that a solver's noise composes with Algorithm 2's churn.
+    ``step`` is the 0-based step of the loop (with restarts, of the expanded loop).
+
+    Args:
+      keys: (B,) typed keys or (B, 2) raw uint32 keys, one per sample.
+      step: The 0-based step index (an int or int32 scalar, traced welcome).
+      sample_shape: Shape of one sample.
+      draw: Which draw of the step (0 for the first; a solver numbers its own).
+
+    Returns:
+      (B, *sample_shape) standard normals.
+
+    >>> import jax, karras_jax as kj
+    >>> kj.step_noise(jax.random.split(jax.random.key(0), 3), 5, (2,)).shape
+    (3, 2)
+    """
+    keys = as_typed_keys("keys", keys, batch=True)
+    sample_shape = check_sample_shape(sample_shape)
+    if not isinstance(draw, int) or isinstance(draw, bool) or draw < 0:
+        raise ValueError(f"draw must be an int >= 0, got {draw!r}.")
+    return solver_noise(solver_keys(keys, sample_shape), step, draw, sample_shape, jnp.float32)
 
 
 def initial_noise(keys: jax.Array, state: KarrasVeState, sample_shape: tuple[int, ...],

@@ -19,7 +19,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from karras_jax._compiled import check_levels_fit, churn_fn, churn_is_idle, loop_config, prepare, wrap_program
 from karras_jax._debug import TRACED_MESSAGE, run_checked, start, watch
-from karras_jax._noise import start_sample
+from karras_jax._noise import solver_keys, solver_noise, start_sample
 from karras_jax._progress import step_bar
 from karras_jax._validation import (
     as_typed_keys,
@@ -34,6 +34,7 @@ from karras_jax._validation import (
 from karras_jax.config import KarrasVeConfig
 from karras_jax.solvers import Solver, get_solver
 from karras_jax.solvers.base import levels_of
+from karras_jax.solvers.restart import restart_table
 from karras_jax.state import KarrasVeState, check_state, resolve_config
 from karras_jax.steps import churn_levels
 
@@ -44,9 +45,11 @@ class Trajectory:
     """Per-step record of a sampling run (``sample(..., return_trajectory=True)``).
 
     Attributes:
-      samples: (N+1, B, *sample_shape): x_0 (the start noise) then x_1 .. x_N (the result).
+      samples: (N+1, B, *sample_shape): x_0 (the start noise; x_0 / sigma_0 at an infinite
+        sigma_0) then x_1 .. x_N (the result). With Restart, N counts its steps too.
       denoised: (N, B, *sample_shape): D(x_hat_i; sigma_hat_i), the first estimate of each step.
-      sigmas: (N+1,) the noise levels sigma_0 .. sigma_N = 0.
+      sigmas: (N+1,) the level after each step, from sigma_0 to 0 (with Restart, the restart
+        levels included).
     """
 
     samples: jax.Array
@@ -133,9 +136,14 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
 
     sigmas = state.sigmas.astype(level_dtype())
     sigma_hat, noise_std = churn_levels(config, n, sigmas[:-1])
-    levels = levels_of(sigmas[:-1], sigma_hat, sigmas[1:])
-    levels = levels.replace(extra=solver.scalars(levels))
-    churn = None if churn_is_idle(config, state) else churn_fn(keys, sample_shape, dtype, noise_std)
+    columns = (sigmas[:-1], sigma_hat, sigmas[1:], noise_std)
+    sigma, sigma_hat, sigma_next, noise_std = restart_table(solver.restarts, *columns, config.s_noise)
+    levels = levels_of(sigma, sigma_hat, sigma_next)
+    levels, m = levels.replace(extra=solver.scalars(levels)), sigma.shape[0]
+    idle = churn_is_idle(config, state) and not solver.restarts
+    churn = None if idle else churn_fn(keys, sample_shape, dtype, noise_std)
+    k_solver = solver_keys(keys, sample_shape) if solver.stochastic else None
+    first = int(state.schedule_name == "flow")  # its sigma_0 is infinite: step 0 is the Euler limit
 
     def denoise(x: jax.Array, sigma: jax.Array) -> jax.Array:
         out = denoise_fn(x.astype(dtype), sigma, cond)
@@ -147,15 +155,18 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
     def stepper(advance: Callable[..., Any]) -> Callable[..., tuple[Any, ...]]:
         if checks:
             return watch(advance, denoise, dtype)
-        return lambda x_hat, lv, s, failure, i: (*advance(denoise, x_hat, lv, s), failure)
+        return lambda x_hat, lv, s, failure, i, noise: (*advance(denoise, x_hat, lv, s, noise), failure)
 
-    report = step_bar(n) if progress is True else progress or None
+    report = step_bar(m) if progress is True else progress or None
 
-    def one(i: jax.Array, carried: tuple[Any, ...], advance: Callable[..., Any]) -> tuple[Any, ...]:
+    def one(i: jax.Array, carried: tuple[Any, ...], advance: Callable[..., Any],
+            churned: bool = True) -> tuple[Any, ...]:
         x, solver_state, failure = carried
         levels_i = jax.tree_util.tree_map(lambda column: column[i], levels)
-        x_hat = x if churn is None else churn(i, x)
-        x, denoised, solver_state, failure = advance(x_hat, levels_i, solver_state, failure, i)
+        x_hat = x if churn is None or not churned else churn(i, x)
+        noise = None if k_solver is None else (
+            lambda draw: solver_noise(k_solver, i, draw, sample_shape, dtype))
+        x, denoised, solver_state, failure = advance(x_hat, levels_i, solver_state, failure, i, noise)
         if report is not None:
             jax.debug.callback(report, i, ordered=True)
         return (x, solver_state, failure), denoised
@@ -166,19 +177,39 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
         carried, denoised = one(i, carried, inner)
         return carried, (carried[0].astype(dtype), denoised.astype(dtype))
 
-    init = (x0, solver.init(x0), start(x0, sigma_hat[0], sigmas[0]) if checks else None)
+    carried = (x0, solver.init(x0), start(x0, sigma_hat[0], sigmas[0]) if checks else None)
+    path = [(jnp.zeros((0, *full_shape), dtype),) * 2]
+    if first:  # x_0 is held as x_0 / sigma_0 = z, and the limit of a first step from there is Euler's
+        carried, denoised = one(jnp.asarray(0, jnp.int32), carried, stepper(_limit_step), churned=False)
+        path.append((carried[0].astype(dtype)[None], denoised.astype(dtype)[None]))
     if return_trajectory:  # the same body, its per-step outputs stacked
-        carried, path = jax.lax.scan(body, init, jnp.arange(n - 1, dtype=jnp.int32))
+        carried, rows = jax.lax.scan(body, carried, jnp.arange(first, m - 1, dtype=jnp.int32))
+        path.append(rows)
     else:
-        carried = jax.lax.fori_loop(0, n - 1, lambda i, c: one(i, c, inner)[0], init)
-    (x, _, failure), denoised = one(jnp.asarray(n - 1, jnp.int32), carried, last)
+        carried = jax.lax.fori_loop(first, m - 1, lambda i, c: one(i, c, inner)[0], carried)
+    if m > first:
+        carried, denoised = one(jnp.asarray(m - 1, jnp.int32), carried, last)
+        path.append((carried[0].astype(dtype)[None], denoised.astype(dtype)[None]))
+    x, _, failure = carried
     if checks:
         failure.check(dtype.name)
     x = x.astype(dtype)
     if not return_trajectory:
         return x
-    samples = jnp.concatenate([x0.astype(dtype)[None], path[0], x[None]])
-    return x, Trajectory(samples, jnp.concatenate([path[1], denoised.astype(dtype)[None]]), sigmas)
+    samples, denoised = (jnp.concatenate(column) for column in zip(*path, strict=True))
+    return x, Trajectory(jnp.concatenate([x0.astype(dtype)[None], samples]), denoised,
+                         jnp.concatenate([sigma[:1], sigma_next]))
+
+
+def _limit_step(denoise: Callable[..., jax.Array], x_hat: jax.Array, levels: Any, solver_state: Any,
+                noise: Any) -> tuple[jax.Array, jax.Array, Any]:
+    r"""A step from :math:`\hat\sigma = \infty`, x held as :math:`z = x/\hat\sigma`: Euler's limit.
+
+    :math:`x_1 = \sigma_1 z + D(z; \infty)`, the only solver step with a finite limit there
+    (DDIM's first step, and a flow model's Euler step from t = 1).
+    """
+    denoised = denoise(x_hat, levels.sigma_hat)
+    return levels.sigma_next.astype(x_hat.dtype) * x_hat + denoised, denoised, solver_state
 
 
 def make_sampler(apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array], state: KarrasVeState,

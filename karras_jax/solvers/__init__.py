@@ -13,8 +13,9 @@ from karras_jax.solvers.base import Levels, Solver
 from karras_jax.solvers.dpmpp_2m import dpmpp_2m
 from karras_jax.solvers.euler import euler
 from karras_jax.solvers.heun import heun
+from karras_jax.solvers.restart import restart
 
-__all__ = ["SOLVERS", "Levels", "Solver", "dpmpp_2m", "euler", "get_solver", "heun"]
+__all__ = ["SOLVERS", "Levels", "Solver", "dpmpp_2m", "euler", "get_solver", "heun", "restart"]
 
 # One entry per solver: name -> factory of its Solver.
 _REGISTRY: dict[str, Callable[[], Solver]] = {"heun": heun, "euler": euler, "dpmpp_2m": dpmpp_2m}

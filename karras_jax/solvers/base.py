@@ -9,7 +9,9 @@ is the loop's and is shared by every solver. In the optax idiom a solver is an i
   levels, computed once for all N steps before the loop (vectorised over steps), so that
   the loop body holds nothing but network calls and one fused elementwise update;
 * ``init(x0) -> solver_state``: the carried state (e.g. a multistep history), float32;
-* ``step(denoise, x_hat, levels_i, solver_state) -> (x_next, denoised, solver_state)``;
+* ``step(denoise, x_hat, levels_i, solver_state, noise) -> (x_next, denoised, solver_state)``,
+  where ``noise(draw)`` returns the step's standard normals number ``draw``
+  (:func:`karras_jax.step_noise`; only a ``stochastic`` solver calls it);
 * ``last_step``: the same for the final step down to sigma = 0 (Euler by default, so that
   the network is never evaluated at sigma = 0);
 * ``evaluations(N)``: the network evaluations of an N-step run.
@@ -32,6 +34,8 @@ from karras_jax import steps
 __all__ = ["Levels", "Solver"]
 
 Denoise = Callable[[jax.Array, jax.Array], jax.Array]
+Noise = Callable[[int], jax.Array]
+Step = Callable[[Denoise, jax.Array, "Levels", Any, Noise], tuple[jax.Array, jax.Array, Any]]
 
 
 @struct.dataclass
@@ -75,8 +79,8 @@ def no_state(x0: jax.Array) -> None:
     del x0
 
 
-def euler_step(denoise: Denoise, x_hat: jax.Array, levels: Levels,
-               solver_state: Any) -> tuple[jax.Array, jax.Array, Any]:
+def euler_step(denoise: Denoise, x_hat: jax.Array, levels: Levels, solver_state: Any,
+               noise: Noise | None = None) -> tuple[jax.Array, jax.Array, Any]:
     r"""One Euler step, :math:`x_{i+1} = \hat x + h\,(\hat x - D(\hat x;\hat\sigma))/\hat\sigma`.
 
     The last step of every built-in solver: at :math:`\sigma_{i+1} = 0` it returns
@@ -94,18 +98,23 @@ class Solver(NamedTuple):
       name: The registered name (``"heun"``, ...), used in messages and reports.
       order: The convergence order of the deterministic solver (error ~ N^-order).
       evaluations: ``evaluations(N) -> int``, network evaluations of an N-step run.
-      step: ``step(denoise, x_hat, levels, solver_state) -> (x_next, denoised, solver_state)``
-        for steps 0 .. N-2; ``denoised`` is the first evaluation's D (for trajectories).
+      step: ``step(denoise, x_hat, levels, solver_state, noise) -> (x_next, denoised,
+        solver_state)`` for steps 0 .. N-2; ``denoised`` is the first evaluation's D (for
+        trajectories); ``noise(draw)`` gives the step's normals (see the module doc).
       init: ``init(x0) -> solver_state``, a pytree carried through the loop.
       scalars: ``scalars(levels) -> extra`` per-step coefficients ((N,) arrays, computed
         once before the loop), passed to ``step`` as ``levels.extra``.
       last_step: Like ``step``, for the last step (to sigma = 0).
+      stochastic: Whether ``step`` draws noise (the loop derives the solver keys only then).
+      restarts: Restart intervals (:func:`karras_jax.restart`), empty for none.
     """
 
     name: str
     order: int
     evaluations: Callable[[int], int]
-    step: Callable[[Denoise, jax.Array, Levels, Any], tuple[jax.Array, jax.Array, Any]]
+    step: Step
     init: Callable[[jax.Array], Any] = no_state
     scalars: Callable[[Levels], Any] = no_scalars
-    last_step: Callable[[Denoise, jax.Array, Levels, Any], tuple[jax.Array, jax.Array, Any]] = euler_step
+    last_step: Step = euler_step
+    stochastic: bool = False
+    restarts: tuple[Any, ...] = ()

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from karras_jax import steps
-from karras_jax.solvers.base import Denoise, Levels, Solver
+from karras_jax.solvers.base import Denoise, Levels, Noise, Solver
 
 __all__ = ["dpmpp_2m"]
 
@@ -59,8 +59,8 @@ def _init(x0: jax.Array) -> jax.Array:
     return jnp.zeros_like(x0)  # D_{i-1}; its weight is 0 at the first step
 
 
-def _step(denoise: Denoise, x_hat: jax.Array, levels: Levels,
-          previous: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _step(denoise: Denoise, x_hat: jax.Array, levels: Levels, previous: jax.Array,
+          noise: Noise) -> tuple[jax.Array, jax.Array, jax.Array]:
     denoised = denoise(x_hat, levels.sigma_hat)
     w = levels.extra.astype(x_hat.dtype)
     extrapolated = denoised + w * (denoised - previous)

@@ -18,13 +18,13 @@ from typing import Any
 import jax
 
 from karras_jax import steps
-from karras_jax.solvers.base import Denoise, Levels, Solver
+from karras_jax.solvers.base import Denoise, Levels, Noise, Solver
 
 __all__ = ["heun"]
 
 
-def _step(denoise: Denoise, x_hat: jax.Array, levels: Levels,
-          solver_state: Any) -> tuple[jax.Array, jax.Array, Any]:
+def _step(denoise: Denoise, x_hat: jax.Array, levels: Levels, solver_state: Any,
+          noise: Noise) -> tuple[jax.Array, jax.Array, Any]:
     denoised = denoise(x_hat, levels.sigma_hat)
     d = steps.slope(x_hat, denoised, levels.inv_sigma_hat)
     x_euler = steps.euler_update(x_hat, d, levels.h)

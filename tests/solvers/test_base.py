@@ -38,7 +38,7 @@ def test_a_name_and_its_solver_object_give_the_same_samples(name):
     np.testing.assert_array_equal(by_name, by_object)
 
 
-def _midpoint_step(denoise, x_hat, levels, solver_state):
+def _midpoint_step(denoise, x_hat, levels, solver_state, noise):
     """A user's solver: explicit midpoint in sigma (second order), with a step counter as state."""
     denoised = denoise(x_hat, levels.sigma_hat)
     d = steps.slope(x_hat, denoised, levels.inv_sigma_hat)
@@ -78,7 +78,7 @@ def test_a_solver_defined_outside_the_package_plugs_in_everywhere():
 def test_solver_state_is_carried_through_the_loop():
     seen = []
 
-    def step(denoise, x_hat, levels, count):
+    def step(denoise, x_hat, levels, count, noise):
         jax.debug.callback(lambda c: seen.append(int(c)), count)
         return (*euler_step(denoise, x_hat, levels, None)[:2], count + 1)
 
