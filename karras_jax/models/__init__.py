@@ -1,10 +1,11 @@
 """Bringing trained networks to the sampler.
 
-Preconditioning, discrete-time models, guidance, a small UNet and a small DiT.
+Preconditioning, discrete-time and flow-matching models, guidance, a small UNet and a small DiT.
 """
 
 from karras_jax.models.discrete import discrete_sigmas, discrete_time_denoiser
 from karras_jax.models.dit import DIT_AXIS_RULES, DiT, dit_shardings
+from karras_jax.models.flow import FLOW_PREDICTIONS, flow_denoiser
 from karras_jax.models.guidance import Guidance, autoguidance, classifier_free_guidance
 from karras_jax.models.precondition import (
     PRECONDITIONINGS,
@@ -15,6 +16,7 @@ from karras_jax.models.unet import UNet
 
 __all__ = [
     "DIT_AXIS_RULES",
+    "FLOW_PREDICTIONS",
     "PRECONDITIONINGS",
     "DiT",
     "Guidance",
@@ -24,6 +26,7 @@ __all__ = [
     "discrete_sigmas",
     "discrete_time_denoiser",
     "dit_shardings",
+    "flow_denoiser",
     "precondition",
     "precondition_coefficients",
 ]
