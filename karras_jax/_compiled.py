@@ -64,7 +64,8 @@ def _concrete_churn(config: KarrasVeConfig, state: KarrasVeState) -> tuple[np.nd
     with jax.ensure_compile_time_eval():  # concrete even when called while tracing
         sigmas = jnp.asarray(state.sigmas[:-1], level_dtype())
         sigma_hat, noise_std = churn_levels(config, state.num_inference_steps, sigmas)
-        return np.asarray(sigma_hat / sigmas), np.asarray(noise_std)
+        finite = np.isfinite(np.asarray(sigmas))  # no churn at an infinite level (a flow start)
+        return np.where(finite, sigma_hat / sigmas, 1.0), np.where(finite, noise_std, 0.0)
 
 
 def churn_is_idle(config: KarrasVeConfig, state: KarrasVeState,
@@ -104,7 +105,10 @@ def check_levels_fit(state: KarrasVeState, config: KarrasVeConfig, dtype: jnp.dt
         return
     churn = _concrete_churn(config, state) if churn is None else churn
     factor = 2**0.5 if churn is None else float(np.max(churn[0]))
-    biggest = float(np.asarray(state.init_noise_sigma)) * factor
+    levels = np.asarray(state.sigmas)
+    start = float(np.asarray(state.init_noise_sigma))  # held as x_0 / sigma_0 when infinite:
+    start = start if np.isfinite(start) else max(1.0, float(levels[1]) if levels.size > 1 else 0.0)
+    biggest = start * factor
     largest = float(jnp.finfo(dtype).max)
     if 6.0 * biggest > largest:
         sigma_max = config.sigma_max

@@ -57,11 +57,13 @@ class GaussianData:
         _check_positive("std", self.std)
 
     def denoise(self, x: ArrayLike, sigma: ArrayLike, cond: Any = None) -> jax.Array:
-        """D(x; sigma) = (s^2 x + sigma^2 mu) / (s^2 + sigma^2)."""
+        """D(x; sigma) = (s^2 x + sigma^2 mu) / (s^2 + sigma^2); mu at sigma = inf (x is then x / sigma)."""
         del cond
         var = self.std**2
         sigma2 = jnp.asarray(sigma) ** 2
-        return (var * x + sigma2 * self.mean) / (var + sigma2)
+        exact = (var * x + sigma2 * self.mean) / (var + sigma2)
+        limit = jnp.broadcast_to(self.mean, exact.shape).astype(exact.dtype)
+        return jnp.where(jnp.isinf(sigma2), limit, exact)
 
     def ode_solution(self, x_start: ArrayLike, sigma_start: ArrayLike) -> jax.Array:
         """Exact probability-flow ODE map from sigma_start to 0 (no churn).
@@ -124,6 +126,9 @@ class GaussianMixture:
             D(x;\sigma) = \sum_k r_k(x) \frac{s_k^2 x + \sigma^2 \mu_k}{s_k^2 + \sigma^2},
             \quad r_k \propto w_k N(x; \mu_k, (s_k^2 + \sigma^2) I)
 
+        At :math:`\sigma = \infty` (x then holds :math:`x/\sigma`, the sampler's convention)
+        the responsibilities are the weights and :math:`D = \sum_k w_k \mu_k`.
+
         Args:
           x: (..., dim) noisy points.
           sigma: Scalar noise level.
@@ -143,7 +148,9 @@ class GaussianMixture:
         resp = jax.nn.softmax(logits, axis=-1)[..., None]  # (..., K, 1)
         s2 = (self.stds.astype(work) ** 2)[:, None]
         per_component = (s2 * xw + sigma2 * self.means.astype(work)) / (s2 + sigma2)
-        return jnp.sum(resp * per_component, axis=-2).astype(x.dtype)
+        exact = jnp.sum(resp * per_component, axis=-2)
+        limit = jnp.broadcast_to(self.weights.astype(work) @ self.means.astype(work), exact.shape)
+        return jnp.where(jnp.isinf(sigma2), limit, exact).astype(x.dtype)
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """N exact draws, (n, dim)."""

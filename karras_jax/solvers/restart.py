@@ -79,9 +79,11 @@ def restart(solver: Solver, intervals: Any, *, rho: float = 7.0) -> Solver:
         if not _is_count(k, 0) or not _is_count(levels, 2):
             raise ValueError(f"intervals[{n}]: K must be an int >= 0 and N_restart an int >= 2, got "
                              f"K={k!r}, N_restart={levels!r}.")
-        rows.append((float(t_min), float(t_max), int(k), int(levels), float(rho)))
+        if k:  # K = 0 leaves the base run untouched, bitwise
+            rows.append((float(t_min), float(t_max), int(k), int(levels), float(rho)))
     extra = sum(k * (levels - 1) for _, _, k, levels, _ in rows)
-    return solver._replace(name=f"restart_{solver.name}", evaluations=lambda n: solver.evaluations(n + extra),
+    return solver._replace(name=f"restart_{solver.name}",
+                           evaluations=lambda n: solver.evaluations(n + (extra if n >= 2 else 0)),
                            restarts=tuple(rows))
 
 
@@ -97,7 +99,7 @@ def restart_table(restarts: tuple[Any, ...], sigma: jax.Array, sigma_hat: jax.Ar
     columns, keys, extra = [[sigma], [sigma_hat], [sigma_next], [noise_std]], [], 0
     total = sum(k * (m - 1) for _, _, k, m, _ in restarts)
     for t_min, t_max, k, m, rho in restarts:
-        if k == 0 or n < 2:
+        if n < 2:  # no level between sigma_0 and 0 to restart from
             continue
         j = jnp.argmin(jnp.abs(grid - t_min))  # the restart starts at sigma_{j+1}
         low, top = grid[j], jnp.asarray(t_max, sigma.dtype)
@@ -108,11 +110,10 @@ def restart_table(restarts: tuple[Any, ...], sigma: jax.Array, sigma_hat: jax.Ar
         start = jnp.concatenate([low[None], r[1:-1]])  # the level each step leaves, before the jump
         leave = r[:-1]
         std = jnp.zeros(m - 1, sigma.dtype).at[0].set(jump)
-        for _ in range(k):
-            for column, values in zip(columns, (start, leave, r[1:], std), strict=True):
-                column.append(values)
-            keys.append(j * (total + 1) + 1 + extra + jnp.arange(m - 1))  # after base step j
-            extra += m - 1
+        for column, values in zip(columns, (start, leave, r[1:], std), strict=True):
+            column.append(jnp.tile(values, k))  # one op whatever K: the program does not grow with it
+        keys.append(j * (total + 1) + 1 + extra + jnp.arange(k * (m - 1)))  # rows after base step j
+        extra += k * (m - 1)
     if not extra:
         return sigma, sigma_hat, sigma_next, noise_std
     order = jnp.argsort(jnp.concatenate([jnp.arange(n) * (total + 1), *keys]), stable=True)
