@@ -35,6 +35,7 @@ class Preset:
     generate_seeds: dict = field(default_factory=lambda: {"mixture": 65536, "unet": 1024})
     generate_batch: dict = field(default_factory=lambda: {"mixture": 4096, "unet": 256})
     diffrax_batches: tuple[int, ...] = (1, 32, 4096)  # measurement 12
+    solver_batches: tuple[int, ...] = (1, 4096)  # measurement 14
     # (model, B, N) measured in measurement 1/5 on top of the product above
     extra_cases: tuple[tuple[str, int, int], ...] = ()
     # measurement ids in run order (a time budget skips the tail); empty: run.py's order
@@ -99,7 +100,8 @@ GPU = Preset(
     unet_batches=(1, 1024),
     train_batches=(512, 8192, 65536),
     diffrax_batches=(1, 32, 4096, 65536),
-    order=("6", "1", "5", "8", "12", "9", "11", "10", "2", "3", "7", "4ab", "4c", "13"),
+    solver_batches=(1, 65536),
+    order=("6", "1", "5", "8", "12", "9", "11", "10", "2", "3", "7", "4ab", "4c", "13", "14"),
 )
 
 PRESETS = {p.name: p for p in (QUICK, FULL, GPU)}

@@ -263,6 +263,18 @@ def pod_table(rows: list[Row]) -> str:
     return _table(header, lines)
 
 
+def solvers_table(rows: list[Row]) -> str:
+    """Measurement 14: every solver's time per step and per network evaluation, against Euler's."""
+    lines = []
+    for r in (r for r in rows if r["measurement"] == "14_solvers"):
+        for name, t in r["times"].items():
+            lines.append([str(r["case"]["B"]), name, str(r["steps"][name]), str(r["nfe"][name]),
+                          _ms(t["median"]), _ms(t["median"] / r["steps"][name]),
+                          _x(r["per_step_vs_euler"][name]), _x(r["per_nfe_vs_euler"][name])])
+    header = ["B", "solver", "steps", "NFE", "ms/call", "ms/step", "per step / Euler", "per NFE / Euler"]
+    return _table(header, lines)
+
+
 PROGRAMS = ("diffrax", "kj.sample", "fori_loop")  # measurement 12's columns
 
 
@@ -449,6 +461,8 @@ def render(result: dict[str, Any]) -> str:
         diffrax_table(rows),
         "**Weights split over a pod's model axis vs replicated, 8 CPU devices (measurement 13)**",
         pod_table(rows),
+        "**Every solver per step vs Euler, MLP, N=18, s_churn=0 (measurement 14)**",
+        solvers_table(rows),
     ]
     earlier = [f"{mid} ({m['run']['started']}, {(m['run']['commit'] or '')[:7]})"
                for mid, m in result.get("measurements", {}).items()

@@ -45,6 +45,7 @@ MEASUREMENTS = {
     "11": ("bench_generate", "kj.generate end to end vs sampling the same batches without writing"),
     "12": ("bench_diffrax", "deterministic Heun/Euler N=18: kj.sample vs diffrax's diffeqsolve"),
     "13": ("bench_pod", "DiT ~50M params, weights split 4-way over a model axis vs replicated (child)"),
+    "14": ("bench_solvers", "per-step time of every solver (and Restart) vs Euler, B = 1 and large"),
 }
 
 
