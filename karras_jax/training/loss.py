@@ -1,4 +1,4 @@
-r"""Training losses: the four training rows of Table 1 (Karras et al. 2022).
+r"""Training losses: the four training rows of Table 1 (Karras et al. 2022), and rectified flow.
 
 .. math::
 
@@ -16,7 +16,25 @@ kind      sigma drawn as                               lambda(sigma)
 ``vp``    sigma_vp(t), t ~ U(epsilon_t, 1)             1/sigma^2
 ``ve``    ln sigma ~ U(ln sigma_min, ln sigma_max)     1/sigma^2
 ``iddpm`` u_j, j ~ U{0, ..., M-1}                      1/sigma^2
+``flow``  t = sigmoid(logit_mean + logit_std n)        ((1 + sigma)/sigma)^2 = 1/t^2
 ========= ============================================ ============================
+
+**Rectified flow** (``flow``, SD3's logit-normal time sampling, Esser et al. 2024): the flow
+time is :math:`t = \mathrm{sigmoid}(m + s\, n)`, :math:`n \sim \mathcal{N}(0, 1)`, with
+:math:`m` = ``logit_mean`` (default 0) and :math:`s` = ``logit_std`` (default 1), and
+:math:`\sigma = t/(1 - t)`. Since :math:`\ln\sigma = \mathrm{logit}(t) = m + s\,n`, the level
+is drawn as :math:`\sigma = \exp(m + s\,n)` directly (EDM's draw; no division by 1 - t).
+The weight :math:`\lambda(\sigma) = ((1 + \sigma)/\sigma)^2 = 1/t^2` makes the loss the
+flow-matching loss: with :func:`karras_jax.models.flow_denoiser` around a velocity network
+:math:`\hat v`, :math:`x = x_0 + \sigma\epsilon` is :math:`x_t = x/(1 + \sigma) = (1 - t)x_0 +
+t\epsilon` and :math:`D = x_t - t\hat v`, so :math:`D - x_0 = t\,((\epsilon - x_0) - \hat v)`
+and
+
+.. math::
+
+    \lambda(\sigma)\, \lVert D - x_0 \rVert^2 = \lVert \hat v - (\epsilon - x_0) \rVert^2,
+
+the velocity MSE, per element as above.
 
 **Randomness (a contract).** ``key`` is either one key for the batch, split as
 ``jax.random.split(key, B)`` into one key per sample, or a ``(B,)`` batch of keys, one per
@@ -55,13 +73,14 @@ LOSSES: dict[str, dict[str, float]] = {
     "vp": {"beta_d": 19.9, "beta_min": 0.1, "epsilon_t": 1e-5},
     "ve": {"sigma_min": 0.02, "sigma_max": 100.0},
     "iddpm": {"C1": 0.001, "C2": 0.008, "M": 1000},
+    "flow": {"logit_mean": 0.0, "logit_std": 1.0},
 }
 
 ApplyFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 
 
 def _constants(kind: Any, constants: dict[str, Any]) -> dict[str, Any]:
-    values = check_kind_constants(kind, LOSSES, constants, signed=("p_mean",))
+    values = check_kind_constants(kind, LOSSES, constants, signed=("p_mean", "logit_mean"))
     if kind == "ve" and concrete_value("sigma_min", values["sigma_min"]) is not None and \
             concrete_value("sigma_max", values["sigma_max"]) is not None and \
             not values["sigma_min"] < values["sigma_max"]:
@@ -78,7 +97,8 @@ def training_sigmas(keys: jax.Array, kind: str = "edm", **constants: Any) -> jax
 
     Args:
       keys: ``(B,)`` typed PRNG keys (each the sample's ``k_sigma``).
-      kind: ``"edm"``, ``"vp"``, ``"ve"`` or ``"iddpm"``.
+      kind: ``"edm"``, ``"vp"``, ``"ve"``, ``"iddpm"`` or ``"flow"`` (:math:`\ln\sigma =
+        \mathrm{logit}(t) \sim \mathcal{N}(\text{logit\_mean}, \text{logit\_std}^2)`).
       **constants: Overrides of the row's constants (:data:`LOSSES`).
 
     Returns:
@@ -95,9 +115,11 @@ def training_sigmas(keys: jax.Array, kind: str = "edm", **constants: Any) -> jax
     values = _constants(kind, constants)
     keys = as_typed_keys("keys", keys, batch=True)
     dtype = level_dtype()
-    if kind == "edm":
+    if kind in ("edm", "flow"):  # ln sigma normal; for flow, ln sigma = logit(t) = m + s n
+        mean, std = (values["p_mean"], values["p_std"]) if kind == "edm" else \
+            (values["logit_mean"], values["logit_std"])
         z = jax.vmap(lambda k: jax.random.normal(k, (), dtype))(keys)
-        return jnp.exp(jnp.asarray(values["p_mean"], dtype) + jnp.asarray(values["p_std"], dtype) * z)
+        return jnp.exp(jnp.asarray(mean, dtype) + jnp.asarray(std, dtype) * z)
     if kind == "iddpm":
         u = jnp.asarray(iddpm_levels(values["C1"], values["C2"], values["M"])[:-1], dtype)
         return u[jax.vmap(lambda k: jax.random.randint(k, (), 0, values["M"]))(keys)]
@@ -112,6 +134,8 @@ def training_sigmas(keys: jax.Array, kind: str = "edm", **constants: Any) -> jax
 
 def loss_weight(sigma: ArrayLike, kind: str = "edm", **constants: Any) -> jax.Array:
     r"""The loss weight :math:`\lambda(\sigma)` of the ``kind`` row of Table 1 (elementwise).
+
+    For ``"flow"``, :math:`((1 + \sigma)/\sigma)^2 = 1/t^2` (module docstring).
 
     Raises:
       TypeError: ``kind`` is not a string.
@@ -133,6 +157,8 @@ def _weight(sigma: ArrayLike, kind: str, values: dict[str, Any]) -> jax.Array:
     if kind == "edm":
         sd = jnp.asarray(values["sigma_data"], dtype)
         return (sigma**2 + sd**2) / (sigma * sd) ** 2
+    if kind == "flow":
+        return (1.0 + 1.0 / sigma) ** 2
     return 1.0 / sigma**2
 
 
@@ -158,7 +184,7 @@ def sample_keys(key: Any, batch: int) -> jax.Array:
 def edm_loss(apply_fn: ApplyFn, params: Any, x: ArrayLike, key: Any, cond: Any = None, *,
              kind: str = "edm", cond_drop_prob: ArrayLike = 0.0, null_cond: Any = None,
              **constants: Any) -> jax.Array:
-    r"""Per-sample training losses of a denoiser (Table 1's training rows; EDM's by default).
+    r"""Per-sample training losses of a denoiser (Table 1's rows or rectified flow; EDM's by default).
 
     Args:
       apply_fn: ``apply_fn(params, x, sigma, cond) -> D`` called with one sigma per sample,
@@ -171,7 +197,9 @@ def edm_loss(apply_fn: ApplyFn, params: Any, x: ArrayLike, key: Any, cond: Any =
         them (every leaf ``(B, ...)``), or None.
       kind: The training row: ``"edm"`` (p_mean=-1.2, p_std=1.2, sigma_data=0.5), ``"vp"``
         (beta_d=19.9, beta_min=0.1, epsilon_t=1e-5), ``"ve"`` (sigma_min=0.02,
-        sigma_max=100) or ``"iddpm"`` (C1=0.001, C2=0.008, M=1000).
+        sigma_max=100), ``"iddpm"`` (C1=0.001, C2=0.008, M=1000) or ``"flow"``
+        (logit_mean=0.0, logit_std=1.0; the velocity MSE for
+        :func:`karras_jax.models.flow_denoiser` around a velocity network, module docstring).
       cond_drop_prob: Label dropout for classifier-free guidance: each sample's ``cond`` (every
         leaf of it) is replaced by ``null_cond`` with this probability. A scalar; may be traced.
       null_cond: One sample's "no condition" value, of ``cond``'s pytree structure (the one

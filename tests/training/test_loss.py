@@ -1,6 +1,7 @@
-"""Training losses (Table 1's training rows): the documented randomness contract, the loss
-against a float64 NumPy transcription, each row's noise-level distribution and weight, the
-exact expected loss for Gaussian data, label dropout, and the errors."""
+"""Training losses (Table 1's training rows and rectified flow): the documented randomness
+contract, the loss against a float64 NumPy transcription, each row's noise-level distribution
+and weight, the exact expected loss for Gaussian data, the flow loss as the velocity MSE,
+label dropout, and the errors."""
 
 import functools
 import math
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 
 import karras_jax as kj
+from karras_jax.models import flow_denoiser
 
-KINDS = ("edm", "vp", "ve", "iddpm")
+KINDS = ("edm", "vp", "ve", "iddpm", "flow")
 SIGMA_DATA = 0.5
 
 # Compiled once per denoiser, kind and shapes (eager dispatch would compile op by op); the
@@ -36,6 +38,8 @@ def weight64(sigma, kind, sigma_data=SIGMA_DATA):
     sigma = np.asarray(sigma, np.float64)
     if kind == "edm":
         return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    if kind == "flow":
+        return ((1 + sigma) / sigma) ** 2
     return 1.0 / sigma**2
 
 
@@ -142,6 +146,7 @@ def test_the_default_training_constants_are_the_papers():
     assert kj.LOSSES["vp"] == {"beta_d": 19.9, "beta_min": 0.1, "epsilon_t": 1e-5}
     assert kj.LOSSES["ve"] == {"sigma_min": 0.02, "sigma_max": 100.0}
     assert kj.LOSSES["iddpm"] == {"C1": 0.001, "C2": 0.008, "M": 1000}
+    assert kj.LOSSES["flow"] == {"logit_mean": 0.0, "logit_std": 1.0}  # SD3's logit-normal
 
 
 def test_ve_draws_ln_sigma_uniformly_between_ln_sigma_min_and_ln_sigma_max():
@@ -221,6 +226,100 @@ def test_the_exact_denoisers_mean_loss_is_the_expected_loss_for_gaussian_data(s)
     want = expected_edm_loss(s)
     standard_error = losses.std() / math.sqrt(batch)
     assert standard_error < 0.006 * want  # so the comparison below is a sharp one
+    assert abs(losses.mean() - want) < 4 * standard_error
+
+
+# --- rectified flow ------------------------------------------------------------------------
+
+
+def flow_draws64(key, batch, sample_shape, logit_mean, logit_std):
+    """The flow row's draws for edm_loss(key) by the documented key use, in float64: sample i's
+    k_sigma, k_noise, _ = split(split(key, B)[i], 3); n = normal(k_sigma), t = sigmoid(m + s n),
+    sigma = t / (1 - t), and its noise normal(k_noise, sample_shape)."""
+    sample_keys = jax.random.split(key, batch)
+    k_sigma, noise, _ = jax.vmap(lambda k_i: one_samples_draws(k_i, sample_shape))(sample_keys)
+    n = np.asarray(jax.vmap(lambda k: jax.random.normal(k, (), jnp.float32))(k_sigma), np.float64)
+    t = 1 / (1 + np.exp(-(logit_mean + logit_std * n)))
+    return t, t / (1 - t), np.asarray(noise, np.float64)
+
+
+@pytest.mark.parametrize("constants", [{}, {"logit_mean": -0.5, "logit_std": 1.6}])
+def test_the_flow_loss_matches_a_float64_transcription_of_its_draws(constants):
+    m, s = constants.get("logit_mean", 0.0), constants.get("logit_std", 1.0)
+    key = jax.random.key(31)
+    got = loss_jit(toy_denoiser, TOY_PARAMS, X, key, kind="flow", **constants)
+    t, sigma, noise = flow_draws64(key, 16, X.shape[1:], m, s)
+    x = np.asarray(X, np.float64)
+    y = x + sigma[:, None, None] * noise
+    error = np.mean((toy_denoiser64(TOY_PARAMS, y, sigma) - x) ** 2, axis=(1, 2))
+    np.testing.assert_allclose(np.asarray(got, np.float64), error / t**2, rtol=2e-5)
+    np.testing.assert_allclose(weight64(sigma, "flow"), 1 / t**2, rtol=1e-12)  # the same weight, two ways
+
+
+def velocity_net(params, x_t, t, cond):
+    """A velocity network that is not the exact one: nonlinear in x_t, depends on t."""
+    t = jnp.reshape(t, (-1,) + (1,) * (x_t.ndim - 1))
+    return params["a"] * jnp.tanh(x_t) + params["b"] * t - 0.5 * x_t
+
+
+@pytest.mark.parametrize("time_scale", [1.0, 1000.0])
+def test_the_flow_loss_of_a_velocity_network_through_flow_denoiser_is_the_velocity_mse(time_scale):
+    apply_fn = flow_denoiser(lambda p, x_t, t, c: velocity_net(p, x_t, t / time_scale, c),
+                             time_scale=time_scale)
+    key = jax.random.key(32)
+    got = np.asarray(loss_jit(apply_fn, TOY_PARAMS, X, key, kind="flow"), np.float64)
+    t, _, noise = flow_draws64(key, 16, X.shape[1:], 0.0, 1.0)
+    x = np.asarray(X, np.float64)
+    tb = t[:, None, None]
+    x_t = (1 - tb) * x + tb * noise  # the flow's own noising
+    v_hat = velocity_net(TOY_PARAMS, jnp.asarray(x_t, jnp.float32), jnp.asarray(t, jnp.float32), None)
+    v_hat = np.asarray(v_hat, np.float64)
+    want = np.mean((v_hat - (noise - x)) ** 2, axis=(1, 2))  # ||v_hat - (eps - x_0)||^2, a sample's mean
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+    # and the training signal is the same: the gradients of the two losses agree
+    def velocity_mse(params):
+        v = velocity_net(params, jnp.asarray(x_t, jnp.float32), jnp.asarray(t, jnp.float32), None)
+        return jnp.mean((v - jnp.asarray(noise - x, jnp.float32)) ** 2)
+    grads = jax.grad(lambda p: kj.edm_loss(apply_fn, p, X, key, kind="flow").mean())(TOY_PARAMS)
+    want_grads = jax.grad(velocity_mse)(TOY_PARAMS)
+    for name in ("a", "b"):
+        np.testing.assert_allclose(grads[name], want_grads[name], rtol=2e-5)
+
+
+def test_flow_draws_a_logit_normal_time():
+    for m, s in ((0.0, 1.0), (0.7, 0.4)):
+        sigma = np.asarray(sigmas_jit(MANY, "flow", logit_mean=m, logit_std=s), np.float64)
+        t = sigma / (1 + sigma)
+        assert 0 < t.min() and t.max() < 1
+        logit = np.log(t / (1 - t))
+        n = len(logit)
+        assert abs(logit.mean() - m) < 4 * s / math.sqrt(n)
+        assert abs(logit.std() / s - 1) < 4 / math.sqrt(2 * n)
+        cdf = np.array([0.5 * (1 + math.erf(z / math.sqrt(2))) for z in (logit - m) / s])
+        assert ks_uniform(cdf) < KS_999 / math.sqrt(n)
+    # the default is SD3's: the median time is 1/2
+    assert abs(np.median(np.asarray(sigmas_jit(MANY, "flow"))) - 1) < 0.05
+
+
+def test_the_flow_weight_is_one_over_t_squared():
+    t = np.array([1e-3, 0.05, 0.3, 0.5, 0.9, 0.999])
+    sigma = t / (1 - t)
+    np.testing.assert_allclose(kj.loss_weight(sigma, "flow"), 1 / t**2, rtol=1e-5)
+    assert float(kj.loss_weight(1.0, "flow")) == 4.0  # t = 1/2
+
+
+def test_the_exact_flow_denoisers_mean_flow_loss_is_its_expected_loss_for_gaussian_data():
+    """E[lambda(sigma) sigma^2 s^2 / (sigma^2 + s^2)] over ln sigma ~ N(0, 1), by Gauss-Hermite."""
+    batch, s = 65536, S
+    x = MU + s * jax.random.normal(jax.random.key(9), (batch, MU.size))
+    losses = np.asarray(loss_jit(gaussian_denoiser, (MU, s), x, jax.random.key(10), kind="flow"), np.float64)
+    z, w = np.polynomial.hermite_e.hermegauss(120)
+    sigma = np.exp(z)
+    per_sigma = weight64(sigma, "flow") * sigma**2 * s**2 / (sigma**2 + s**2)
+    want = float(np.sum(w * per_sigma) / math.sqrt(2 * math.pi))
+    standard_error = losses.std() / math.sqrt(batch)
+    assert standard_error < 0.01 * want
     assert abs(losses.mean() - want) < 4 * standard_error
 
 
@@ -363,11 +462,14 @@ def test_a_constant_of_another_row_is_a_type_error():
         kj.training_sigmas(MANY[:4], "ve", p_mean=0.0)
     with pytest.raises(TypeError, match="M"):
         kj.training_sigmas(MANY[:4], "iddpm", M=10.0)
+    with pytest.raises(TypeError, match=r"kind='flow' takes the constants logit_mean, logit_std; got p_mean"):
+        kj.edm_loss(toy_denoiser, TOY_PARAMS, X, jax.random.key(0), kind="flow", p_mean=0.0)
 
 
 @pytest.mark.parametrize("kind, constants", [
     ("edm", {"p_std": -1.0}), ("edm", {"sigma_data": 0.0}), ("edm", {"p_mean": float("inf")}),
     ("ve", {"sigma_min": 10.0, "sigma_max": 1.0}), ("vp", {"epsilon_t": 1.0}), ("vp", {"beta_d": -1.0}),
+    ("flow", {"logit_std": 0.0}), ("flow", {"logit_std": -1.0}), ("flow", {"logit_mean": float("nan")}),
 ])
 def test_bad_constant_values_are_rejected(kind, constants):
     with pytest.raises(ValueError):
@@ -387,7 +489,7 @@ def test_a_kind_that_is_not_a_string_is_a_type_error_naming_the_kinds(kind):
     for call in (lambda: kj.edm_loss(toy_denoiser, TOY_PARAMS, X, jax.random.key(0), kind=kind),
                  lambda: kj.training_sigmas(MANY[:4], kind),
                  lambda: kj.loss_weight(1.0, kind)):
-        with pytest.raises(TypeError, match=r"kind must be one of .*'edm', 'vp', 've', 'iddpm'"):
+        with pytest.raises(TypeError, match=r"kind must be one of .*'edm', 'vp', 've', 'iddpm', 'flow'"):
             call()
 
 
