@@ -3,7 +3,8 @@ r"""Noise levels sigma_0 > ... > sigma_{N-1} > 0 for the sampler (the trailing 0
 A registry of named schedules, as :mod:`karras_jax.solvers` is of solvers: each name maps to a
 function ``(sigma_min, sigma_max, num_steps, **options) -> (N,) levels``, registered in
 one line of ``_REGISTRY`` at the end of this module; :data:`SCHEDULES` lists the names and
-:func:`get_schedule` returns the function. Five schedules, from Karras et al. (2022) or diffusers:
+:func:`get_schedule` returns the function. Eight schedules, from Karras et al. (2022),
+k-diffusion or diffusers:
 
 * ``"ve"``: the VE column of Table 1, geometric in sigma,
   :math:`\sigma_i = \sigma_{max} (\sigma_{min}/\sigma_{max})^{i/(N-1)}`.
@@ -18,14 +19,33 @@ one line of ``_REGISTRY`` at the end of this module; :data:`SCHEDULES` lists the
   sigma_max and sigma_min (as EDM's sampler does).
 * ``"iddpm"``: the iDDPM column of Table 1, iDDPM's training levels inside
   [sigma_min, sigma_max] subsampled at :math:`\mathrm{round}((len - 1)\, i/(N-1))`.
+* ``"exponential"``: k-diffusion's ``get_sigmas_exponential``, uniform in log sigma,
+  :math:`\ln\sigma_i = \ln\sigma_{max} + \tfrac{i}{N-1}(\ln\sigma_{min} - \ln\sigma_{max})`.
+  The same formula as ``"ve"``: the name points at :func:`ve_sigmas`.
+* ``"polyexponential"``: k-diffusion's ``get_sigmas_polyexponential``, a power of the ramp in
+  log sigma, :math:`\ln\sigma_i = \ln\sigma_{min} + (1 - \tfrac{i}{N-1})^\rho
+  (\ln\sigma_{max} - \ln\sigma_{min})`, ``rho=1`` by default (then ``"exponential"``).
+* ``"flow"``: the levels of diffusers' ``FlowMatchEulerDiscreteScheduler(shift=s)`` (1000
+  training steps, no dynamic shifting) as Karras levels. A flow model's sample
+  :math:`x_t = (1 - t)\, x + t\, n` is :math:`(1 - t)` times a Karras sample
+  :math:`x = x_t / (1 - t)` at :math:`\sigma = t / (1 - t)`. The shifted time is
+  :math:`t' = s t / (1 + (s - 1) t)`, i.e. :math:`\sigma' = s\sigma`. diffusers shifts its
+  training times :math:`j/1000` once, takes the smallest, :math:`t_{min} = s/(999 + s)`,
+  spaces :math:`u_i = 1 + \tfrac{i}{N-1}(t_{min} - 1)` from 1 down to it, and shifts those
+  again, so :math:`\sigma_i = s\, u_i / (1 - u_i)`. The first level is
+  :math:`\sigma_0 = \infty` (:math:`t = 1`, pure noise): the sampler takes Euler's limit step
+  there. The config's sigma_min/sigma_max are checked but not used.
 
-With ``N == 1`` the single level is ``sigma_max`` (``sigma_max**2`` for ``"diffusers"``);
-diffusers divides by zero there.
+With ``N == 1`` the single level is ``sigma_max`` (``sigma_max**2`` for ``"diffusers"``,
+:math:`\infty` for ``"flow"``); diffusers' ``KarrasVeScheduler`` divides by zero there.
 
 Concrete inputs are evaluated in float64 NumPy and rounded once to the level dtype, so
 the levels are the correctly rounded values; traced inputs (a vmapped ``sigma_max``)
 use the same formula in ``jax.numpy`` (except ``"iddpm"``, which filters a table and needs
 concrete bounds).
+
+A table of levels (``set_timesteps(config, N, sigmas=table)``) is resampled to any N by
+:func:`interpolated_sigmas`, linearly in log sigma as Align Your Steps does.
 """
 
 from __future__ import annotations
@@ -48,8 +68,11 @@ from karras_jax._validation import (
     level_dtype,
 )
 
-__all__ = ["SCHEDULES", "custom_sigmas", "diffusers_sigmas", "get_schedule", "iddpm_levels", "iddpm_sigmas",
-           "karras_sigmas", "ve_sigmas", "vp_sigma", "vp_sigmas"]
+__all__ = ["SCHEDULES", "custom_sigmas", "diffusers_sigmas", "flow_sigmas", "get_schedule", "iddpm_levels",
+           "iddpm_sigmas", "interpolated_sigmas", "karras_sigmas", "polyexponential_sigmas", "ve_sigmas",
+           "vp_sigma", "vp_sigmas"]
+
+FLOW_TRAIN_STEPS = 1000  # diffusers' FlowMatchEulerDiscreteScheduler default num_train_timesteps
 
 
 def _ramp(xp: Any, num_steps: int) -> Any:
@@ -71,25 +94,33 @@ def _pin_ends(xp: Any, levels: Any, hi: Any, lo: Any) -> Any:
     return levels.at[0].set(hi).at[-1].set(last)
 
 
+def check_positive(name: str, value: ArrayLike) -> None:
+    """Raises ValueError unless a concrete schedule option ``name`` is finite and > 0 (tracers pass)."""
+    concrete = concrete_value(name, value)
+    if concrete is not None and not (np.all(np.isfinite(concrete)) and np.all(concrete > 0)):
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}.")
+
+
 def check_rho(rho: ArrayLike) -> None:
     """Raises ValueError unless a concrete rho is finite and > 0."""
-    rho_value = concrete_value("rho", rho)
-    if rho_value is not None and not (np.all(np.isfinite(rho_value)) and np.all(rho_value > 0)):
-        raise ValueError(f"rho must be finite and > 0, got {rho!r}.")
+    check_positive("rho", rho)
 
 
 def _levels(formula: Callable[..., Any], sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int,
-            note: str = "", quiet: bool = True, **options: ArrayLike) -> jax.Array:
+            note: str = "", quiet: bool = True, infinite_first: bool = False,
+            **options: ArrayLike) -> jax.Array:
     """The checks and evaluation every formula-defined schedule shares.
 
-    Checks ``num_steps``, ``rho`` (when given) and the range, then evaluates
+    Checks ``num_steps``, ``rho`` and ``shift`` (when given) and the range, then evaluates
     ``formula(xp, ramp, sigma_min, sigma_max, *options)`` in float64 NumPy for concrete
     inputs (checking the levels fit the level dtype; ``note`` ends that message) or in
-    ``jax.numpy`` for traced ones. ``quiet`` silences NumPy's overflow warnings.
+    ``jax.numpy`` for traced ones. ``quiet`` silences NumPy's overflow warnings;
+    ``infinite_first`` leaves the first level (``"flow"``'s infinite one) out of the check.
     """
     num_steps = check_num_steps(num_steps)
-    if "rho" in options:
-        check_rho(options["rho"])
+    for name in ("rho", "shift"):
+        if name in options:
+            check_positive(name, options[name])
     check_sigma_range(sigma_min, sigma_max)
     given = {"sigma_min": sigma_min, "sigma_max": sigma_max, **options}
     values = [concrete_value(name, value) for name, value in given.items()]
@@ -99,7 +130,8 @@ def _levels(formula: Callable[..., Any], sigma_min: ArrayLike, sigma_max: ArrayL
         levels = formula(xp, _ramp(xp, num_steps), *values)
     if xp is np:  # e.g. a tiny rho overflows the interior levels to NaN
         shown = [f"{name}={value!r}" for name, value in given.items()]
-        check_representable_levels(levels, f"{', '.join(shown[:-1])} and {shown[-1]}{note}")
+        check_representable_levels(levels[1:] if infinite_first else levels,
+                                   f"{', '.join(shown[:-1])} and {shown[-1]}{note}")
     return jnp.asarray(levels, level_dtype())
 
 
@@ -156,6 +188,81 @@ def karras_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int,
         return _pin_ends(xp, (hi_r + t * (lo_r - hi_r)) ** r, hi, lo)
 
     return _levels(formula, sigma_min, sigma_max, num_steps, rho=rho)
+
+
+def polyexponential_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int,
+                           rho: ArrayLike = 1.0) -> jax.Array:
+    r"""k-diffusion's polyexponential schedule: a power of the ramp, linear in log sigma.
+
+    :math:`\sigma_i = \exp\big((1 - \tfrac{i}{N-1})^\rho (\ln\sigma_{max} - \ln\sigma_{min})
+    + \ln\sigma_{min}\big)`, as ``k_diffusion.sampling.get_sigmas_polyexponential``. ``rho=1``
+    is the exponential (VE) schedule; a larger rho spends more steps near sigma_min. The ends
+    are exactly sigma_max and sigma_min.
+
+    Args:
+      sigma_min: Last (smallest) level.
+      sigma_max: First (largest) level.
+      num_steps: N, the number of levels, >= 1.
+      rho: The ramp's exponent, > 0 (k-diffusion's default 1).
+
+    Returns:
+      (N,) levels in sampling order, descending.
+
+    Raises:
+      ValueError: rho is not finite and > 0, or a bad range or step count.
+
+    >>> [round(s, 4) for s in polyexponential_sigmas(0.02, 100.0, 3, rho=2.0).tolist()]
+    [100.0, 0.1682, 0.02]
+    """
+    def formula(xp: Any, t: Any, lo: Any, hi: Any, r: Any) -> Any:
+        log_lo = xp.log(lo)
+        return _pin_ends(xp, xp.exp((1 - t) ** r * (xp.log(hi) - log_lo) + log_lo), hi, lo)
+
+    return _levels(formula, sigma_min, sigma_max, num_steps, rho=rho)
+
+
+def flow_sigmas(sigma_min: ArrayLike, sigma_max: ArrayLike, num_steps: int,
+                shift: ArrayLike = 1.0) -> jax.Array:
+    r"""The levels of diffusers' ``FlowMatchEulerDiscreteScheduler(shift=shift)`` as Karras levels.
+
+    A rectified-flow sample :math:`x_t = (1 - t) x + t n` (:math:`n \sim N(0, I)`) is
+    :math:`(1 - t)` times the Karras sample :math:`x = x_t / (1 - t) = x + \sigma n` at
+    :math:`\sigma = t / (1 - t)`. diffusers' shift maps a time :math:`t` to
+    :math:`t' = s t / (1 + (s - 1) t)`, which multiplies the level: :math:`\sigma' = s\sigma`.
+
+    At construction diffusers shifts its 1000 training times :math:`j/1000` and keeps the
+    smallest, :math:`t_{min} = s / (999 + s)`; ``set_timesteps(N)`` spaces
+    :math:`u_i = 1 + \tfrac{i}{N-1} (t_{min} - 1)` and shifts them again (so the last level
+    is shifted twice). With :math:`d = 1 - t_{min} = 999 / (999 + s)`:
+
+    .. math:: \sigma_i = \frac{s\, u_i}{1 - u_i} = \frac{s\,(1 - \tfrac{i}{N-1} d)}{\tfrac{i}{N-1} d},
+
+    evaluated with :math:`1 - \tfrac{i}{N-1} d = (1 - \tfrac{i}{N-1}) + \tfrac{i}{N-1} t_{min}`
+    (no cancellation) in float64 and rounded once.
+    :math:`\sigma_0 = \infty` (:math:`t = 1`): the sampler holds :math:`x_0 / \sigma_0` there
+    and takes Euler's limit step. N = 1 is the single level :math:`\infty`.
+
+    Args:
+      sigma_min: Checked like every schedule's range, otherwise unused.
+      sigma_max: Checked, otherwise unused.
+      num_steps: N, the number of levels, >= 1.
+      shift: s, finite and > 0 (diffusers' default 1; SD3 uses 3).
+
+    Returns:
+      (N,) levels in sampling order, descending, the first infinite.
+
+    Raises:
+      ValueError: shift is not finite and > 0, or its levels leave the level dtype.
+
+    >>> [round(s, 3) for s in flow_sigmas(0.02, 100.0, 3, shift=3.0).tolist()]
+    [inf, 3.018, 0.009]
+    """
+    def formula(xp: Any, t: Any, lo: Any, hi: Any, s: Any) -> Any:
+        del lo, hi
+        d, t_min = (FLOW_TRAIN_STEPS - 1) / (FLOW_TRAIN_STEPS - 1 + s), s / (FLOW_TRAIN_STEPS - 1 + s)
+        return s * ((1 - t) + t * t_min) / (t * d)  # 1 - t d without cancellation; t = 0 gives +inf
+
+    return _levels(formula, sigma_min, sigma_max, num_steps, infinite_first=True, shift=shift)
 
 
 def iddpm_levels(C1: float = 0.001, C2: float = 0.008, M: int = 1000) -> np.ndarray:  # noqa: N803
@@ -287,11 +394,59 @@ def custom_sigmas(sigmas: ArrayLike) -> jax.Array:
     return jnp.asarray(sigmas, level_dtype())
 
 
+def interpolated_sigmas(table: ArrayLike, num_steps: int) -> jax.Array:
+    r"""A table of levels resampled to N levels, linearly in log sigma (the Align Your Steps recipe).
+
+    The table's L levels sit at the positions :math:`j/(L-1)` of [0, 1]; level i of N is
+    :math:`\exp` of the piecewise-linear interpolation of :math:`\ln\sigma` at :math:`i/(N-1)`
+    (as AYS's ``loglinear_interp``). Both ends are the table's exactly; N = L returns the
+    table itself (in the level dtype, bitwise), N = 1 its first level.
+
+    Args:
+      table: (L,) levels in sampling order, checked as :func:`custom_sigmas` (finite, > 0,
+        strictly descending, without the final 0).
+      num_steps: N, the number of levels, >= 1.
+
+    Returns:
+      (N,) levels in sampling order, descending.
+
+    Raises:
+      ValueError: a bad table, a one-level table to be stretched to N > 1 levels, or N so
+        large that neighbouring levels round to the same value.
+
+    >>> interpolated_sigmas([100.0, 1.0, 0.01], 5).tolist()
+    [100.0, 10.0, 1.0, 0.10000000149011612, 0.009999999776482582]
+    """
+    num_steps = check_num_steps(num_steps)
+    levels = custom_sigmas(table)
+    size = levels.shape[0]
+    if num_steps == size:
+        return levels
+    if size == 1:
+        raise ValueError(f"sigmas holds a single level; it cannot be interpolated to num_inference_steps="
+                         f"{num_steps} levels (give at least two).")
+    where, knots = _ramp(np, num_steps), np.linspace(0.0, 1.0, size)
+    given = concrete_value("sigmas", np.asarray(table) if isinstance(table, (list, tuple)) else table)
+    if given is None:  # traced: the same interpolation in the level dtype
+        out = jnp.exp(jnp.interp(jnp.asarray(where, levels.dtype), jnp.asarray(knots, levels.dtype),
+                                 jnp.log(levels)))
+        return _pin_ends(jnp, out, levels[0], levels[-1])
+    out = _pin_ends(np, np.exp(np.interp(where, knots, np.log(given))), levels[0], levels[-1])
+    rounded = out.astype(level_dtype())
+    if not np.all(np.diff(rounded.astype(np.float64)) < 0):
+        raise ValueError(f"sigmas interpolated to num_inference_steps={num_steps} levels round to equal "
+                         f"neighbours in {level_dtype().name}; use fewer steps.")
+    return jnp.asarray(rounded)
+
+
 Schedule = Callable[..., jax.Array]
 
 # One line per schedule: name -> (sigma_min, sigma_max, num_steps, **options) -> (N,) levels.
 _REGISTRY: dict[str, Schedule] = {"ve": ve_sigmas, "karras": karras_sigmas, "diffusers": diffusers_sigmas,
-                                  "vp": vp_sigmas, "iddpm": iddpm_sigmas}
+                                  "vp": vp_sigmas, "iddpm": iddpm_sigmas,
+                                  "exponential": ve_sigmas,  # k-diffusion's name for the VE formula
+                                  "polyexponential": polyexponential_sigmas,
+                                  "flow": flow_sigmas}
 
 SCHEDULES = tuple(_REGISTRY)
 
@@ -315,11 +470,18 @@ def named_sigmas(name: str, sigma_min: ArrayLike, sigma_max: ArrayLike, num_step
                  **options: Any) -> jax.Array:
     """The levels of the registered schedule ``name``, for :func:`karras_jax.set_timesteps`.
 
-    ``options`` that the schedule does not take are left out (``rho`` shapes only
-    ``"karras"``), so every schedule is called the same way.
+    A ``rho`` the schedule does not take is left out (``rho`` shapes only ``"karras"`` and
+    ``"polyexponential"``; set_timesteps always passed it, so it stays accepted everywhere);
+    any other option the schedule does not take (``shift`` for all but ``"flow"``) is refused.
 
     Raises:
-      ValueError: an unknown name, or the schedule's own errors.
+      ValueError: an unknown name, an option the schedule does not take, or the schedule's own
+        errors.
     """
     takes = inspect.signature(schedule := get_schedule(name)).parameters
+    for option in options:
+        if option not in takes and option != "rho":
+            accepted = list(takes)[3:]
+            raise ValueError(f"schedule {name!r} takes no {option}= (its options: "
+                             f"{', '.join(accepted) if accepted else 'none'}).")
     return schedule(sigma_min, sigma_max, num_steps, **{k: v for k, v in options.items() if k in takes})

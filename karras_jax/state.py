@@ -17,6 +17,8 @@ from karras_jax.config import KarrasVeConfig, check_config
 
 __all__ = ["KarrasVeState", "set_timesteps"]
 
+RANGELESS = ("custom", "flow")  # schedule names whose levels ignore the config's sigma_min/sigma_max
+
 
 @struct.dataclass
 class KarrasVeState:
@@ -34,9 +36,12 @@ class KarrasVeState:
       sigmas: (N+1,) the levels in sampling order, descending, ending in 0.0:
         ``sigmas[i] == schedule[N-1-i]``.
       init_noise_sigma: scalar std of the starting noise, ``x_0 ~ N(0, init_noise_sigma^2 I)``.
-        ``sigmas[0]`` except for ``"diffusers"``, which starts at ``sigma_max``.
+        ``sigmas[0]`` except for ``"diffusers"``, which starts at ``sigma_max``; infinite for
+        ``"flow"`` (the sampler then holds ``x_0 / sigma_0``).
       schedule_name: A name in :data:`karras_jax.SCHEDULES` (``"ve"``, ``"karras"``,
-        ``"diffusers"``, ``"vp"``, ``"iddpm"``), or ``"custom"`` for ``sigmas=``.
+        ``"diffusers"``, ``"vp"``, ``"iddpm"``, ``"exponential"``, ``"polyexponential"``,
+        ``"flow"``), or ``"custom"`` for ``sigmas=``. ``"custom"`` and ``"flow"`` levels do not
+        come from the config's sigma_min/sigma_max, so their range is never compared.
       config: The :class:`KarrasVeConfig` the levels were built from: the one source of
         every hyperparameter of a run. :func:`karras_jax.sample` takes s_churn, s_noise,
         s_min and s_max from it; its sigma_min/sigma_max are the levels' range, so they can
@@ -74,7 +79,7 @@ def _replace(self: KarrasVeState, **updates: Any) -> KarrasVeState:
         from (a traced one counts as another unless it is the same value).
     """
     if ("config" in updates and "sigmas" not in updates and self.config is not None
-            and self.schedule_name != "custom" and updates["config"] is not None):
+            and self.schedule_name not in RANGELESS and updates["config"] is not None):
         check_same_range(self.config, check_config(updates["config"]), "state.replace(config=...)")
     return dataclasses.replace(self, **updates)
 
@@ -88,10 +93,11 @@ def set_timesteps(
     num_inference_steps: int | None = None,
     schedule: str | None = None,
     *,
-    rho: ArrayLike = 7.0,
+    rho: ArrayLike | None = None,
+    shift: ArrayLike | None = None,
     sigmas: ArrayLike | None = None,
 ) -> KarrasVeState:
-    """Builds the state holding the noise levels for a sampling run.
+    r"""Builds the state holding the noise levels for a sampling run.
 
     Args:
       config: The sampler's hyperparameters (``sigma_min`` and ``sigma_max`` are used here).
@@ -99,18 +105,29 @@ def set_timesteps(
       schedule: A name in :data:`karras_jax.SCHEDULES`: ``"ve"`` (default; the paper's VE
         column), ``"karras"`` (EDM, with ``rho``), ``"diffusers"`` (diffusers'
         KarrasVeScheduler exactly, t_i used as sigma), ``"vp"`` or ``"iddpm"`` (Table 1's
-        VP and iDDPM columns). See :mod:`karras_jax.schedules` for the formulas.
-      rho: The EDM exponent, only used by ``"karras"``.
-      sigmas: Custom (N,) levels instead of a named schedule: finite, > 0, strictly
-        descending, without the final 0.
+        VP and iDDPM columns), ``"exponential"`` (k-diffusion's name for the VE formula),
+        ``"polyexponential"`` (k-diffusion's, with ``rho``) or ``"flow"`` (diffusers'
+        FlowMatchEulerDiscreteScheduler with ``shift``: :math:`t' = s t / (1 + (s - 1) t)`,
+        :math:`\sigma = t / (1 - t)`, the Karras sample :math:`x = x_t / (1 - t)`; its
+        :math:`\sigma_0 = \infty` and the config's range is not used). See
+        :mod:`karras_jax.schedules` for the formulas.
+      rho: The exponent of ``"karras"`` and ``"polyexponential"``; None (default) is the
+        schedule's own default (7 for karras, 1 for polyexponential). Checked whatever the
+        schedule, and ignored by the schedules that do not take it.
+      shift: The time shift s of ``"flow"``, finite and > 0; None (default) is 1. Refused
+        for any other schedule.
+      sigmas: Custom (L,) levels instead of a named schedule: finite, > 0, strictly
+        descending, without the final 0. With a ``num_inference_steps`` other than L they
+        are resampled to that many levels, linearly in log sigma with both ends kept
+        (:func:`karras_jax.schedules.interpolated_sigmas`, the Align Your Steps recipe).
 
     Returns:
       A :class:`KarrasVeState`.
 
     Raises:
       TypeError: config is not a KarrasVeConfig, or num_inference_steps is not an int.
-      ValueError: unknown schedule, bad rho, bad sigmas, or a step count that disagrees
-        with ``len(sigmas)``.
+      ValueError: unknown schedule, bad rho or shift, shift for a schedule other than
+        ``"flow"``, bad sigmas, or sigmas that cannot be resampled to the step count.
 
     >>> import karras_jax as kj
     >>> state = kj.set_timesteps(kj.KarrasVeConfig(), 5)
@@ -118,23 +135,27 @@ def set_timesteps(
     [4, 3, 2, 1, 0]
     >>> [round(s, 4) for s in state.sigmas.tolist()]
     [100.0, 11.8921, 1.4142, 0.1682, 0.02, 0.0]
+    >>> [round(s, 3) for s in kj.set_timesteps(kj.KarrasVeConfig(), 3, "flow", shift=3.0).sigmas.tolist()]
+    [inf, 3.018, 0.009, 0.0]
     """
     check_config(config, scalar=("sigma_min", "sigma_max"))
-    schedules.check_rho(rho)  # checked whatever the schedule, so a typo never passes silently
+    if rho is not None:
+        schedules.check_rho(rho)  # checked whatever the schedule, so a typo never passes silently
+    options = {name: value for name, value in (("rho", rho), ("shift", shift)) if value is not None}
     if sigmas is not None:
         if schedule is not None:
             raise ValueError(f"pass either schedule={schedule!r} or sigmas=..., not both.")
-        levels = schedules.custom_sigmas(sigmas)
-        if num_inference_steps is not None and check_num_steps(num_inference_steps) != levels.shape[0]:
-            raise ValueError(f"num_inference_steps={num_inference_steps} disagrees with len(sigmas)="
-                             f"{levels.shape[0]}.")
+        if shift is not None:
+            raise ValueError("shift is an option of schedule 'flow'; sigmas=... takes no shift.")
+        levels = (schedules.custom_sigmas(sigmas) if num_inference_steps is None
+                  else schedules.interpolated_sigmas(sigmas, check_num_steps(num_inference_steps)))
         name = "custom"
     else:
         if num_inference_steps is None:
             raise TypeError("num_inference_steps is required unless sigmas is given.")
         name = "ve" if schedule is None else schedule
         n = check_num_steps(num_inference_steps)
-        levels = schedules.named_sigmas(name, config.sigma_min, config.sigma_max, n, rho=rho)
+        levels = schedules.named_sigmas(name, config.sigma_min, config.sigma_max, n, **options)
     n, dtype = levels.shape[0], level_dtype()
     init_noise_sigma = jnp.asarray(config.sigma_max, dtype) if name == "diffusers" else levels[0]
     return KarrasVeState(num_inference_steps=n, timesteps=jnp.arange(n - 1, -1, -1, dtype=jnp.int32),
@@ -210,6 +231,6 @@ def resolve_config(state: KarrasVeState, config: KarrasVeConfig | None) -> Karra
                             "set_timesteps(config, N), or pass a KarrasVeConfig.")
         config = state.config
     check_config(config, scalar=True)
-    if state.config is not None and state.schedule_name != "custom":  # custom levels have no range
+    if state.config is not None and state.schedule_name not in RANGELESS:  # their levels have no range
         check_same_range(state.config, config, "sample")
     return config

@@ -179,9 +179,15 @@ def test_schedule_and_sigmas_are_exclusive():
         kj.set_timesteps(CFG, schedule="ve", sigmas=[2.0, 1.0])
 
 
-def test_step_count_must_match_custom_sigmas():
+def test_a_step_count_other_than_len_sigmas_interpolates_in_log_sigma():
+    # It used to be refused; the levels are now resampled (Align Your Steps' recipe).
+    state = kj.set_timesteps(CFG, 4, sigmas=[8.0, 1.0])
+    assert state.num_inference_steps == 4 and state.schedule_name == "custom"
+    np.testing.assert_allclose(state.sigmas, [8.0, 4.0, 2.0, 1.0, 0.0], rtol=RTOL)
+    np.testing.assert_allclose(state.schedule, [1.0, 2.0, 4.0, 8.0], rtol=RTOL)
+    assert float(state.init_noise_sigma) == 8.0
     with pytest.raises(ValueError, match="num_inference_steps"):
-        kj.set_timesteps(CFG, 4, sigmas=[2.0, 1.0])
+        kj.set_timesteps(CFG, 0, sigmas=[2.0, 1.0])
 
 
 @pytest.mark.parametrize(
@@ -272,6 +278,31 @@ def test_other_hyperparameters_and_custom_levels_are_not_compared():
     custom = kj.set_timesteps(cfg, sigmas=[3.0, 1.0, 0.1])
     kj.sample(_denoise, KEYS, custom, cfg.replace(sigma_max=7.0), (3,))  # custom levels: no range
     assert custom.replace(config=cfg.replace(sigma_max=7.0)).config.sigma_max == 7.0
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_state_starts_at_an_infinite_level(shift):
+    state = kj.set_timesteps(CFG, 6, "flow", shift=shift)
+    assert state.schedule_name == "flow" and state.num_inference_steps == 6
+    sigmas = np.asarray(state.sigmas)
+    assert sigmas[0] == np.inf and float(state.init_noise_sigma) == np.inf and sigmas[-1] == 0.0
+    assert np.all(np.isfinite(sigmas[1:])) and np.all(np.diff(sigmas[1:]) < 0)
+    assert state.schedule[-1] == np.inf and state.sigmas.dtype == jnp.float32
+    with jax.enable_x64(True):
+        assert kj.set_timesteps(CFG, 6, "flow", shift=shift).sigmas.dtype == jnp.float64
+
+
+def test_flow_levels_have_no_range_to_compare():
+    # Like custom levels, flow levels ignore sigma_min/sigma_max: another range is not refused.
+    cfg = kj.KarrasVeConfig(s_churn=0.0)
+    flow = kj.set_timesteps(cfg, 5, "flow", shift=3.0)
+    other = cfg.replace(sigma_min=0.5, sigma_max=7.0)
+    assert flow.replace(config=other).config.sigma_max == 7.0
+    np.testing.assert_array_equal(kj.sample(_denoise, KEYS, flow, other, (3,)),
+                                  kj.sample(_denoise, KEYS, flow, None, (3,)))
+    # A named schedule built from the range still refuses it.
+    with pytest.raises(ValueError, match="config.sigma_min"):
+        kj.sample(_denoise, KEYS, kj.set_timesteps(cfg, 5, "exponential"), other, (3,))
 
 
 def test_a_state_without_a_config_needs_one():
