@@ -120,9 +120,10 @@ def flow_denoiser(net_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array],
         takes one sigma per sample (``(B,)`` or ``(B, 1, ..., 1)``); t is then ``(B,)``.
 
     Returns:
-      ``apply_fn`` for :func:`karras_jax.make_sampler` and :func:`karras_jax.edm_loss`
-      (``kind="flow"`` trains a velocity network on its own loss through it). It refuses a
-      concrete sigma that is NaN or < 0, and ``+inf`` for ``"epsilon"``.
+      ``apply_fn`` for :func:`karras_jax.make_sampler` (on a flow schedule,
+      ``kj.set_timesteps(cfg, N, "flow", shift=3.0)``, which starts at sigma = inf) and
+      :func:`karras_jax.edm_loss` (``kind="flow"`` is the velocity MSE through it). It refuses
+      a concrete sigma that is NaN or < 0, and ``+inf`` for ``"epsilon"``.
 
     Raises:
       TypeError: ``net_fn`` cannot be called with four arguments, or ``time_scale`` is not a

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import karras_jax as kj
 from karras_jax.models import FLOW_PREDICTIONS, flow_denoiser
 
 # data x_0 ~ N(MU, diag(STD^2))
@@ -189,3 +190,77 @@ def ident(params, x_t, t, cond):
 def test_bad_arguments_are_named(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# --- sampling on the flow schedule ------------------------------------------------------------
+
+CFG = kj.KarrasVeConfig(s_churn=0.0)
+SAMPLES = 4096
+VELOCITY = flow_denoiser(exact_net("velocity", 1000.0), time_scale=1000.0)  # an SD3-style time axis
+
+
+def check_mean_and_covariance(x, n=SAMPLES):
+    """The sample mean and covariance of x (n, 3) within 5 standard errors of N(MU, diag(STD^2))."""
+    np.testing.assert_array_less(np.abs(x.mean(0) - MU), 5 * STD / np.sqrt(n))
+    # Var of a sample variance s_i^4 2/n, of a sample covariance s_i^2 s_j^2 / n (independent i, j)
+    se = np.outer(STD, STD) * np.where(np.eye(3, dtype=bool), np.sqrt(2 / n), np.sqrt(1 / n))
+    np.testing.assert_array_less(np.abs(np.cov(x.T) - np.diag(STD**2)), 5 * se)
+
+
+@pytest.mark.parametrize("solver, num_steps, tolerance", [("euler", 200, 0.1), ("heun", 50, 0.02)])
+def test_sampling_the_exact_velocity_model_from_t_1_reproduces_the_data(solver, num_steps, tolerance):
+    state = kj.set_timesteps(CFG, num_steps, "flow", shift=3.0)
+    assert np.isinf(float(state.sigmas[0])) and np.isinf(float(state.init_noise_sigma))
+    keys = jax.random.split(jax.random.key(4), SAMPLES)
+    x = np.asarray(kj.sample(lambda x, s, c: VELOCITY(None, x, s, c), keys, state, CFG, (3,), solver=solver),
+                   np.float64)
+    check_mean_and_covariance(x)
+    # sharper, sample by sample: the exact flow carries the unit noise z at t = 1 to MU + STD z
+    # (Euler is first order: its error at 200 steps is about 4 times Heun's at 50)
+    z = np.asarray(kj.initial_noise(keys, state, (3,)), np.float64)
+    np.testing.assert_array_less(np.abs(x - (MU + STD * z)), tolerance)
+
+
+def test_an_epsilon_flow_model_fails_loudly_at_t_1_and_samples_from_a_finite_first_level():
+    apply_fn = flow_denoiser(exact_net("epsilon", 1000.0), "epsilon", time_scale=1000.0)
+    state = kj.set_timesteps(CFG, 50, "flow", shift=3.0)
+    keys = jax.random.split(jax.random.key(5), SAMPLES)
+    with pytest.raises(FloatingPointError, match=r"denoiser's output at step 0 \(sigma_hat=inf"):
+        kj.make_sampler(apply_fn, state, CFG, (3,), check_finite=True)(None, keys[:4])
+    assert np.all(np.isnan(np.asarray(kj.make_sampler(apply_fn, state, CFG, (3,))(None, keys[:4]))))
+    # the documented way: the same levels below t = 1, from sigma = 1e4 (t = 0.9999)
+    levels = np.concatenate([[1e4], np.asarray(state.sigmas, np.float64)[1:-1]])
+    finite = kj.set_timesteps(CFG, sigmas=levels)
+    x = np.asarray(kj.make_sampler(apply_fn, finite, CFG, (3,))(None, keys), np.float64)
+    check_mean_and_covariance(x)
+
+
+@pytest.mark.parametrize("num_steps", [1, 10, 28])
+def test_euler_on_the_flow_schedule_is_diffusers_flow_match_euler_loop(num_steps):
+    torch = pytest.importorskip("torch", reason="the diffusers cross-check needs torch")
+    diffusers = pytest.importorskip("diffusers", reason="the diffusers cross-check needs diffusers")
+    state = kj.set_timesteps(CFG, num_steps, "flow", shift=3.0)
+    keys = jax.random.split(jax.random.key(6), 256)
+    # at sigma_0 = inf kj holds x / sigma_0: the unit noise, which is also diffusers' initial latent
+    z = kj.initial_noise(keys, state, (3,))
+    ours = kj.sample(lambda x, s, c: VELOCITY(None, x, s, c), keys, state, CFG, (3,), solver="euler")
+    np.testing.assert_array_equal(kj.sample(lambda x, s, c: VELOCITY(None, x, s, c), keys, state, CFG, (3,),
+                                            solver="euler", x_init=z), ours)
+
+    mu, s2 = torch.tensor(MU, dtype=torch.float32), torch.tensor(STD**2, dtype=torch.float32)
+
+    def velocity(x_t, timestep):  # exact_net("velocity", 1000.0) in torch float32
+        t = timestep / 1000
+        centred = (x_t - (1 - t) * mu) / ((1 - t) ** 2 * s2 + t**2)
+        return t * centred - (mu + (1 - t) * s2 * centred)
+
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(num_steps)
+    x_t = torch.tensor(np.asarray(z))
+    for t in scheduler.timesteps:
+        x_t = scheduler.step(velocity(x_t, t), t, x_t).prev_sample
+    theirs = x_t.numpy().astype(np.float64)
+    # float32 round-off: 16 ulps of the largest entry (kj carries x = x_t / (1 - t), up to
+    # sigma_1 times larger, and rounds in other places; the first step alone agrees exactly)
+    tolerance = 16 * np.finfo(np.float32).eps * np.abs(theirs).max()
+    np.testing.assert_allclose(np.asarray(ours, np.float64), theirs, rtol=0, atol=tolerance)
