@@ -127,17 +127,24 @@ class KarrasVeScheduler:
         shape: tuple[int, ...] = (),
         schedule: str | None = None,
         *,
-        rho: ArrayLike = 7.0,
+        rho: ArrayLike | None = None,
         sigmas: ArrayLike | None = None,
     ) -> KarrasVeState:
         """Returns a new state with the noise levels (see :func:`karras_jax.set_timesteps`).
 
         ``shape`` is accepted for diffusers compatibility and unused (levels do not depend
         on the sample shape). The default schedule is ``"ve"``; pass ``schedule="diffusers"``
-        to reproduce diffusers' levels exactly.
+        to reproduce diffusers' levels exactly. ``rho=None`` is the schedule's own default.
+
+        Raises:
+          ValueError: ``schedule="flow"``: its first level is infinite, which the step-by-step
+            calls cannot take (the whole-loop samplers take its exact limit step).
         """
         if not isinstance(state, KarrasVeState):
             raise TypeError(f"state must be a KarrasVeState, got {type(state).__name__}.")
+        if schedule == "flow":
+            raise ValueError("schedule='flow' starts at sigma = inf, which the step-by-step scheduler "
+                             "cannot step from; sample flow models with kj.sample or kj.make_sampler.")
         del shape
         return set_timesteps(self._config, num_inference_steps, schedule, rho=rho, sigmas=sigmas)
 
