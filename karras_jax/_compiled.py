@@ -26,8 +26,8 @@ from karras_jax.config import KarrasVeConfig
 from karras_jax.state import KarrasVeState, check_state, resolve_config
 from karras_jax.steps import add_churn, churn_levels
 
-__all__ = ["SKIP_IDLE_DRAW_FROM", "Prepared", "as_traced_config", "check_levels_fit", "churn_fn",
-           "churn_is_idle", "loop_config", "prepare", "wrap_program"]
+__all__ = ["SKIP_IDLE_DRAW_FROM", "Prepared", "as_traced_config", "check_levels_fit", "check_start",
+           "churn_fn", "churn_is_idle", "loop_config", "prepare", "wrap_program"]
 
 
 # Sample sizes (B * prod(sample_shape)) from which a step that may churn skips an idle draw
@@ -117,6 +117,19 @@ def check_levels_fit(state: KarrasVeState, config: KarrasVeConfig, dtype: jnp.dt
                          f"{biggest:.4g}{built} reach about {6 * biggest:.4g}, beyond the largest "
                          f"{jnp.dtype(dtype).name} ({largest:.4g}); use a wider dtype (bfloat16 or float32) "
                          "or a smaller sigma_max.")
+
+
+def check_start(apply_fn: Any, state: KarrasVeState) -> None:
+    """Refuses an infinite first level (the flow schedule) for a denoiser that has no value there.
+
+    Raises:
+      ValueError: ``apply_fn`` says ``finite_levels_only`` (an epsilon-prediction flow model)
+        and the state's schedule is ``"flow"``.
+    """
+    if state.schedule_name == "flow" and getattr(apply_fn, "finite_levels_only", False):
+        raise ValueError("this denoiser has no value at sigma = inf (an epsilon-prediction flow model: "
+                         "D = (x_t - t eps) / (1 - t) at t = 1), where the flow schedule starts; start "
+                         "below t = 1, e.g. kj.set_timesteps(cfg, sigmas=...) or the karras schedule.")
 
 
 def as_traced_config(config: KarrasVeConfig) -> KarrasVeConfig:

@@ -17,7 +17,15 @@ import jax.numpy as jnp
 from flax import struct
 from jax.typing import ArrayLike, DTypeLike
 
-from karras_jax._compiled import check_levels_fit, churn_fn, churn_is_idle, loop_config, prepare, wrap_program
+from karras_jax._compiled import (
+    check_levels_fit,
+    check_start,
+    churn_fn,
+    churn_is_idle,
+    loop_config,
+    prepare,
+    wrap_program,
+)
 from karras_jax._debug import TRACED_MESSAGE, run_checked, start, watch
 from karras_jax._noise import solver_keys, solver_noise, start_sample
 from karras_jax._progress import step_bar
@@ -238,8 +246,11 @@ def make_sampler(apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
     check_arity("apply_fn", apply_fn, "apply_fn(params, x, sigma, cond)", 4)
     default = prepare(state, config, dtype)
 
+    check_start(apply_fn, default.state)
+
     def program(params: Any, keys: jax.Array, cond: Any, x_init: Any, state: KarrasVeState,
                 draws: bool = True) -> Any:
+        check_start(apply_fn, state)
         return _sample(lambda x, sigma, c: apply_fn(params, x, sigma, c), keys, state,
                        loop_config(state, draws), sample_shape, cond, solver, x_init, dtype,
                        return_trajectory, progress, checks=check_finite)

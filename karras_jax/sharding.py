@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jax.typing import DTypeLike
 
-from karras_jax._compiled import loop_config, prepare, wrap_program
+from karras_jax._compiled import check_start, loop_config, prepare, wrap_program
 from karras_jax._validation import (
     as_typed_keys,
     check_arity,
@@ -86,6 +86,7 @@ def make_sharded_sampler(
 
     def program(params: Any, keys: jax.Array, cond: Any, x_init: Any, state: KarrasVeState,
                 draws: bool = True) -> jax.Array:
+        check_start(apply_fn, state)
         params = jax.tree_util.tree_map(lambda leaf: on_auto_axes(leaf, auto), params)
         keys, cond, x_init = _constrain((split_keys(keys), cond, x_init), batch)
 
@@ -113,7 +114,9 @@ def make_sharded_sampler(
         return (keys, *jax.tree_util.tree_map(lambda leaf: _place(leaf, sharding), (cond, x_init)))
 
     run = jax.jit(program, static_argnums=5, out_shardings=sharding)
-    return wrap_program(run, prepare(state, config, dtype), dtype, place)
+    default = prepare(state, config, dtype)
+    check_start(apply_fn, default.state)
+    return wrap_program(run, default, dtype, place)
 
 
 def _constrain(tree: Any, sharding: NamedSharding) -> Any:

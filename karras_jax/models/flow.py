@@ -44,8 +44,10 @@ noise itself), and calls the denoiser with it and :math:`\sigma = \infty`. So at
 :math:`t = 1` exactly (no NaN, no clipping of t); there :math:`D = x_t - \hat v` (velocity) or
 :math:`\hat x_0`. For epsilon prediction :math:`D = (x_t - \hat\epsilon)/0` has no value at
 :math:`t = 1` (the network's :math:`\hat\epsilon \to x_t` and one evaluation cannot give the
-limit of the ratio): ``apply_fn`` refuses a concrete infinite sigma, and a traced one (inside
-the sampler's ``jit``) gives NaN, which ``check_finite=True`` names. Sample epsilon-prediction
+limit of the ratio): ``apply_fn`` refuses a concrete infinite sigma, ``kj.make_sampler`` and
+``kj.make_sharded_sampler`` refuse it with the flow schedule (``apply_fn.finite_levels_only``),
+and inside a closure passed to ``kj.sample`` the step gives NaN, which ``check_finite=True``
+names. Sample epsilon-prediction
 flow models on levels below :math:`t = 1`, e.g. ``kj.set_timesteps(cfg, sigmas=...)`` with a
 finite first level.
 """
@@ -170,4 +172,5 @@ def flow_denoiser(net_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array],
             denoised = jnp.where(inf, jnp.nan, xw - s * out)
         return denoised.astype(x.dtype)
 
+    apply_fn.finite_levels_only = prediction == "epsilon"  # the samplers refuse a flow start for it
     return apply_fn
