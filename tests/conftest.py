@@ -1,8 +1,9 @@
 """Test set-up (the 8 host CPU devices are set in the root conftest.py, before JAX is imported).
 
-The cross-checks against diffusers' PyTorch code skip (with their reason, shown by ``-rs``)
-when torch or diffusers is missing; CI sets ``KARRAS_JAX_REQUIRE_COMPAT=1`` so that a missing
-one fails the run instead of silently skipping them.
+The cross-checks against diffusers' and k-diffusion's PyTorch code skip (with their reason,
+shown by ``-rs``) when torch, diffusers, k_diffusion, torchsde or torchdiffeq is missing; CI
+sets ``KARRAS_JAX_REQUIRE_COMPAT=1`` so that a missing one fails the run instead of silently
+skipping them.
 """
 
 import importlib.util
@@ -13,6 +14,7 @@ import pytest
 
 def pytest_configure(config):
     if os.environ.get("KARRAS_JAX_REQUIRE_COMPAT"):
-        missing = [m for m in ("torch", "diffusers") if importlib.util.find_spec(m) is None]
+        needed = ("torch", "diffusers", "k_diffusion", "torchsde", "torchdiffeq")
+        missing = [m for m in needed if importlib.util.find_spec(m) is None]
         if missing:
             pytest.exit(f"KARRAS_JAX_REQUIRE_COMPAT is set but {missing} cannot be imported", returncode=4)

@@ -7,18 +7,31 @@ the :class:`Solver` itself as ``solver=`` without registering it).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from karras_jax.solvers.base import Levels, Solver
 from karras_jax.solvers.dpmpp_2m import dpmpp_2m
+from karras_jax.solvers.dpmpp_2m_sde import dpmpp_2m_sde
+from karras_jax.solvers.dpmpp_3m_sde import dpmpp_3m_sde
 from karras_jax.solvers.euler import euler
+from karras_jax.solvers.euler_ancestral import euler_ancestral
 from karras_jax.solvers.heun import heun
 from karras_jax.solvers.restart import restart
 
-__all__ = ["SOLVERS", "Levels", "Solver", "dpmpp_2m", "euler", "get_solver", "heun", "restart"]
+__all__ = ["SOLVERS", "Levels", "Solver", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "euler",
+           "euler_ancestral", "get_solver", "heun", "restart"]
 
-# One entry per solver: name -> factory of its Solver.
-_REGISTRY: dict[str, Callable[[], Solver]] = {"heun": heun, "euler": euler, "dpmpp_2m": dpmpp_2m}
+# One entry per solver: name -> factory of its Solver (with its default hyperparameters).
+_REGISTRY: dict[str, Callable[[], Solver]] = {
+    "heun": heun,
+    "euler": euler,
+    "dpmpp_2m": dpmpp_2m,
+    "euler_ancestral": euler_ancestral,
+    "dpmpp_2m_sde": dpmpp_2m_sde,
+    "dpmpp_2m_sde_heun": functools.partial(dpmpp_2m_sde, solver_type="heun"),
+    "dpmpp_3m_sde": dpmpp_3m_sde,
+}
 
 SOLVERS = tuple(_REGISTRY)
 

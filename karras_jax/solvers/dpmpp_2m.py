@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from karras_jax import steps
+from karras_jax.solvers._shared import history
 from karras_jax.solvers.base import Denoise, Levels, Noise, Solver
 
 __all__ = ["dpmpp_2m"]
@@ -43,16 +44,12 @@ __all__ = ["dpmpp_2m"]
 def _weights(levels: Levels) -> jax.Array:
     r"""The extrapolation weight :math:`w_i = h_i / (2 h_{i-1})` of each step (0: first order).
 
-    First order at the first step (no history, :math:`h_{-1} = 0`), the last (to 0) and
-    every churned step (:math:`\hat\sigma_i > \sigma_i`).
+    First order where :func:`~karras_jax.solvers._shared.history` finds no usable
+    :math:`D_{i-1}`: at the first step, the last (to 0), every churned step
+    (:math:`\hat\sigma_i > \sigma_i`) and after an infinite level.
     """
-    sigma_hat, sigma_next = levels.sigma_hat, levels.sigma_next
-    log_hat = jnp.log(sigma_hat)
-    h = jnp.log(sigma_hat * levels.inv_sigma_next)  # inv_sigma_next is 1 where sigma_next = 0
-    h_last = jnp.concatenate([jnp.zeros_like(log_hat[:1]), log_hat[:-1] - log_hat[1:]])
-    usable = (h_last > 0) & (sigma_next > 0) & (sigma_hat <= levels.sigma)
-    safe_last = jnp.where(usable, h_last, jnp.ones_like(h_last))
-    return jnp.where(usable, h / (2.0 * safe_last), jnp.zeros_like(h))
+    past = history(levels, 1)
+    return jnp.where(past.usable[0], past.h / (2.0 * past.gaps[0]), jnp.zeros_like(past.h))
 
 
 def _init(x0: jax.Array) -> jax.Array:

@@ -16,7 +16,8 @@ STATE = kj.set_timesteps(CFG, 6, "karras")
 
 
 def test_registered_names():
-    assert kj.SOLVERS == ("heun", "euler", "dpmpp_2m")
+    assert kj.SOLVERS == ("heun", "euler", "dpmpp_2m", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_2m_sde_heun",
+                          "dpmpp_3m_sde")
     for name in kj.SOLVERS:
         solver = kj.get_solver(name)
         assert isinstance(solver, kj.Solver) and solver.name == name
@@ -26,7 +27,7 @@ def test_registered_names():
 
 @pytest.mark.parametrize("bad", ["rk4", "", None, 2, kj.heun])
 def test_unknown_solvers_are_refused_listing_the_names(bad):
-    with pytest.raises(ValueError, match=r"solver must be one of \('heun', 'euler', 'dpmpp_2m'\)"):
+    with pytest.raises(ValueError, match=r"solver must be one of \('heun', 'euler', 'dpmpp_2m', 'euler_"):
         kj.get_solver(bad)
 
 
