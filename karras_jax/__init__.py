@@ -65,7 +65,20 @@ from karras_jax.schedules import (
     vp_sigmas,
 )
 from karras_jax.sharding import batch_sharding, make_sharded_sampler, sample_sharded
-from karras_jax.solvers import SOLVERS, Levels, Solver, dpmpp_2m, euler, get_solver, heun, restart
+from karras_jax.solvers import (
+    SOLVERS,
+    Levels,
+    Solver,
+    dpmpp_2m,
+    dpmpp_2m_sde,
+    dpmpp_3m_sde,
+    euler,
+    euler_ancestral,
+    get_solver,
+    heun,
+    restart,
+    takes_eta,
+)
 from karras_jax.state import KarrasVeState, set_timesteps
 from karras_jax.steps import (
     add_churn,
@@ -145,11 +158,14 @@ __all__ = [
     "discrete_time_denoiser",
     "dit_shardings",
     "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "dpmpp_3m_sde",
     "edm_loss",
     "ema_decay",
     "ema_gamma",
     "ema_update",
     "euler",
+    "euler_ancestral",
     "euler_update",
     "fit",
     "flow_denoiser",
@@ -191,6 +207,7 @@ __all__ = [
     "step",
     "step_correct",
     "step_noise",
+    "takes_eta",
     "training_sigmas",
     "ve_sigmas",
     "verify",

@@ -139,6 +139,7 @@ def _solver_list(text: str) -> tuple[str, ...]:
 def _build_parser() -> argparse.ArgumentParser:
     from karras_jax import __version__
     from karras_jax.schedules import SCHEDULES
+    from karras_jax.solvers import SOLVERS, takes_eta
 
     parser = _Parser(prog="karras-jax", description="Karras/EDM stochastic sampling in JAX.")
     parser.add_argument("--version", action="version", version=f"karras-jax {__version__}")
@@ -166,7 +167,9 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="output folder (default ./karras_jax_demo)")
     demo.add_argument("--solvers", type=_solver_list, default=("heun", "euler"),
                       help="comma-separated solvers to compare, the first one plotted "
-                           "(default heun,euler; also dpmpp_2m)")
+                           f"(default heun,euler; also {', '.join(SOLVERS[2:])})")
+    demo.add_argument("--eta", type=_non_negative_float, default=None,
+                      help=f"stochasticity of {', '.join(takes_eta())} (default: theirs, 1.0)")
     demo.add_argument("--no-plot", action="store_true", help="skip the PNG")
     _digits_parsers(sub)
     _generate_parser(sub)
@@ -178,7 +181,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _generate_parser(sub: Any) -> None:
     from karras_jax.schedules import SCHEDULES
-    from karras_jax.solvers import SOLVERS
+    from karras_jax.solvers import SOLVERS, takes_eta
 
     gen = sub.add_parser(
         "generate",
@@ -201,6 +204,8 @@ def _generate_parser(sub: Any) -> None:
     gen.add_argument("--steps", type=_steps, default=None, help="noise levels N (default: the model's)")
     gen.add_argument("--schedule", choices=SCHEDULES, default=None, help="schedule (default: the model's)")
     gen.add_argument("--solver", choices=SOLVERS, default="heun", help="solver (default heun)")
+    gen.add_argument("--eta", type=_non_negative_float, default=None,
+                     help=f"stochasticity of {', '.join(takes_eta())} (default: theirs, 1.0)")
     for name in ("s-churn", "s-noise", "s-min", "s-max"):
         gen.add_argument(f"--{name}", type=_non_negative_float, default=None,
                          help=f"override the model's {name.replace('-', '_')}")
@@ -231,7 +236,8 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"generate needs {', '.join(missing)} (or --verify DIR)")
     _check_out("--out", args.out, create=False)  # generate() creates it once the job is planned
     result = generate(args.model, args.seeds, args.out, batch=args.batch, steps=args.steps,
-                      schedule=args.schedule, solver=args.solver, s_churn=args.s_churn, s_noise=args.s_noise,
+                      schedule=args.schedule, solver=args.solver, eta=args.eta, s_churn=args.s_churn,
+                      s_noise=args.s_noise,
                       s_min=args.s_min, s_max=args.s_max, guidance=args.guidance, png=args.png,
                       shard_size=args.shard_size, progress=not args.no_progress, dry_run=args.dry_run)
     if args.dry_run:
@@ -394,6 +400,10 @@ def _check_demo_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     if have is not None and need > have:
         parser.error(f"argument --seeds: {args.seeds:,} seeds need about {need / 2**30:.1f} GiB, "
                      f"{have / 2**30:.1f} GiB is available")
+    from karras_jax.solvers import takes_eta
+
+    if args.eta is not None and not set(args.solvers) & set(takes_eta()):
+        parser.error(f"argument --eta: applies to {', '.join(takes_eta())}; none is in --solvers")
     _check_out("--out", args.out)  # before any sampling, so a bad folder costs nothing
     for name in ("samples.npz", "demo.png"):
         if (args.out / name).is_dir():
@@ -434,7 +444,8 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"karras_jax {kj.__version__} demo on {jax.devices()[0].platform.upper()} "
           f"({jax.device_count()} device{'s' if jax.device_count() > 1 else ''}): {args.seeds} "
           f"seeds, 2-D Gaussian mixture, "
-          f"schedule={args.schedule}, s_churn={args.s_churn:g}")
+          f"schedule={args.schedule}, s_churn={args.s_churn:g}"
+          + ("" if args.eta is None else f", eta={args.eta:g}"))
     if args.schedule == "diffusers":
         print(f"diffusers' levels use sigma_min={config.sigma_min:g}, sigma_max={config.sigma_max:g} "
               f"(levels {float(state.sigmas[0]):g} .. {float(state.sigmas[-2]):g}: their squares)")
@@ -448,14 +459,16 @@ def _demo(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     results = {}
-    for solver in args.solvers:
+    for name in args.solvers:
+        eta = {"eta": args.eta} if args.eta is not None and name in kj.takes_eta() else {}
+        solver = kj.get_solver(name, **eta)
         sampler = jax.jit(lambda k, st, s=solver: kj.sample(mixture.denoise, k, st, None, (2,), solver=s))
         _, first = _timed(sampler, keys, state)
         samples, run = _timed(sampler, keys, state)
-        nfe = kj.get_solver(solver).evaluations(args.steps)
+        nfe = solver.evaluations(args.steps)
         dist = float(energy_distance(samples[:evaluated], truth[:evaluated]))
-        results[solver] = np.asarray(samples)
-        cells = (solver, str(args.steps), str(nfe), f"{max(first - run, 0.0):.2f}", f"{run:.3f}",
+        results[name] = np.asarray(samples)
+        cells = (name, str(args.steps), str(nfe), f"{max(first - run, 0.0):.2f}", f"{run:.3f}",
                  f"{args.seeds / run:,.0f}", f"{dist:.5f}")
         print(_row([(t, cw, a) for t, (cw, a) in zip(cells, columns, strict=True)]))
     print(_row([(t, cw, a) for t, (cw, a) in

@@ -43,6 +43,53 @@ def test_demo_compares_any_registered_solvers(tmp_path, capsys):
         assert set(data.files) == {"dpmpp_2m", "heun", "true", "sigmas"}
 
 
+def test_demo_eta_reaches_the_stochastic_solvers_only(tmp_path, capsys):
+    import jax
+
+    import karras_jax as kj
+    from karras_jax.analytic import default_mixture
+
+    argv = ["demo", "--seeds", "64", "--steps", "6", "--s-churn", "0", "--solvers",
+            "euler_ancestral,heun", "--eta", "0.3", "--out", str(tmp_path), "--no-plot"]
+    assert main(argv) == 0
+    assert "eta=0.3" in capsys.readouterr().out
+    state = kj.set_timesteps(kj.KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=0.0), 6, "karras")
+    keys = jax.random.split(jax.random.key(0), 64)
+    want = kj.sample(default_mixture().denoise, keys, state, None, (2,), solver=kj.euler_ancestral(eta=0.3))
+    with np.load(tmp_path / "samples.npz") as data:
+        np.testing.assert_allclose(data["euler_ancestral"], want, rtol=1e-5, atol=1e-5)
+        heun = kj.sample(default_mixture().denoise, keys, state, None, (2,), solver="heun")
+        np.testing.assert_allclose(data["heun"], heun, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("argv", [["demo", "--solvers", "heun,euler", "--eta", "0.5"],
+                                  ["generate", "--model", "mixture", "--seeds", "0-3", "--solver", "heun",
+                                   "--eta", "0.5"],
+                                  ["demo", "--solvers", "euler_ancestral", "--eta", "-1"]])
+def test_eta_for_a_solver_without_one_is_a_usage_error(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "eta" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_records_eta_and_refuses_to_resume_with_another(tmp_path, capsys):
+    out = tmp_path / "job"
+    argv = ["generate", "--model", "mixture", "--seeds", "0-7", "--out", str(out), "--solver",
+            "dpmpp_2m_sde", "--batch", "8", "--no-progress"]
+    assert main([*argv, "--eta", "0.5"]) == 0
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["solver"], manifest["eta"]) == ("dpmpp_2m_sde", 0.5)
+    assert main([*argv, "--eta", "0.5"]) == 0  # resumes: nothing to do
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)  # eta left out: the solver's default 1.0, another job
+    assert exit_info.value.code == 2 and "eta (folder 0.5, now None)" in capsys.readouterr().err
+
+
 def test_demo_heun_beats_euler_without_churn(tmp_path, capsys):
     main(["demo", "--seeds", "1024", "--steps", "8", "--s-churn", "0", "--out", str(tmp_path), "--no-plot"])
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()

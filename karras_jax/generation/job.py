@@ -79,6 +79,7 @@ from karras_jax.generation.seeds import SeedRuns, seed_keys, seed_runs
 from karras_jax.models import Guidance, classifier_free_guidance
 from karras_jax.sampler import make_sampler
 from karras_jax.sharding import make_sharded_sampler
+from karras_jax.solvers import get_solver
 from karras_jax.state import set_timesteps
 
 __all__ = ["GenerateResult", "MANIFEST", "generate", "verify"]
@@ -87,7 +88,7 @@ MANIFEST = "manifest.json"
 _FORMAT = "karras_jax.generation/1"
 # job fields that a resume must match (the rest: versions, checksums)
 _JOB_FIELDS = ("format", "model", "seeds", "num_seeds", "sample_shape", "dtype", "config", "steps",
-               "schedule", "sigmas", "solver", "guidance", "shard_size", "num_shards")
+               "schedule", "sigmas", "solver", "eta", "guidance", "shard_size", "num_shards")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,7 +298,8 @@ def _written_shape(model: GenerateModel) -> tuple[int, ...]:
 
 
 def _job(model: GenerateModel, seeds: SeedRuns, config: KarrasVeConfig, state: Any, steps: int,
-         schedule: str, solver: str, guidance: float | None, shard_size: int) -> dict[str, Any]:
+         schedule: str, solver: str, eta: float | None, guidance: float | None,
+         shard_size: int) -> dict[str, Any]:
     return {
         "format": _FORMAT,
         "model": model.identity,
@@ -310,6 +312,7 @@ def _job(model: GenerateModel, seeds: SeedRuns, config: KarrasVeConfig, state: A
         "schedule": schedule,
         "sigmas": [float(s) for s in np.asarray(state.sigmas)],
         "solver": solver,
+        **({} if eta is None else {"eta": eta}),  # absent: the solver's default (older manifests too)
         "guidance": guidance,
         "shard_size": int(shard_size),
         "num_shards": -(-len(seeds) // shard_size),
@@ -350,8 +353,9 @@ class _Keyed:
 # The cache holds the network itself, so two networks never share an entry.
 @functools.lru_cache(maxsize=8)
 def _compiled_sampler(apply_fn: Any, sample_shape: tuple[int, ...], config: _Keyed, state: _Keyed,
-                      solver: str, null_cond: _Keyed | None, mesh: Mesh | None,
+                      solver: str, eta: float | None, null_cond: _Keyed | None, mesh: Mesh | None,
                       axis: str | tuple[str, ...]) -> Any:
+    solver = get_solver(solver, **({} if eta is None else {"eta": eta}))
     if null_cond is not None:
         apply_fn = classifier_free_guidance(apply_fn, null_cond.value)
     if mesh is None:
@@ -403,14 +407,14 @@ def _placement(model: GenerateModel) -> _Placement:
     return _Placement(mesh=mesh, axis=model.batch_axis, size=size, spans_processes=spans)
 
 
-def _local_sampler(model: GenerateModel, state: Any, config: KarrasVeConfig, solver: str,
+def _local_sampler(model: GenerateModel, state: Any, config: KarrasVeConfig, solver: str, eta: float | None,
                    guidance: float | None, placement: _Placement) -> tuple[Any, Any]:
     """``(sampler, weights)`` on ``placement``'s mesh: weights as placed, the batch split over its axis."""
     weights = model.params if guidance is None else (model.params, Guidance(scale=guidance))
     null_cond = None if guidance is None else _Keyed(model.null_cond, repr(model.null_cond))
     sampler = _compiled_sampler(model.apply_fn, tuple(model.sample_shape), _Keyed(config, repr(config)),
-                                _Keyed(state, tuple(np.asarray(state.sigmas).tolist())), solver, null_cond,
-                                placement.mesh, placement.axis)
+                                _Keyed(state, tuple(np.asarray(state.sigmas).tolist())), solver, eta,
+                                null_cond, placement.mesh, placement.axis)
     return sampler, weights
 
 
@@ -438,6 +442,7 @@ class _Plan:
     config: KarrasVeConfig
     state: Any
     solver: str
+    eta: float | None
     batch: int
     png: bool
     manifest: dict[str, Any]
@@ -450,7 +455,7 @@ _PNG_SHAPES = "(H, W), (H, W, 1) or (H, W, 3)"
 
 def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | SeedRuns,
           out: str | os.PathLike, *, batch: int = 512, steps: int | None = None,
-          schedule: str | None = None, solver: str = "heun",
+          schedule: str | None = None, solver: str = "heun", eta: float | None = None,
           s_churn: float | None = None, s_noise: float | None = None, s_min: float | None = None,
           s_max: float | None = None, guidance: float | None = None, png: bool = False,
           shard_size: int | None = None) -> _Plan:
@@ -472,6 +477,8 @@ def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | 
     if shard_size is not None:
         shard_size = check_count("shard_size", shard_size)
     placement = _placement(model)  # the weights' mesh: refused now if it cannot split the batch
+    get_solver(solver, **({} if eta is None else {"eta": eta}))  # an unknown name or a bad eta: refused now
+    eta = None if eta is None else float(eta)
     if guidance is not None and model.cond_fn is None:
         raise ValueError("guidance needs a conditional model (its cond_fn gives each seed's condition).")
     if guidance is not None and not (np.isfinite(guidance) and guidance >= 0):
@@ -496,14 +503,14 @@ def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | 
     saved = _load_manifest(folder) if folder.is_dir() else None
     if shard_size is None:  # a resumed job keeps the size it was made with
         shard_size = saved["shard_size"] if saved is not None else batch
-    job = _job(model, runs, config, state, steps, schedule, solver,
+    job = _job(model, runs, config, state, steps, schedule, solver, eta,
                None if guidance is None else float(guidance), shard_size)
     if saved is not None:
         differ = _differences(saved, job)
         if differ:
             raise ValueError(f"{folder} holds another generation job; what differs: {'; '.join(differ)}.")
     manifest = saved if saved is not None else {**job, "versions": _versions(), "checksums": {}}
-    return _Plan(folder=folder, model=model, seeds=runs, config=config, state=state, solver=solver,
+    return _Plan(folder=folder, model=model, seeds=runs, config=config, state=state, solver=solver, eta=eta,
                  batch=batch, png=bool(png), manifest=manifest, resumed=saved is not None,
                  placement=placement)
 
@@ -605,8 +612,8 @@ def _write(plan: _Plan, scan: _Scan, *, process: int = 0, processes: int = 1, pr
 
     model = plan.model
     placement = plan.placement
-    sampler, weights = _local_sampler(model, plan.state, plan.config, plan.solver, plan.manifest["guidance"],
-                                      placement)
+    sampler, weights = _local_sampler(model, plan.state, plan.config, plan.solver, plan.eta,
+                                      plan.manifest["guidance"], placement)
     chunk = -(-min(plan.batch, plan.manifest["shard_size"]) // placement.size) * placement.size
     writer = ShardWriter(plan.folder, record, model.image_range if plan.png else None)
     shards = ((i, _shard_seeds(plan.seeds, plan.manifest, i)) for i in todo)
@@ -723,7 +730,8 @@ def _sample_shards(todo: Iterable[tuple[int, np.ndarray]], sampler: Any, weights
 
 def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | SeedRuns,
              out: str | os.PathLike, *, batch: int = 512, steps: int | None = None,
-             schedule: str | None = None, solver: str = "heun", s_churn: float | None = None,
+             schedule: str | None = None, solver: str = "heun", eta: float | None = None,
+             s_churn: float | None = None,
              s_noise: float | None = None, s_min: float | None = None, s_max: float | None = None,
              guidance: float | None = None, png: bool = False, shard_size: int | None = None,
              progress: bool = True, dry_run: bool = False) -> GenerateResult:
@@ -741,6 +749,7 @@ def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray
         does not change any sample.
       steps, schedule: Override the model's defaults.
       solver: A name in ``kj.SOLVERS``.
+      eta: The stochasticity of a solver that has one (``kj.takes_eta()``); None: its default.
       s_churn, s_noise, s_min, s_max: Override the model's sampler config.
       guidance: Classifier-free guidance scale for a conditional model (None: unguided).
       png: Also write one PNG per sample (image models: an ``image_range`` and written
@@ -767,7 +776,7 @@ def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray
         a re-run continues from them.
     """
     began = time.perf_counter()
-    plan = _plan(model, seeds, out, batch=batch, steps=steps, schedule=schedule, solver=solver,
+    plan = _plan(model, seeds, out, batch=batch, steps=steps, schedule=schedule, solver=solver, eta=eta,
                  s_churn=s_churn, s_noise=s_noise, s_min=s_min, s_max=s_max, guidance=guidance, png=png,
                  shard_size=shard_size)
     process, processes = jax.process_index(), jax.process_count()

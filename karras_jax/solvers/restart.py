@@ -36,7 +36,7 @@ import numpy as np
 
 from karras_jax.solvers.base import Solver
 
-__all__ = ["restart", "restart_table"]
+__all__ = ["restart"]
 
 
 def _is_count(value: Any, least: int) -> bool:
