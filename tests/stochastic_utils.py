@@ -166,9 +166,15 @@ def mixture_energy(solver, steps=ENERGY_STEPS, seed=0):
     total = ENERGY_SEEDS * ENERGY_SETS
     keys = jax.random.split(jax.random.key(seed), total)
     samples = jax.jit(lambda k: kj.sample(_MIXTURE.denoise, k, state, None, (2,), solver=solver))(keys)
+    return mean_energy(samples, seed)
+
+
+def mean_energy(samples, seed=0):
+    """The figure above for ENERGY_SETS * ENERGY_SEEDS given samples of the built-in mixture."""
+    total = ENERGY_SEEDS * ENERGY_SETS
     truth = _MIXTURE.sample(jax.random.key(seed + 1_000_003), total)
     shape = (ENERGY_SETS, ENERGY_SEEDS, 2)
-    pairs = zip(samples.reshape(shape), truth.reshape(shape), strict=True)
+    pairs = zip(np.asarray(samples).reshape(shape), truth.reshape(shape), strict=True)
     return float(np.mean([float(_energy(x, y)) for x, y in pairs]))
 
 
