@@ -339,10 +339,12 @@ def test_a_run_known_deterministic_has_no_churn_draw_and_no_branch(cfg):
     assert jaxpr.count("random_fold_in") == 0 and "cond[" not in jaxpr  # the start noise only
     churned = state.replace(config=cfg.replace(s_churn=40.0, s_min=0.0, s_max=1e3))
     assert _draws(lambda k: kj.sample(gauss_denoise, k, churned, None, (3,)), keys) > 1
-    # The same samples as the program that draws and adds zero (a traced config keeps that path).
+    # The same samples as the program that draws and adds zero (a traced config keeps that path),
+    # up to float32 round-off: the two are different compilations (fusions, FMAs).
     traced = jax.jit(lambda k, s: kj.sample(gauss_denoise, k, s, None, (3,)))
     assert _draws(traced, keys, state) > 1
-    np.testing.assert_allclose(run(keys), traced(keys, state), rtol=1e-6, atol=1e-6)
+    tolerance = float32_tolerance(kj.initial_noise(keys, state, (3,)))
+    np.testing.assert_allclose(run(keys), traced(keys, state), rtol=0, atol=tolerance)
 
 
 def test_make_sampler_compiles_a_draw_free_program_for_a_deterministic_config():
