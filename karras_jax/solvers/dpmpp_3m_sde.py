@@ -123,7 +123,12 @@ def _evaluations(num_steps: int) -> int:
 
 
 def dpmpp_3m_sde(eta: float = 1.0, s_noise: float = 1.0) -> Solver:
-    r"""DPM-Solver++(3M) SDE: N network evaluations for N steps, third order at :math:`\eta = 0`.
+    r"""DPM-Solver++(3M) SDE: N network evaluations for N steps.
+
+    ``order`` is 2, the measured global order at :math:`\eta = 0`: the update is third
+    order, but the first two steps (no history yet) are first and second order, as in
+    k-diffusion, and they bound the global error to :math:`N^{-2}` (4-10x below
+    DPM-Solver++(2M)'s at the same N).
 
     Args:
       eta: The share of each step taken as fresh noise, finite and >= 0 (0: the ODE
@@ -140,11 +145,11 @@ def dpmpp_3m_sde(eta: float = 1.0, s_noise: float = 1.0) -> Solver:
     >>> from karras_jax.solvers import dpmpp_3m_sde
     >>> solver = dpmpp_3m_sde(eta=0.0)
     >>> solver.order, solver.evaluations(18), solver.stochastic
-    (3, 18, False)
+    (2, 18, False)
     """
     eta = check_noise_parameter("dpmpp_3m_sde", "eta", eta)
     s_noise = check_noise_parameter("dpmpp_3m_sde", "s_noise", s_noise)
     noisy = eta > 0 and s_noise > 0
-    return Solver(name="dpmpp_3m_sde", order=3, evaluations=_evaluations,
+    return Solver(name="dpmpp_3m_sde", order=2, evaluations=_evaluations,
                   step=_noisy_step if noisy else _quiet_step, init=_init,
                   scalars=_Scalars(eta, s_noise), stochastic=noisy)
