@@ -23,6 +23,8 @@ from jax.typing import ArrayLike
 from karras_jax._noise import churn_keys, churn_noise
 from karras_jax._validation import level_dtype
 from karras_jax.config import KarrasVeConfig
+from karras_jax.solvers import Solver
+from karras_jax.solvers.restart import check_restart_levels
 from karras_jax.state import KarrasVeState, check_state, resolve_config
 from karras_jax.steps import add_churn, churn_levels
 
@@ -119,13 +121,15 @@ def check_levels_fit(state: KarrasVeState, config: KarrasVeConfig, dtype: jnp.dt
                          "or a smaller sigma_max.")
 
 
-def check_start(apply_fn: Any, state: KarrasVeState) -> None:
-    """Refuses an infinite first level (the flow schedule) for a denoiser that has no value there.
+def check_start(apply_fn: Any, state: KarrasVeState, solver: Solver) -> None:
+    """Refuses what the levels themselves rule out: no denoised value at the start, an empty restart.
 
     Raises:
       ValueError: ``apply_fn`` says ``finite_levels_only`` (an epsilon-prediction flow model)
-        and the state's schedule is ``"flow"``.
+        and the state's schedule is ``"flow"``; or (concrete levels) a Restart interval whose
+        t_min snaps to a level at or above its t_max.
     """
+    check_restart_levels(solver, state.sigmas)
     if state.schedule_name == "flow" and getattr(apply_fn, "finite_levels_only", False):
         raise ValueError("this denoiser has no value at sigma = inf (an epsilon-prediction flow model: "
                          "D = (x_t - t eps) / (1 - t) at t = 1), where the flow schedule starts; start "

@@ -195,12 +195,15 @@ def step_noise(keys: jax.Array, step: Any, sample_shape: tuple[int, ...], draw: 
 
     Args:
       keys: (B,) typed keys or (B, 2) raw uint32 keys, one per sample.
-      step: The 0-based step index (an int or int32 scalar, traced welcome).
+      step: The 0-based step index, an int in [0, 2**31) (or a traced integer scalar).
       sample_shape: Shape of one sample.
-      draw: Which draw of the step (0 for the first; a solver numbers its own).
+      draw: Which draw of the step, an int in [0, 2**31) (0 for the first).
 
     Returns:
       (B, *sample_shape) standard normals.
+
+    Raises:
+      ValueError: ``step`` or ``draw`` not an int in range (a bool or a float neither).
 
     >>> import jax, karras_jax as kj
     >>> kj.step_noise(jax.random.split(jax.random.key(0), 3), 5, (2,)).shape
@@ -208,8 +211,13 @@ def step_noise(keys: jax.Array, step: Any, sample_shape: tuple[int, ...], draw: 
     """
     keys = as_typed_keys("keys", keys, batch=True)
     sample_shape = check_sample_shape(sample_shape)
-    if not isinstance(draw, int) or isinstance(draw, bool) or draw < 0:
-        raise ValueError(f"draw must be an int >= 0, got {draw!r}.")
+    for name, value in (("step", step), ("draw", draw)):
+        if name == "step" and isinstance(value, jax.core.Tracer) and jnp.issubdtype(value.dtype, jnp.integer):
+            continue  # a traced step (inside a loop) is the caller's to keep in range
+        if not (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+                and 0 <= value < 2**31):
+            raise ValueError(f"{name} must be an int in [0, 2**31), got {value!r}.")
+    step, draw = jnp.asarray(step, jnp.int32), int(draw)
     return solver_noise(solver_keys(keys, sample_shape), step, draw, sample_shape, jnp.float32)
 
 

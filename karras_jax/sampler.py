@@ -42,7 +42,7 @@ from karras_jax._validation import (
 from karras_jax.config import KarrasVeConfig
 from karras_jax.solvers import Solver, get_solver
 from karras_jax.solvers.base import levels_of
-from karras_jax.solvers.restart import restart_table
+from karras_jax.solvers.restart import check_restart_levels, restart_table
 from karras_jax.state import KarrasVeState, check_state, resolve_config
 from karras_jax.steps import churn_levels
 
@@ -94,7 +94,8 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], keys: j
       cond: Optional pytree of conditioning, every leaf with leading dimension B.
       solver: A name in ``kj.SOLVERS`` (``"heun"``: 2N - 1 evaluations) or a :class:`Solver`.
       x_init: Optional (B, *sample_shape) start sample at sigma_0 instead of the key's start
-        noise (the churn noise still comes from ``keys``).
+        noise (the churn noise still comes from ``keys``); at an infinite sigma_0 (the flow
+        schedule) it is x_0 / sigma_0, the unit noise.
       dtype: The network's and the result's dtype (float32, bfloat16, float16, ...).
       return_trajectory: Also return a :class:`Trajectory` (memory grows with N only then).
       progress: True: a progress bar on stderr (a host callback); a callable gets the 0-based
@@ -131,6 +132,7 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
     solver, dtype = get_solver(solver), check_dtype(dtype)
     keys, sample_shape = as_typed_keys("keys", keys, batch=True), check_sample_shape(sample_shape)
     check_levels_fit(state, config, dtype)
+    check_restart_levels(solver, state.sigmas)
     full_shape, carry = (keys.shape[0], *sample_shape), carry_dtype(dtype)
     check_cond(cond, full_shape[0])
     if x_init is None:
@@ -246,11 +248,11 @@ def make_sampler(apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
     check_arity("apply_fn", apply_fn, "apply_fn(params, x, sigma, cond)", 4)
     default = prepare(state, config, dtype)
 
-    check_start(apply_fn, default.state)
+    check_start(apply_fn, default.state, solver)
 
     def program(params: Any, keys: jax.Array, cond: Any, x_init: Any, state: KarrasVeState,
                 draws: bool = True) -> Any:
-        check_start(apply_fn, state)
+        check_start(apply_fn, state, solver)
         return _sample(lambda x, sigma, c: apply_fn(params, x, sigma, c), keys, state,
                        loop_config(state, draws), sample_shape, cond, solver, x_init, dtype,
                        return_trajectory, progress, checks=check_finite)

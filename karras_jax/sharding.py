@@ -86,7 +86,7 @@ def make_sharded_sampler(
 
     def program(params: Any, keys: jax.Array, cond: Any, x_init: Any, state: KarrasVeState,
                 draws: bool = True) -> jax.Array:
-        check_start(apply_fn, state)
+        check_start(apply_fn, state, solver)
         params = jax.tree_util.tree_map(lambda leaf: on_auto_axes(leaf, auto), params)
         keys, cond, x_init = _constrain((split_keys(keys), cond, x_init), batch)
 
@@ -115,7 +115,7 @@ def make_sharded_sampler(
 
     run = jax.jit(program, static_argnums=5, out_shardings=sharding)
     default = prepare(state, config, dtype)
-    check_start(apply_fn, default.state)
+    check_start(apply_fn, default.state, solver)
     return wrap_program(run, default, dtype, place)
 
 

@@ -62,6 +62,15 @@ def test_demo_eta_reaches_the_stochastic_solvers_only(tmp_path, capsys):
         np.testing.assert_allclose(data["heun"], heun, rtol=1e-5, atol=1e-5)
 
 
+def test_demo_counts_one_evaluation_for_the_flow_schedules_limit_step(tmp_path, capsys):
+    argv = ["demo", "--seeds", "64", "--steps", "5", "--s-churn", "0", "--schedule", "flow", "--solvers",
+            "heun,euler", "--out", str(tmp_path), "--no-plot"]
+    assert main(argv) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("heun ", "euler"))}
+    assert rows["heun"][1:3] == ["5", "8"] and rows["euler"][1:3] == ["5", "5"]  # heun: 1 + 2 * 4 - 1
+
+
 @pytest.mark.parametrize("argv", [["demo", "--solvers", "heun,euler", "--eta", "0.5"],
                                   ["generate", "--model", "mixture", "--seeds", "0-3", "--solver", "heun",
                                    "--eta", "0.5"],

@@ -75,3 +75,22 @@ def test_fused_and_skipping_churn_forms_give_the_same_samples(monkeypatch, thres
     np.testing.assert_allclose(got, reference, rtol=1e-6, atol=1e-6)
     skipping = threshold["cpu"] == 1
     assert ("cond[" in jaxpr) == skipping  # the fused form has no branch in the loop
+
+
+def test_step_noise_is_the_documented_third_stream():
+    keys = jax.random.split(jax.random.key(4), 3)
+    for step, draw in ((0, 0), (7, 0), (7, 2)):
+        want = np.stack([np.asarray(jax.random.normal(
+            jax.random.fold_in(jax.random.fold_in(jax.random.split(k, 3)[2], step), draw), (2, 3)))
+            for k in keys])
+        np.testing.assert_array_equal(kj.step_noise(keys, step, (2, 3), draw), want)
+    traced = jax.jit(lambda i: kj.step_noise(keys, i, (2, 3)))(7)
+    np.testing.assert_array_equal(traced, kj.step_noise(keys, 7, (2, 3)))
+
+
+@pytest.mark.parametrize("step, draw", [(1.5, 0), (True, 0), (-1, 0), (2**32, 0), (None, 0), (0, -1),
+                                        (0, 1.0), (0, False)])
+def test_step_noise_refuses_a_step_or_draw_out_of_range(step, draw):
+    keys = jax.random.split(jax.random.key(4), 3)
+    with pytest.raises(ValueError, match="step|draw"):
+        kj.step_noise(keys, step, (2,), draw)

@@ -57,7 +57,8 @@ def get_solver(solver: str | Solver, **options: Any) -> Solver:
         raise ValueError(f"solver must be one of {SOLVERS} or a kj.Solver, got {solver!r}.")
     factory = _REGISTRY[solver]
     takes = inspect.signature(factory).parameters
-    unknown = sorted(set(options) - set(takes))
+    fixed = getattr(factory, "keywords", {})  # what the name itself sets ("dpmpp_2m_sde_heun")
+    unknown = sorted(set(options) - set(takes) | set(options) & set(fixed))
     if unknown:
         raise ValueError(f"solver {solver!r} takes no option {', '.join(unknown)}; solvers taking "
                          f"eta: {', '.join(takes_eta())}.")

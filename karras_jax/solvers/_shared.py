@@ -32,7 +32,7 @@ import numpy as np
 
 from karras_jax.solvers.base import Levels
 
-__all__ = ["History", "check_noise_parameter", "history"]
+__all__ = ["History", "check_noise_parameter", "history", "step_terms"]
 
 
 class History(NamedTuple):
@@ -80,6 +80,20 @@ def history(levels: Levels, depth: int) -> History:
         gaps.append(jnp.where(ok, gap_k, jnp.ones_like(gap_k)))
     return History(h=jnp.where(step, h, jnp.ones_like(h)), step=step, gaps=tuple(gaps),
                    usable=tuple(usable))
+
+
+def step_terms(levels: Levels, past: History, eta: float, s_noise: float) -> tuple[jax.Array, ...]:
+    r"""The SDE step's coefficients of :math:`\hat x`, :math:`D_i` and the noise, over all rows.
+
+    :math:`(\sigma_{i+1}/\hat\sigma_i) e^{-\eta h}`, :math:`1 - e^{-(1+\eta) h}` and
+    :math:`s_{noise}\,\sigma_{i+1}\sqrt{1 - e^{-2\eta h}}`, from the real step :math:`h`
+    (0 on a row of zero length, where the step then leaves the sample as it is: repeated
+    levels, a Restart interval that is empty).
+    """
+    h = jnp.where(past.step, past.h, jnp.zeros_like(past.h))
+    keep = levels.sigma_next * levels.inv_sigma_hat * jnp.exp(-eta * h)
+    noise_scale = s_noise * levels.sigma_next * jnp.sqrt(-jnp.expm1(-2.0 * eta * h))
+    return keep, -jnp.expm1(-(1.0 + eta) * h), noise_scale
 
 
 def check_noise_parameter(solver: str, name: str, value: Any) -> float:

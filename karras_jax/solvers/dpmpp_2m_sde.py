@@ -49,7 +49,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from karras_jax.solvers._shared import check_noise_parameter, history
+from karras_jax.solvers._shared import check_noise_parameter, history, step_terms
 from karras_jax.solvers.base import Denoise, Levels, Noise, Solver
 
 __all__ = ["dpmpp_2m_sde"]
@@ -76,13 +76,11 @@ class _Scalars:
         past = history(levels, 1)
         h, gap = past.h, past.gaps[0]
         h_eta = (1.0 + self.eta) * h
-        denoised = -jnp.expm1(-h_eta)
         if self.solver_type == "heun":
             difference = (jnp.expm1(-h_eta) / h_eta + 1.0) * (h / gap)
         else:
-            difference = 0.5 * denoised * (h / gap)
-        keep = levels.sigma_next * levels.inv_sigma_hat * jnp.exp(-self.eta * h)
-        noise_scale = self.s_noise * levels.sigma_next * jnp.sqrt(-jnp.expm1(-2.0 * self.eta * h))
+            difference = -0.5 * jnp.expm1(-h_eta) * (h / gap)
+        keep, denoised, noise_scale = step_terms(levels, past, self.eta, self.s_noise)
         return _Coefficients(keep, denoised, jnp.where(past.usable[0], difference, jnp.zeros_like(h)),
                              noise_scale)
 

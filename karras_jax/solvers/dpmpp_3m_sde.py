@@ -52,7 +52,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from karras_jax.solvers._shared import check_noise_parameter, history
+from karras_jax.solvers._shared import check_noise_parameter, history, step_terms
 from karras_jax.solvers.base import Denoise, Levels, Noise, Solver
 
 __all__ = ["dpmpp_3m_sde"]
@@ -87,9 +87,8 @@ class _Scalars:
         first = jnp.where(past.usable[1], (phi_2 + lead) / r0,
                           jnp.where(past.usable[0], phi_2 / r0, zero))
         second = jnp.where(past.usable[1], lead / r1, zero)
-        keep = levels.sigma_next * levels.inv_sigma_hat * jnp.exp(-self.eta * h)
-        noise_scale = self.s_noise * levels.sigma_next * jnp.sqrt(-jnp.expm1(-2.0 * self.eta * h))
-        return _Coefficients(keep, -jnp.expm1(-h_eta), first, second, noise_scale)
+        keep, denoised, noise_scale = step_terms(levels, past, self.eta, self.s_noise)
+        return _Coefficients(keep, denoised, first, second, noise_scale)
 
 
 def _init(x0: jax.Array) -> _Past:

@@ -28,6 +28,7 @@ steps (Heun: :math:`2(N + R) - 1`).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import jax
@@ -36,7 +37,34 @@ import numpy as np
 
 from karras_jax.solvers.base import Solver
 
-__all__ = ["restart"]
+__all__ = ["check_restart_levels", "restart"]
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _snapped(restarts: tuple[Any, ...], sigmas: np.ndarray) -> list[tuple[int, float, float]]:
+    """(interval index, the level t_min snaps to, t_max) of each stored interval."""
+    grid = sigmas[1:-1]
+    return [(n, float(grid[np.argmin(np.abs(grid - t_min))]), t_max)
+            for n, (t_min, t_max, *_) in enumerate(restarts) if grid.size]
+
+
+def check_restart_levels(solver: Solver, sigmas: Any) -> None:
+    """Refuses concrete levels on which an interval's t_min snaps to a level at or above its t_max.
+
+    Traced levels pass: there such an interval's rows are steps of zero length (no-ops).
+
+    Raises:
+      ValueError: naming the interval, the level it snaps to and t_max.
+    """
+    if not solver.restarts or isinstance(sigmas, jax.core.Tracer):
+        return
+    for n, low, t_max in _snapped(solver.restarts, np.asarray(sigmas, np.float64)):
+        if low >= t_max:
+            raise ValueError(f"restart interval {n}: t_min snaps to the grid level {low:.6g}, not below "
+                             f"t_max={t_max:g}; raise t_max or lower t_min.")
 
 
 def _is_count(value: Any, least: int) -> bool:
@@ -65,15 +93,17 @@ def restart(solver: Solver, intervals: Any, *, rho: float = 7.0) -> Solver:
     """
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be a kj.Solver (kj.get_solver(name)), got {type(solver).__name__}.")
-    if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
+    if solver.restarts:
+        raise ValueError(f"solver {solver.name!r} already restarts: pass all the intervals to one "
+                         "kj.restart call on the base solver.")
+    if not (_is_real(rho) and math.isfinite(rho) and rho > 0):
         raise ValueError(f"rho must be finite and > 0, got {rho!r}.")
     rows = []
     for n, interval in enumerate(intervals):
         if not (isinstance(interval, (tuple, list)) and len(interval) == 4):
             raise TypeError(f"intervals[{n}] must be (t_min, t_max, K, N_restart), got {interval!r}.")
         t_min, t_max, k, levels = interval
-        if not all(isinstance(t, (int, float)) and math.isfinite(t) for t in (t_min, t_max)) or not (
-                0 < t_min < t_max):
+        if not all(_is_real(t) and math.isfinite(t) for t in (t_min, t_max)) or not 0 < t_min < t_max:
             raise ValueError(f"intervals[{n}]: need finite 0 < t_min < t_max, got t_min={t_min!r}, "
                              f"t_max={t_max!r}.")
         if not _is_count(k, 0) or not _is_count(levels, 2):
@@ -102,11 +132,13 @@ def restart_table(restarts: tuple[Any, ...], sigma: jax.Array, sigma_hat: jax.Ar
         if n < 2:  # no level between sigma_0 and 0 to restart from
             continue
         j = jnp.argmin(jnp.abs(grid - t_min))  # the restart starts at sigma_{j+1}
-        low, top = grid[j], jnp.asarray(t_max, sigma.dtype)
+        low = grid[j]
+        top = jnp.maximum(jnp.asarray(t_max, sigma.dtype), low)  # t_max <= low: steps of zero length
         ramp = jnp.arange(m, dtype=sigma.dtype) / (m - 1)
         r = (top ** (1 / rho) + ramp * (low ** (1 / rho) - top ** (1 / rho))) ** rho
-        r = r.at[0].set(top).at[-1].set(low)
-        jump = jnp.sqrt(jnp.maximum(top**2 - low**2, 0)) * jnp.asarray(s_noise, sigma.dtype)
+        r = jnp.where(top > low, r.at[0].set(top).at[-1].set(low), low)
+        # (top - low)(top + low), not top^2 - low^2: exactly 0 for an empty interval, whatever FMA
+        jump = jnp.sqrt((top - low) * (top + low)) * jnp.asarray(s_noise, sigma.dtype)
         start = jnp.concatenate([low[None], r[1:-1]])  # the level each step leaves, before the jump
         leave = r[:-1]
         std = jnp.zeros(m - 1, sigma.dtype).at[0].set(jump)

@@ -99,3 +99,14 @@ def test_network_evaluations_match_the_solver_count(name, evaluations):
 
     jax.block_until_ready(kj.sample(counting, keys_for(0, 2), STATE, CFG, (3,), solver=name))
     assert len(calls) == evaluations == kj.get_solver(name).evaluations(6)
+
+
+def test_get_solver_takes_a_solvers_options_and_refuses_others():
+    assert kj.get_solver("euler_ancestral", eta=0.25) == kj.euler_ancestral(eta=0.25)
+    assert kj.get_solver("dpmpp_2m_sde_heun", eta=0.5) == kj.dpmpp_2m_sde(eta=0.5, solver_type="heun")
+    for name, options in (("heun", {"eta": 0.5}), ("dpmpp_2m_sde_heun", {"solver_type": "midpoint"})):
+        with pytest.raises(ValueError, match=f"solver {name!r} takes no option"):
+            kj.get_solver(name, **options)
+    with pytest.raises(ValueError, match="apply to a solver's name"):
+        kj.get_solver(kj.heun(), eta=0.5)
+    assert set(kj.takes_eta()) == {"euler_ancestral", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"}

@@ -138,3 +138,16 @@ def test_bad_hyperparameters_are_refused_by_name(name, value):
 def test_bad_solver_types_are_refused_by_name(value):
     with pytest.raises(ValueError, match=r"dpmpp_2m_sde: solver_type must be one of \('midpoint', 'heun'\)"):
         dpmpp_2m_sde(solver_type=value)
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "euler_ancestral"])
+def test_a_step_of_zero_length_leaves_the_sample_as_it_is(name):
+    """Repeated levels (polyexponential with a large rho rounds several to sigma_min): no move, no noise."""
+    state = kj.set_timesteps(kj.KarrasVeConfig(sigma_min=0.02, sigma_max=100.0, s_churn=0.0), 5,
+                             "polyexponential", rho=50.0)
+    levels = np.asarray(state.sigmas)
+    assert levels[2] == levels[3] == levels[4] > 0
+    _, path = kj.sample(mix_denoise, keys_for(0, 3), state, None, (2,), solver=kj.get_solver(name),
+                        return_trajectory=True)
+    np.testing.assert_array_equal(path.samples[3], path.samples[2])
+    np.testing.assert_array_equal(path.samples[4], path.samples[3])

@@ -162,3 +162,26 @@ def test_jump_noise_is_the_churn_stream_of_its_row():
     x_hat = x2 + np.sqrt(50.0**2 - sigma2**2) * z
     np.testing.assert_allclose(np.asarray(path.samples[3]), x_hat * sigma2 / 50.0, rtol=2e-5, atol=1e-5)
     assert jnp.allclose(path.sigmas[3], sigma2)
+
+
+def test_an_interval_that_snaps_at_or_above_t_max_is_refused_not_run_upward():
+    state = kj.set_timesteps(edm_config(s_churn=0.0), 6, "karras")  # 0.6 snaps to sigma = 0.965
+    solver = kj.restart(kj.euler(), [(0.6, 0.7, 1, 3)])
+    with pytest.raises(ValueError, match="snaps to the grid level 0.965"):
+        kj.sample(gauss_denoise, keys_for(0, 2), state, None, (3,), solver=solver)
+    with pytest.raises(ValueError, match="snaps to the grid level 0.965"):
+        kj.make_sampler(lambda p, x, s, c: gauss_denoise(x, s), state, None, (3,), solver=solver)
+    # with the levels traced it cannot be refused: the interval's steps then have zero length
+    base = jax.jit(lambda k, st: kj.sample(gauss_denoise, k, st, None, (3,), solver="euler"))
+    empty = jax.jit(lambda k, st: kj.sample(gauss_denoise, k, st, None, (3,), solver=solver))
+    keys = keys_for(0, 4)
+    np.testing.assert_allclose(empty(keys, state), base(keys, state), rtol=1e-6, atol=1e-6)
+
+
+def test_restarting_a_restart_is_refused_and_numpy_scalars_are_taken():
+    once = kj.restart(kj.euler(), [(0.5, 2.0, 2, 3)])
+    with pytest.raises(ValueError, match="already restarts"):
+        kj.restart(once, [(0.1, 1.0, 1, 2)])
+    from_numpy = kj.restart(kj.euler(), [(np.float32(0.5), np.float64(2.0), np.int64(2), np.int32(3))],
+                            rho=np.float32(7.0))
+    assert from_numpy.restarts == ((float(np.float32(0.5)), 2.0, 2, 3, 7.0),)

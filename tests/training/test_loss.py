@@ -287,6 +287,21 @@ def test_the_flow_loss_of_a_velocity_network_through_flow_denoiser_is_the_veloci
         np.testing.assert_allclose(grads[name], want_grads[name], rtol=2e-5)
 
 
+@pytest.mark.parametrize("constants", [{"logit_std": 30.0}, {"logit_mean": 100.0}, {"logit_mean": -100.0}])
+def test_extreme_flow_logits_are_clipped_so_loss_and_gradients_stay_finite(constants):
+    from karras_jax.training.loss import FLOW_LOGIT_LIMIT
+
+    sigma = np.asarray(sigmas_jit(MANY, "flow", **constants), np.float64)
+    assert np.all(np.isfinite(sigma)) and np.all(sigma > 0)
+    assert np.abs(np.log(sigma)).max() <= FLOW_LOGIT_LIMIT * (1 + 1e-6)
+    apply_fn = flow_denoiser(velocity_net)
+    key = jax.random.key(33)
+    losses = kj.edm_loss(apply_fn, TOY_PARAMS, X, key, kind="flow", **constants)
+    assert np.all(np.isfinite(np.asarray(losses)))
+    grads = jax.grad(lambda p: kj.edm_loss(apply_fn, p, X, key, kind="flow", **constants).mean())(TOY_PARAMS)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree_util.tree_leaves(grads))
+
+
 def test_flow_draws_a_logit_normal_time():
     for m, s in ((0.0, 1.0), (0.7, 0.4)):
         sigma = np.asarray(sigmas_jit(MANY, "flow", logit_mean=m, logit_std=s), np.float64)
