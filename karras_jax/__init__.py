@@ -32,6 +32,8 @@ from karras_jax.generation import (
     seed_runs,
     verify,
 )
+from karras_jax.inversion import INVERTIBLE_SOLVERS, invert
+from karras_jax.likelihood import LIKELIHOOD_SOLVERS, PROBES, TRACES, bits_per_dim, log_likelihood
 from karras_jax.models import (
     DIT_AXIS_RULES,
     FLOW_PREDICTIONS,
@@ -116,14 +118,18 @@ __version__ = "0.1.0"
 __all__ = [
     "CHECKPOINT_FILE",
     "DIT_AXIS_RULES",
+    "INVERTIBLE_SOLVERS",
     "FLOW_PREDICTIONS",
+    "LIKELIHOOD_SOLVERS",
     "LOSSES",
     "MANIFEST",
     "MAX_SEED",
     "MODEL_FILE",
     "PRECONDITIONINGS",
+    "PROBES",
     "SCHEDULES",
     "SOLVERS",
+    "TRACES",
     "SchedulerConfig",
     "SeedRuns",
     "Checkpoint",
@@ -148,6 +154,7 @@ __all__ = [
     "add_noise_to_input",
     "autoguidance",
     "batch_sharding",
+    "bits_per_dim",
     "churn_gamma",
     "churn_levels",
     "churn_std",
@@ -179,6 +186,7 @@ __all__ = [
     "iddpm_sigmas",
     "initial_noise",
     "interpolated_sigmas",
+    "invert",
     "karras_sigmas",
     "load_checkpoint",
     "load_config",
@@ -186,6 +194,7 @@ __all__ = [
     "load_model_recipe",
     "load_params",
     "loss_weight",
+    "log_likelihood",
     "make_sampler",
     "make_sharded_sampler",
     "make_train_step",

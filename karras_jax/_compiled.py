@@ -29,7 +29,7 @@ from karras_jax.state import KarrasVeState, check_state, resolve_config
 from karras_jax.steps import add_churn, churn_levels
 
 __all__ = ["SKIP_IDLE_DRAW_FROM", "Prepared", "as_traced_config", "check_levels_fit", "check_start",
-           "churn_fn", "churn_is_idle", "loop_config", "prepare", "wrap_program"]
+           "churn_fn", "churn_is_idle", "concrete_churn", "loop_config", "prepare", "wrap_program"]
 
 
 # Sample sizes (B * prod(sample_shape)) from which a step that may churn skips an idle draw
@@ -59,7 +59,7 @@ def churn_fn(keys: jax.Array, sample_shape: tuple[int, ...], dtype: jnp.dtype,
     return churn
 
 
-def _concrete_churn(config: KarrasVeConfig, state: KarrasVeState) -> tuple[np.ndarray, np.ndarray] | None:
+def concrete_churn(config: KarrasVeConfig, state: KarrasVeState) -> tuple[np.ndarray, np.ndarray] | None:
     """(sigma_hat / sigma, noise std) of every step when config and levels are concrete, else None."""
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((config, state.sigmas))):
         return None
@@ -77,12 +77,12 @@ def churn_is_idle(config: KarrasVeConfig, state: KarrasVeState,
     True for a concrete ``s_churn = 0`` (whatever else is traced) and for concrete values
     that put every level outside ``[s_min, s_max]``; False whenever it cannot be known, and
     for ``s_noise = 0`` with gamma > 0 (the levels are still raised; only the draw is zero).
-    ``churn`` is :func:`_concrete_churn`'s result when the caller has it.
+    ``churn`` is :func:`concrete_churn`'s result when the caller has it.
     """
     s_churn = config.s_churn
     if not isinstance(s_churn, jax.core.Tracer) and np.all(np.asarray(s_churn) == 0):
         return True
-    churn = _concrete_churn(config, state) if churn is None else churn
+    churn = concrete_churn(config, state) if churn is None else churn
     return churn is not None and bool(np.all(churn[0] == 1.0))
 
 
@@ -105,7 +105,7 @@ def check_levels_fit(state: KarrasVeState, config: KarrasVeConfig, dtype: jnp.dt
     """
     if isinstance(state.init_noise_sigma, jax.core.Tracer):
         return
-    churn = _concrete_churn(config, state) if churn is None else churn
+    churn = concrete_churn(config, state) if churn is None else churn
     factor = 2**0.5 if churn is None else float(np.max(churn[0]))
     levels = np.asarray(state.sigmas)
     start = float(np.asarray(state.init_noise_sigma))  # held as x_0 / sigma_0 when infinite:
@@ -172,7 +172,7 @@ def prepare(state: KarrasVeState, config: KarrasVeConfig | None, dtype: jnp.dtyp
     """
     check_state(state)
     config = resolve_config(state, config)
-    churn = _concrete_churn(config, state)  # one host read for both uses
+    churn = concrete_churn(config, state)  # one host read for both uses
     check_levels_fit(state, config, dtype, churn)
     draws = not churn_is_idle(config, state, churn)
     return Prepared(dataclasses.replace(state, config=as_traced_config(config)), draws)  # checked above

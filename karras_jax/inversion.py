@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
-from karras_jax._compiled import _concrete_churn, check_levels_fit, check_start
+from karras_jax._compiled import check_levels_fit, check_start, concrete_churn
 from karras_jax._validation import (
     carry_dtype,
     check_arity,
@@ -39,7 +39,7 @@ from karras_jax._validation import (
 )
 from karras_jax.solvers import Solver, get_solver
 from karras_jax.solvers.base import euler_step, levels_of
-from karras_jax.solvers.heun import _step as heun_step
+from karras_jax.solvers.heun import heun
 from karras_jax.state import KarrasVeState, check_state, resolve_config
 
 __all__ = ["INVERTIBLE_SOLVERS", "invert"]
@@ -47,7 +47,7 @@ __all__ = ["INVERTIBLE_SOLVERS", "invert"]
 INVERTIBLE_SOLVERS = ("heun", "euler")
 """The solvers :func:`invert` runs up the levels: those whose step is a one-step ODE formula."""
 
-_STEPS = {"heun": heun_step, "euler": euler_step}
+_STEPS = {"heun": heun().step, "euler": euler_step}
 
 
 def invert(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], x: ArrayLike,
@@ -177,7 +177,7 @@ def _check_no_churn(config: Any, state: KarrasVeState) -> None:
     s_churn = config.s_churn
     if isinstance(s_churn, jax.core.Tracer) or np.all(np.asarray(s_churn) == 0):
         return
-    churn = _concrete_churn(config, state)
+    churn = concrete_churn(config, state)
     if churn is not None and bool(np.all(churn[0] == 1.0)):
         return  # every level lies outside [s_min, s_max]
     raise ValueError(f"invert inverts the deterministic sampler, but config.s_churn={np.asarray(s_churn)!s} "

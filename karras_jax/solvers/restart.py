@@ -37,7 +37,7 @@ import numpy as np
 
 from karras_jax.solvers.base import Solver
 
-__all__ = ["check_restart_levels", "restart"]
+__all__ = ["restart"]
 
 
 def _is_real(value: Any) -> bool:
