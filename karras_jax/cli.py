@@ -2,6 +2,8 @@
 
 ``karras-jax train-digits`` / ``sample-digits`` are the training example
 (:mod:`karras_jax.examples.digits`; needs the ``digits`` extra, scikit-learn).
+``karras-jax generate`` samples a model into resumable shards; ``karras-jax likelihood``
+scores an array of samples under a model (:func:`karras_jax.log_likelihood`).
 
 The demo samples thousands of seeds from a built-in 2-D Gaussian mixture through its exact
 denoiser (:func:`karras_jax.analytic.default_mixture`), so the only error is the sampler's,
@@ -173,6 +175,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-plot", action="store_true", help="skip the PNG")
     _digits_parsers(sub)
     _generate_parser(sub)
+    _likelihood_parser(sub)
     for command in sub.choices.values():  # `karras-jax COMMAND ... --debug` works too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help=argparse.SUPPRESS)
@@ -247,6 +250,168 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"{result.folder}: {result.shards} shards ({result.written} written now, {result.skipped} already "
           f"complete) in {result.seconds:.1f} s"
           + (f", {result.samples_per_s:,.0f} samples/s" if result.written else ""))
+    return 0
+
+
+def _likelihood_parser(sub: Any) -> None:
+    from karras_jax.likelihood import LIKELIHOOD_SOLVERS, TRACES
+    from karras_jax.schedules import SCHEDULES
+
+    lik = sub.add_parser(
+        "likelihood",
+        help="score the samples of an .npz array under a model: nats per sample and bits per dimension",
+        description="Compute kj.log_likelihood (the probability-flow ODE run upward) of every sample of "
+        "an array in --data under --model, in batches, and print the mean and its standard error in nats "
+        "per sample and bits per dimension. The samples are in the model's own space (the sampler's "
+        "output, before any postprocess). A conditional model is scored unconditionally, with its "
+        "null condition. Writes nothing unless --out is given.",
+    )
+    lik._sub = "likelihood"
+    lik.add_argument("--model", required=True,
+                     help="mixture, package.module:function, or a folder written by kj.fit")
+    lik.add_argument("--data", type=Path, required=True,
+                     help="an .npz (or .npy) file holding (n, *sample_shape) samples")
+    lik.add_argument("--key", default=None, help="the array in --data (default: its only array)")
+    lik.add_argument("--steps", type=_steps, default=None, help="noise levels N (default: the model's)")
+    lik.add_argument("--schedule", choices=[s for s in SCHEDULES if s != "flow"], default=None,
+                     help="schedule (default: the model's; 'flow' has no Gaussian prior)")
+    lik.add_argument("--solver", choices=LIKELIHOOD_SOLVERS, default="heun", help="ODE solver (default heun)")
+    lik.add_argument("--trace", choices=TRACES, default="exact",
+                     help="divergence: exact (d Jacobian-vector products) or hutchinson (default exact)")
+    lik.add_argument("--probes", type=_positive_int, default=None,
+                     help="Hutchinson probe vectors per sample (--trace hutchinson; default 1)")
+    lik.add_argument("--seed", type=_seed, default=0, help="seed of the Hutchinson probes (default 0)")
+    lik.add_argument("--batch", type=_positive_int, default=256, help="samples per call (default 256)")
+    lik.add_argument("--out", type=Path, default=None,
+                     help="an .npz file to write the per-sample values to (nats, bits_per_dim)")
+
+
+def _check_npz_out(out: Path) -> None:
+    """Refuses, as a usage error naming ``--out``, a path that cannot be a new .npz file."""
+    if out.suffix != ".npz":
+        raise ValueError(f"argument --out: must be an .npz file, got {out}")
+    if out.is_dir():
+        raise ValueError(f"argument --out: {out} is a folder, not an .npz file")
+    if not out.parent.is_dir():
+        raise ValueError(f"argument --out: the folder of {out} does not exist: {out.parent}")
+
+
+def _load_samples(path: Path, key: str | None) -> tuple[Any, str]:
+    """The array ``key`` of ``path`` (an .npz, or an .npy), and its name; usage errors name the flag."""
+    import numpy as np
+
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):  # an .npy file: one unnamed array
+            if key is not None:
+                raise ValueError(f"argument --key: {path} is one .npy array, not an .npz of named arrays")
+            return loaded, path.stem
+        with loaded:
+            names = list(loaded.files)
+            if key is None and len(names) != 1:
+                held = ", ".join(names) if names else "no arrays"
+                raise ValueError(f"argument --key: {path} holds {len(names)} arrays ({held}); name one")
+            name = names[0] if key is None else key
+            if name not in names:
+                raise ValueError(f"argument --key: {path} has no array {name!r} (it holds "
+                                 f"{', '.join(names) or 'none'})")
+            return np.asarray(loaded[name]), name
+    except (OSError, EOFError) as err:
+        raise ValueError(f"argument --data: {_one_line(err)}") from None
+    except ValueError as err:
+        if str(err).startswith("argument --"):
+            raise
+        raise ValueError(f"argument --data: {path}: {_one_line(err)}") from None
+
+
+def _likelihood(args: argparse.Namespace) -> int:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import karras_jax as kj
+
+    if args.out is not None:
+        _check_npz_out(args.out)
+    if args.probes is not None and args.trace != "hutchinson":
+        raise ValueError("argument --probes: applies to --trace hutchinson only")
+    try:
+        model = kj.load_generate_model(args.model)
+    except ValueError as err:
+        raise ValueError(f"argument --model: {_one_line(err)}") from None
+    schedule = args.schedule or model.schedule
+    if schedule == "flow":
+        raise ValueError("argument --model: its schedule is 'flow', whose sigma_max is infinite (no Gaussian "
+                         "prior for the likelihood); pass --schedule karras or another")
+    data, name = _load_samples(args.data, args.key)
+    sample_shape = tuple(model.sample_shape)
+    if data.ndim < 1 or data.shape[0] == 0 or tuple(data.shape[1:]) != sample_shape:
+        raise ValueError(f"argument --data: {args.data}[{name!r}] has shape {data.shape}; the model needs "
+                         f"(n, {', '.join(map(str, sample_shape))}) with n >= 1")
+    if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
+        raise ValueError(f"argument --data: {args.data}[{name!r}] holds {data.dtype}, not real numbers")
+    dtype = np.float64 if data.dtype == np.float64 and jax.config.jax_enable_x64 else np.float32
+    data = data.astype(dtype)
+    finite = np.all(np.isfinite(data.reshape(len(data), -1)), axis=1)
+    if not finite.all():
+        raise ValueError(f"argument --data: {args.data}[{name!r}] sample {int(np.argmin(finite))} is not "
+                         "finite (NaN or inf)")
+    steps = args.steps or model.steps
+    state = kj.set_timesteps(model.config, steps, schedule)
+    batch = min(args.batch, len(data))
+    cond = None
+    if model.cond_fn is not None and model.null_cond is not None:  # the unconditional model
+        null = jnp.asarray(model.null_cond)
+        cond = jnp.broadcast_to(null, (batch, *null.shape))
+    probes = args.probes or 1
+
+    @jax.jit
+    def score(params: Any, x: jax.Array, key: jax.Array) -> jax.Array:
+        def denoise(y: jax.Array, sigma: jax.Array, c: Any) -> jax.Array:
+            return model.apply_fn(params, y, sigma, c)
+
+        return kj.log_likelihood(denoise, x, state, key if args.trace == "hutchinson" else None,
+                                 trace=args.trace, probes=probes, solver=args.solver, cond=cond)
+
+    start = time.perf_counter()
+    base = jax.random.key(args.seed)
+    values = []
+    for i, lo in enumerate(range(0, len(data), batch)):
+        chunk = data[lo:lo + batch]
+        count = len(chunk)
+        if count < batch:  # pad the last batch to the compiled shape; the padding is dropped
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - count, axis=0)])
+        out = score(model.params, jnp.asarray(chunk), jax.random.fold_in(base, i))
+        values.append(np.asarray(out)[:count])
+    nats = np.concatenate(values).astype(np.float64)
+    seconds = time.perf_counter() - start
+    bad = np.flatnonzero(~np.isfinite(nats))
+    if bad.size:
+        raise FloatingPointError(f"non-finite log-likelihood for sample {int(bad[0])} of {args.data} "
+                                 f"({bad.size} in all); nothing written")
+    dims = int(np.prod(sample_shape))
+    bpd = np.asarray(kj.bits_per_dim(nats, dims), np.float64)
+    n = len(nats)
+    plural = "s" if probes > 1 else ""
+    trace = "exact trace" if args.trace == "exact" else f"Hutchinson trace, {probes} probe{plural}"
+    print(f"{n:,} samples of shape {sample_shape} from {args.data}[{name!r}]; model {args.model}, "
+          f"{args.solver} N={steps} ({schedule}), {trace}; {seconds:.1f} s, {n / seconds:,.1f} samples/s")
+    if cond is not None:
+        print("conditional model: scored unconditionally (its null condition)")
+
+    def stats(values: Any) -> str:
+        error = values.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
+        return f"{values.mean():.6f} (standard error {error:.6f})" if n > 1 else f"{values.mean():.6f}"
+
+    print(f"log-likelihood: {stats(nats)} nats per sample")
+    print(f"bits per dim:   {stats(bpd)} (d = {dims})")
+    if args.out is not None:
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, nats=nats, bits_per_dim=bpd)
+        atomic_write(args.out, lambda f: f.write(buffer.getvalue()))
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -551,6 +716,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sample_digits(args)
         if args.command == "generate":
             return _generate(args, parser)
+        if args.command == "likelihood":
+            return _likelihood(args)
     except KeyboardInterrupt:
         if args.debug:
             raise

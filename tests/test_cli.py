@@ -376,3 +376,86 @@ def test_debug_is_not_in_the_help(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     assert "--debug" not in capsys.readouterr().out
+
+
+# --- likelihood ------------------------------------------------------------------------------------
+
+
+def _mixture_points(tmp_path, n=10, dims=2, **extra):
+    import jax
+
+    from karras_jax.analytic import default_mixture
+
+    x = np.asarray(default_mixture().sample(jax.random.key(3), n), np.float32)
+    if dims != 2:
+        x = np.zeros((n, dims), np.float32)
+    path = tmp_path / "points.npz"
+    np.savez(path, x=x, **extra)
+    return path, x
+
+
+def test_likelihood_prints_the_mean_of_kj_log_likelihood(tmp_path, capsys):
+    import karras_jax as kj
+    from karras_jax.analytic import default_mixture
+    from karras_jax.generation import load_generate_model
+
+    path, x = _mixture_points(tmp_path)
+    argv = ["likelihood", "--model", "mixture", "--data", str(path), "--steps", "8", "--batch", "4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("log-likelihood:"))
+    printed = float(line.split()[1])
+    model = load_generate_model("mixture")
+    state = kj.set_timesteps(model.config, 8, model.schedule)
+    want = kj.log_likelihood(lambda y, s, c: default_mixture().denoise(y, s), x, state)
+    assert printed == pytest.approx(float(np.mean(want)), abs=2e-6)
+    bits = float(next(line for line in out.splitlines() if line.startswith("bits per dim:")).split()[3])
+    assert bits == pytest.approx(float(np.mean(kj.bits_per_dim(want, 2))), abs=2e-6)
+    assert list(tmp_path.iterdir()) == [path]  # nothing written without --out
+
+
+def test_likelihood_out_writes_the_per_sample_values(tmp_path, capsys):
+    import karras_jax as kj
+    from karras_jax.analytic import default_mixture
+    from karras_jax.generation import load_generate_model
+
+    path, x = _mixture_points(tmp_path, n=5, labels=np.arange(5))
+    out = tmp_path / "ll.npz"
+    argv = ["likelihood", "--model", "mixture", "--data", str(path), "--key", "x", "--steps", "6",
+            "--trace", "hutchinson", "--probes", "2", "--seed", "4", "--out", str(out)]
+    assert main(argv) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    model = load_generate_model("mixture")
+    state = kj.set_timesteps(model.config, 6, model.schedule)
+    want = kj.log_likelihood(lambda y, s, c: default_mixture().denoise(y, s), x, state,
+                             _probe_key(4, 0), trace="hutchinson", probes=2)
+    with np.load(out) as written:
+        assert set(written.files) == {"nats", "bits_per_dim"}
+        np.testing.assert_allclose(written["nats"], want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(written["bits_per_dim"], kj.bits_per_dim(want, 2), rtol=1e-5, atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ll.npz", "points.npz"]  # no temporary left
+
+
+def _probe_key(seed, index):
+    import jax
+
+    return jax.random.fold_in(jax.random.key(seed), index)
+
+
+@pytest.mark.parametrize("case, flag", [("shape", "--data"), ("missing", "--data"), ("two arrays", "--key"),
+                                        ("no such key", "--key"), ("probes", "--probes"),
+                                        ("model", "--model"), ("out", "--out")])
+def test_likelihood_usage_errors_name_the_flag(tmp_path, capsys, case, flag):
+    path, _ = _mixture_points(tmp_path, dims=3 if case == "shape" else 2,
+                              **({"labels": np.arange(10)} if case == "two arrays" else {}))
+    argv = ["likelihood", "--model", "mixture", "--data", str(path)]
+    if case == "missing":
+        argv[-1] = str(tmp_path / "absent.npz")
+    argv += {"no such key": ["--key", "y"], "probes": ["--probes", "3"], "model": ["--model", "nowhere:f"],
+             "out": ["--out", str(tmp_path / "no" / "ll.npz")]}.get(case, [])
+    err = _one_line_exit_2(argv, capsys)
+    assert f"argument {flag}" in err
+    if case == "shape":
+        assert "(10, 3)" in err and "(n, 2)" in err
+    if case == "missing":
+        assert "absent.npz" in err
