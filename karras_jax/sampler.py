@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from jax.typing import ArrayLike, DTypeLike
 
@@ -69,8 +70,9 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], keys: j
            state: KarrasVeState, config: KarrasVeConfig | None, sample_shape: tuple[int, ...],
            cond: Any = None, solver: str | Solver = "heun", *, x_init: ArrayLike | None = None,
            dtype: DTypeLike = jnp.float32, return_trajectory: bool = False,
-           progress: bool | Callable[[Any], None] = False,
-           check_finite: bool = False) -> jax.Array | tuple[jax.Array, Trajectory]:
+           progress: bool | Callable[[Any], None] = False, check_finite: bool = False,
+           start_step: int | None = None,
+           strength: float | None = None) -> jax.Array | tuple[jax.Array, Trajectory]:
     r"""Runs Algorithm 2 for a batch of seeds: one loop, jit- and vmap-friendly.
 
     For i = 0 .. N-1, with :math:`\gamma_i` from :func:`karras_jax.churn_gamma`, the churn
@@ -102,6 +104,11 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], keys: j
         step index. Off by default: the program then has no host callbacks.
       check_finite: Debug mode, outside ``jit``/``vmap``: raise ``FloatingPointError`` at the
         first NaN or inf in a network input, output or update, naming the step and sigma_hat.
+      start_step: Image-to-image (SDEdit): ``x_init`` is then a clean image, noised to
+        :math:`\sigma_k` with the key's start normals (``x_k = x_init + sigma_k z``, z the
+        draw that makes x_0) before steps k .. N-1 run; k in 1 .. N (N returns the image).
+      strength: The same as ``start_step = N - int(strength * N)`` (diffusers' rule), in
+        [0, 1]: 0 returns the image, 1 is plain sampling from the key's noise.
 
     Returns:
       (B, *sample_shape) samples in ``dtype``, or ``(samples, trajectory)``.
@@ -115,18 +122,23 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], keys: j
     check_arity("denoise_fn", denoise_fn, "denoise_fn(x, sigma, cond)", 3)
     args = (denoise_fn, keys, state, config, sample_shape, cond, solver, x_init, dtype,
             return_trajectory, progress)
+    from_image = check_start_step(start_step, strength)
     if not check_finite:
-        return _sample(*args)
+        return _sample(*args, from_image=from_image)
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args[1:])):
         raise ValueError(TRACED_MESSAGE)
-    return run_checked(lambda: _sample(*args, checks=True))()
+    return run_checked(lambda: _sample(*args, checks=True, from_image=from_image))()
 
 
 def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeState,
             config: KarrasVeConfig | None, sample_shape: tuple[int, ...], cond: Any,
             solver: str | Solver, x_init: ArrayLike | None, dtype: DTypeLike, return_trajectory: bool,
-            progress: bool | Callable[[Any], None], checks: bool = False) -> Any:
-    """:func:`sample`: its checks, then the loop (``checks`` adds the debug mode's)."""
+            progress: bool | Callable[[Any], None], checks: bool = False,
+            from_image: tuple[str, Any] | None = None) -> Any:
+    """:func:`sample`: its checks, then the loop (``checks`` adds the debug mode's).
+
+    ``from_image``: ``("step", k)`` or ``("strength", s)`` (image-to-image), from :func:`check_start_step`.
+    """
     n = check_state(state)
     config = resolve_config(state, config)
     solver, dtype = get_solver(solver), check_dtype(dtype)
@@ -135,7 +147,8 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
     check_restart_levels(solver, state.sigmas)
     full_shape, carry = (keys.shape[0], *sample_shape), carry_dtype(dtype)
     check_cond(cond, full_shape[0])
-    if x_init is None:
+    offset = _first_step(from_image, n, solver, x_init)
+    if x_init is None or offset == 0 and from_image is not None:  # strength 1: plain sampling
         x0 = start_sample(keys, state.init_noise_sigma, sample_shape, dtype)
     elif jnp.shape(x_init) != full_shape:
         raise ValueError(f"x_init must have shape (B, *sample_shape) = {full_shape}, got "
@@ -143,17 +156,20 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
     else:
         check_finite_array("x_init", x_init)
         x0 = jnp.asarray(x_init).astype(carry)
+        if offset:  # the clean image noised to sigma_k with the key's start normals
+            x0 = x0 + start_sample(keys, state.sigmas[offset], sample_shape, dtype)
 
     sigmas = state.sigmas.astype(level_dtype())
     sigma_hat, noise_std = churn_levels(config, n, sigmas[:-1])
     columns = (sigmas[:-1], sigma_hat, sigmas[1:], noise_std)
     sigma, sigma_hat, sigma_next, noise_std = restart_table(solver.restarts, *columns, config.s_noise)
-    levels = levels_of(sigma, sigma_hat, sigma_next)
+    sigma, sigma_hat, sigma_next = sigma[offset:], sigma_hat[offset:], sigma_next[offset:]
+    levels = levels_of(sigma, sigma_hat, sigma_next)  # a run from step k: its history starts there
     levels, m = levels.replace(extra=solver.scalars(levels)), sigma.shape[0]
     idle = churn_is_idle(config, state) and not solver.restarts
     churn = None if idle else churn_fn(keys, sample_shape, dtype, noise_std)
     k_solver = solver_keys(keys, sample_shape) if solver.stochastic else None
-    first = int(state.schedule_name == "flow")  # its sigma_0 is infinite: step 0 is the Euler limit
+    first = int(state.schedule_name == "flow" and not offset)  # sigma_0 = inf: step 0 is Euler's limit
 
     def denoise(x: jax.Array, sigma: jax.Array) -> jax.Array:
         out = denoise_fn(x.astype(dtype), sigma, cond)
@@ -173,10 +189,11 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
             churned: bool = True) -> tuple[Any, ...]:
         x, solver_state, failure = carried
         levels_i = jax.tree_util.tree_map(lambda column: column[i], levels)
-        x_hat = x if churn is None or not churned else churn(i, x)
+        step = i + offset  # the step's index in the noise streams and in messages
+        x_hat = x if churn is None or not churned else churn(step, x)
         noise = None if k_solver is None else (
-            lambda draw: solver_noise(k_solver, i, draw, sample_shape, dtype))
-        x, denoised, solver_state, failure = advance(x_hat, levels_i, solver_state, failure, i, noise)
+            lambda draw: solver_noise(k_solver, step, draw, sample_shape, dtype))
+        x, denoised, solver_state, failure = advance(x_hat, levels_i, solver_state, failure, step, noise)
         if report is not None:
             jax.debug.callback(report, i, ordered=True)
         return (x, solver_state, failure), denoised
@@ -187,7 +204,11 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
         carried, denoised = one(i, carried, inner)
         return carried, (carried[0].astype(dtype), denoised.astype(dtype))
 
-    carried = (x0, solver.init(x0), start(x0, sigma_hat[0], sigmas[0]) if checks else None)
+    if m == 0:  # start_step = N (strength 0): nothing to run, the image itself
+        x = x0.astype(dtype)
+        empty = jnp.zeros((0, *full_shape), dtype)
+        return (x, Trajectory(x[None], empty, sigmas[n:])) if return_trajectory else x
+    carried = (x0, solver.init(x0), start(x0, sigma_hat[0], sigma[0]) if checks else None)
     path = [(jnp.zeros((0, *full_shape), dtype),) * 2]
     if first:  # x_0 is held as x_0 / sigma_0 = z, and the limit of a first step from there is Euler's
         carried, denoised = one(jnp.asarray(0, jnp.int32), carried, stepper(_limit_step), churned=False)
@@ -211,6 +232,45 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
                          jnp.concatenate([sigma[:1], sigma_next]))
 
 
+def check_start_step(start_step: Any, strength: Any) -> tuple[str, Any] | None:
+    """Checks the image-to-image arguments alone (the step count comes later, with the state).
+
+    Raises:
+      ValueError: both given, start_step not an int >= 1 (0 would ignore the image: use
+        strength=1 or leave it out), or strength not a real number in [0, 1].
+    """
+    if start_step is not None and strength is not None:
+        raise ValueError("pass start_step or strength, not both.")
+    if start_step is not None:
+        if not isinstance(start_step, (int, np.integer)) or isinstance(start_step, bool) or start_step < 1:
+            raise ValueError(f"start_step must be an int >= 1 (the first step run from the noised x_init; "
+                             f"start_step=0 would ignore the image: leave it out, or strength=1), got "
+                             f"{start_step!r}.")
+        return "step", int(start_step)
+    if strength is not None:
+        if not (isinstance(strength, (int, float, np.number)) and not isinstance(strength, bool)
+                and 0 <= strength <= 1):
+            raise ValueError(f"strength must be a number in [0, 1], got {strength!r}.")
+        return "strength", float(strength)
+    return None
+
+
+def _first_step(from_image: tuple[str, Any] | None, n: int, solver: Solver, x_init: Any) -> int:
+    """The step an image-to-image run starts at (0 for a plain run), checked against N."""
+    if from_image is None:
+        return 0
+    kind, value = from_image
+    if x_init is None:
+        raise ValueError(f"{'start_step' if kind == 'step' else 'strength'} needs x_init, the clean image "
+                         "to start from.")
+    if solver.restarts:
+        raise ValueError("image-to-image (start_step/strength) does not combine with kj.restart.")
+    k = n - int(value * n) if kind == "strength" else value
+    if k > n:
+        raise ValueError(f"start_step must be at most num_inference_steps={n}, got {k}.")
+    return k
+
+
 def _limit_step(denoise: Callable[..., jax.Array], x_hat: jax.Array, levels: Any, solver_state: Any,
                 noise: Any) -> tuple[jax.Array, jax.Array, Any]:
     r"""A step from :math:`\hat\sigma = \infty`, x held as :math:`z = x/\hat\sigma`: Euler's limit.
@@ -226,13 +286,15 @@ def make_sampler(apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
                  config: KarrasVeConfig | None, sample_shape: tuple[int, ...], *,
                  solver: str | Solver = "heun", dtype: DTypeLike = jnp.float32,
                  return_trajectory: bool = False, progress: bool | Callable[[Any], None] = False,
-                 check_finite: bool = False) -> Callable[..., Any]:
+                 check_finite: bool = False, start_step: int | None = None,
+                 strength: float | None = None) -> Callable[..., Any]:
     """Returns a jitted ``sampler(params, keys, cond=None, x_init=None, *, config=, state=)``.
 
     ``apply_fn(params, x, sigma, cond) -> D(x; sigma)``, e.g. ``lambda p, x, s, c:
     model.apply(p, x, s)``. Weights, keys, cond, x_init and the state (levels and config) are
     traced: only new shapes or dtypes, step count, schedule name, ``cond`` structure, or the
     switch between a run that can churn and one that cannot (no noise draw) compile again.
+    With ``start_step``/``strength`` (image-to-image) every call needs ``x_init``, the image.
     Everything is checked here once (an override ``config=``/``state=`` when first passed), so
     a call costs the dispatch of ``sampler.jitted(params, keys, cond, x_init, state, draws)``.
     Other arguments are as for :func:`sample`.
@@ -246,6 +308,7 @@ def make_sampler(apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
     """
     sample_shape, solver, dtype = check_sample_shape(sample_shape), get_solver(solver), check_dtype(dtype)
     check_arity("apply_fn", apply_fn, "apply_fn(params, x, sigma, cond)", 4)
+    from_image = check_start_step(start_step, strength)
     default = prepare(state, config, dtype)
 
     check_start(apply_fn, default.state, solver)
@@ -255,7 +318,7 @@ def make_sampler(apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
         check_start(apply_fn, state, solver)
         return _sample(lambda x, sigma, c: apply_fn(params, x, sigma, c), keys, state,
                        loop_config(state, draws), sample_shape, cond, solver, x_init, dtype,
-                       return_trajectory, progress, checks=check_finite)
+                       return_trajectory, progress, checks=check_finite, from_image=from_image)
 
     run = (run_checked if check_finite else jax.jit)(program, static_argnums=5)
 

@@ -29,7 +29,7 @@ from karras_jax._validation import (
     mesh_devices,
 )
 from karras_jax.config import KarrasVeConfig
-from karras_jax.sampler import sample
+from karras_jax.sampler import check_start_step, sample
 from karras_jax.solvers import Solver, get_solver
 from karras_jax.state import KarrasVeState
 
@@ -51,6 +51,8 @@ def make_sharded_sampler(
     axis_name: str | tuple[str, ...] = "data",
     solver: str | Solver = "heun",
     dtype: DTypeLike = jnp.float32,
+    start_step: int | None = None,
+    strength: float | None = None,
 ) -> Callable[..., jax.Array]:
     """A jitted ``sampler(params, keys, cond=None, x_init=None, *, config=, state=)`` sharded over ``mesh``.
 
@@ -65,12 +67,14 @@ def make_sharded_sampler(
 
     Args:
       apply_fn: ``apply_fn(params, x, sigma, cond) -> D(x; sigma)``, batch-parallel.
-      state, config, sample_shape, solver, dtype: as for :func:`karras_jax.sample`.
+      state, config, sample_shape, solver, dtype, start_step, strength: as for
+        :func:`karras_jax.sample` (with image-to-image every call needs ``x_init``).
       mesh: A ``jax.sharding.Mesh``, e.g. ``jax.make_mesh((jax.device_count(),), ("data",))``
         or ``jax.make_mesh((2, 4), ("data", "model"))``.
       axis_name: The mesh axis (or axes) the batch is split over.
     """
     sample_shape, solver, dtype = check_sample_shape(sample_shape), get_solver(solver), check_dtype(dtype)
+    check_start_step(start_step, strength)
     devices = mesh_devices(mesh, axis_name)
     check_arity("apply_fn", apply_fn, "apply_fn(params, x, sigma, cond)", 4)
     sharding = NamedSharding(mesh, PartitionSpec(axis_name))
@@ -92,7 +96,8 @@ def make_sharded_sampler(
 
         def run(params: Any, keys: jax.Array, cond: Any, x_init: Any, state: KarrasVeState) -> jax.Array:
             return sample(lambda x, sigma, c: apply_fn(params, x, sigma, c), keys, state,
-                          loop_config(state, draws), sample_shape, cond, solver, x_init=x_init, dtype=dtype)
+                          loop_config(state, draws), sample_shape, cond, solver, x_init=x_init, dtype=dtype,
+                          start_step=start_step, strength=strength)
 
         if str(jax.random.key_impl(keys)) in ("rbg", "unsafe_rbg"):
             # rbg keys are drawn one at a time (lax.map: their batched draws mix keys), which
