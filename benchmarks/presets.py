@@ -36,6 +36,7 @@ class Preset:
     generate_batch: dict = field(default_factory=lambda: {"mixture": 4096, "unet": 256})
     diffrax_batches: tuple[int, ...] = (1, 32, 4096)  # measurement 12
     solver_batches: tuple[int, ...] = (1, 4096)  # measurement 14
+    likelihood_batches: tuple[int, ...] = (16, 256)  # measurement 15
     # (model, B, N) measured in measurement 1/5 on top of the product above
     extra_cases: tuple[tuple[str, int, int], ...] = ()
     # measurement ids in run order (a time budget skips the tail); empty: run.py's order
@@ -62,6 +63,7 @@ QUICK = Preset(
     memory_dim=1 << 20,
     budget_s=0.6,
     extra_cases=(("mlp", 1, 50),),
+    likelihood_batches=(16,),
 )
 
 FULL = Preset(
@@ -101,7 +103,8 @@ GPU = Preset(
     train_batches=(512, 8192, 65536),
     diffrax_batches=(1, 32, 4096, 65536),
     solver_batches=(1, 65536),
-    order=("6", "1", "5", "8", "12", "9", "11", "10", "2", "3", "7", "4ab", "4c", "13", "14"),
+    likelihood_batches=(256, 4096),
+    order=("6", "1", "5", "8", "12", "9", "11", "10", "2", "3", "7", "4ab", "4c", "13", "14", "15"),
 )
 
 PRESETS = {p.name: p for p in (QUICK, FULL, GPU)}

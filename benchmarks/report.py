@@ -275,6 +275,25 @@ def solvers_table(rows: list[Row]) -> str:
     return _table(header, lines)
 
 
+def likelihood_table(rows: list[Row]) -> str:
+    """Measurement 15: likelihood samples/s, kj.log_likelihood vs k-diffusion's dopri5."""
+    lines = []
+    for r in (r for r in rows if r["measurement"] == "15_likelihood"):
+        c = r["case"]
+        for name, t in r["times"].items():
+            evals = r["kd_fevals"].get(name, r["kj_evaluations"])
+            vs = [_x(r["ratios"][f"{name} / {ours}"]) if f"{name} / {ours}" in r["ratios"] else ""
+                  for ours in ("kj exact", "kj hutchinson")]
+            lines.append([f"{c['model']} (d={c['dims']})", str(c["B"]), name, str(evals), _ms(t["median"]),
+                          f"{r['samples_per_s'][name]:,.1f}", f"{r['mean_nats'][name]:.3f}", *vs])
+        if r.get("kdiffusion_skipped"):
+            skipped = r["kdiffusion_skipped"]
+            lines.append([c["model"], str(c["B"]), "k-diffusion", "", "", "", "", skipped, ""])
+    header = ["denoiser", "B", "program", "network evals", "ms/call", "samples/s", "mean nats",
+              "time / kj exact", "time / kj hutchinson"]
+    return _table(header, lines)
+
+
 PROGRAMS = ("diffrax", "kj.sample", "fori_loop")  # measurement 12's columns
 
 
@@ -463,6 +482,8 @@ def render(result: dict[str, Any]) -> str:
         pod_table(rows),
         "**Every solver per step vs Euler, MLP, N=18, s_churn=0 (measurement 14)**",
         solvers_table(rows),
+        "**Likelihood vs k-diffusion, Heun N=32 vs dopri5 atol=rtol=1e-4 (measurement 15)**",
+        likelihood_table(rows),
     ]
     earlier = [f"{mid} ({m['run']['started']}, {(m['run']['commit'] or '')[:7]})"
                for mid, m in result.get("measurements", {}).items()
