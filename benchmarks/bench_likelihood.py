@@ -80,9 +80,9 @@ def torch_mixture(device: str) -> Any:
     class Mixture(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.register_buffer("log_w", torch.from_numpy(np.log(np.asarray(mixture.weights))))
-            self.register_buffer("means", torch.from_numpy(np.asarray(mixture.means)))
-            self.register_buffer("var", torch.from_numpy(np.asarray(mixture.stds)) ** 2)
+            self.register_buffer("log_w", torch.from_numpy(np.log(np.array(mixture.weights))))
+            self.register_buffer("means", torch.from_numpy(np.array(mixture.means)))
+            self.register_buffer("var", torch.from_numpy(np.array(mixture.stds)) ** 2)
 
         def forward(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
             sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1)  # (B or 1, 1)
