@@ -34,7 +34,8 @@ from karras_jax._validation import as_typed_keys, carry_dtype, check_dtype, chec
 from karras_jax.state import KarrasVeState, check_state
 
 __all__ = ["churn_keys", "churn_noise", "fast_keys", "fold_in_per_key", "initial_noise", "normal_per_key",
-           "solver_keys", "solver_noise", "split_per_key", "start_sample", "step_noise"]
+           "paint_keys", "paint_noise", "solver_keys", "solver_noise", "split_per_key", "start_sample",
+           "step_noise"]
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
@@ -176,6 +177,16 @@ def churn_noise(k_churn: jax.Array, step: Any, sample_shape: tuple[int, ...],
 def solver_keys(keys: jax.Array, sample_shape: tuple[int, ...]) -> jax.Array:
     """The per-sample solver keys ``split(k_b, 3)[2]``, a third stream beside start and churn."""
     return fast_keys(_per_key(lambda k: jax.random.split(k, 3)[2], keys), sample_shape)
+
+
+def paint_keys(keys: jax.Array, sample_shape: tuple[int, ...]) -> jax.Array:
+    """The per-sample inpainting keys ``split(k_b, 4)[3]``, a fourth stream."""
+    return fast_keys(_per_key(lambda k: jax.random.split(k, 4)[3], keys), sample_shape)
+
+
+def paint_noise(k_paint: jax.Array, level: Any, sample_shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
+    """The normals that noise the known region to level ``level``: ``normal(fold_in(k_paint_b, level))``."""
+    return normal_per_key(fold_in_per_key(k_paint, level), sample_shape, carry_dtype(dtype))
 
 
 def solver_noise(k_solver: jax.Array, step: Any, draw: int, sample_shape: tuple[int, ...],

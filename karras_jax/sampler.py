@@ -28,7 +28,7 @@ from karras_jax._compiled import (
     wrap_program,
 )
 from karras_jax._debug import TRACED_MESSAGE, run_checked, start, watch
-from karras_jax._noise import solver_keys, solver_noise, start_sample
+from karras_jax._noise import paint_keys, paint_noise, solver_keys, solver_noise, start_sample
 from karras_jax._progress import step_bar
 from karras_jax._validation import (
     as_typed_keys,
@@ -38,6 +38,7 @@ from karras_jax._validation import (
     check_dtype,
     check_finite_array,
     check_sample_shape,
+    concrete_value,
     level_dtype,
 )
 from karras_jax.config import KarrasVeConfig
@@ -71,8 +72,8 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], keys: j
            cond: Any = None, solver: str | Solver = "heun", *, x_init: ArrayLike | None = None,
            dtype: DTypeLike = jnp.float32, return_trajectory: bool = False,
            progress: bool | Callable[[Any], None] = False, check_finite: bool = False,
-           start_step: int | None = None,
-           strength: float | None = None) -> jax.Array | tuple[jax.Array, Trajectory]:
+           start_step: int | None = None, strength: float | None = None, mask: ArrayLike | None = None,
+           known: ArrayLike | None = None) -> jax.Array | tuple[jax.Array, Trajectory]:
     r"""Runs Algorithm 2 for a batch of seeds: one loop, jit- and vmap-friendly.
 
     For i = 0 .. N-1, with :math:`\gamma_i` from :func:`karras_jax.churn_gamma`, the churn
@@ -109,6 +110,13 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], keys: j
         draw that makes x_0) before steps k .. N-1 run; k in 1 .. N (N returns the image).
       strength: The same as ``start_step = N - int(strength * N)`` (diffusers' rule), in
         [0, 1]: 0 returns the image, 1 is plain sampling from the key's noise.
+      mask: Inpainting: weights in [0, 1] broadcastable to (B, *sample_shape), 1 where
+        ``known`` holds. At the start level and after every step, at level
+        :math:`\sigma_j`, the sample becomes :math:`m (k + \sigma_j \epsilon_j) + (1 - m) x`
+        with :math:`\epsilon_j` from the inpainting stream (docs/noise.md): score_sde's
+        replacement method, RePaint without resampling. The result equals ``known`` where
+        ``mask`` is 1. No extra network evaluations.
+      known: The known values, broadcastable to (B, *sample_shape); needed with ``mask``.
 
     Returns:
       (B, *sample_shape) samples in ``dtype``, or ``(samples, trajectory)``.
@@ -123,18 +131,19 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], keys: j
     args = (denoise_fn, keys, state, config, sample_shape, cond, solver, x_init, dtype,
             return_trajectory, progress)
     from_image = check_start_step(start_step, strength)
+    paint = (mask, known)
     if not check_finite:
-        return _sample(*args, from_image=from_image)
+        return _sample(*args, from_image=from_image, paint=paint)
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args[1:])):
         raise ValueError(TRACED_MESSAGE)
-    return run_checked(lambda: _sample(*args, checks=True, from_image=from_image))()
+    return run_checked(lambda: _sample(*args, checks=True, from_image=from_image, paint=paint))()
 
 
 def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeState,
             config: KarrasVeConfig | None, sample_shape: tuple[int, ...], cond: Any,
             solver: str | Solver, x_init: ArrayLike | None, dtype: DTypeLike, return_trajectory: bool,
             progress: bool | Callable[[Any], None], checks: bool = False,
-            from_image: tuple[str, Any] | None = None) -> Any:
+            from_image: tuple[str, Any] | None = None, paint: tuple[Any, Any] = (None, None)) -> Any:
     """:func:`sample`: its checks, then the loop (``checks`` adds the debug mode's).
 
     ``from_image``: ``("step", k)`` or ``("strength", s)`` (image-to-image), from :func:`check_start_step`.
@@ -170,6 +179,9 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
     churn = None if idle else churn_fn(keys, sample_shape, dtype, noise_std)
     k_solver = solver_keys(keys, sample_shape) if solver.stochastic else None
     first = int(state.schedule_name == "flow" and not offset)  # sigma_0 = inf: step 0 is Euler's limit
+    replace = _painter(keys, sample_shape, dtype, full_shape, *paint)
+    if replace is not None and not first:  # at sigma_0 = inf the known values weigh nothing in x / sigma
+        x0 = replace(jnp.asarray(offset, jnp.int32), sigma[0], x0)
 
     def denoise(x: jax.Array, sigma: jax.Array) -> jax.Array:
         out = denoise_fn(x.astype(dtype), sigma, cond)
@@ -194,6 +206,8 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
         noise = None if k_solver is None else (
             lambda draw: solver_noise(k_solver, step, draw, sample_shape, dtype))
         x, denoised, solver_state, failure = advance(x_hat, levels_i, solver_state, failure, step, noise)
+        if replace is not None:
+            x = replace(step + 1, levels_i.sigma_next, x)
         if report is not None:
             jax.debug.callback(report, i, ordered=True)
         return (x, solver_state, failure), denoised
@@ -253,6 +267,39 @@ def check_start_step(start_step: Any, strength: Any) -> tuple[str, Any] | None:
             raise ValueError(f"strength must be a number in [0, 1], got {strength!r}.")
         return "strength", float(strength)
     return None
+
+
+def _painter(keys: jax.Array, sample_shape: tuple[int, ...], dtype: jnp.dtype, full_shape: tuple[int, ...],
+             mask: Any, known: Any) -> Callable[[Any, jax.Array, jax.Array], jax.Array] | None:
+    """``replace(j, sigma_j, x)``: the known region noised to level j put back into x (None: no mask)."""
+    if mask is None and known is None:
+        return None
+    if mask is None or known is None:
+        raise ValueError("inpainting needs both mask and known.")
+    carry = carry_dtype(dtype)
+    arrays = []
+    for name, value in (("mask", mask), ("known", known)):
+        check_finite_array(name, value)
+        value = jnp.asarray(value)
+        try:
+            fits = jnp.broadcast_shapes(value.shape, full_shape) == full_shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"{name} must broadcast to (B, *sample_shape) = {full_shape}, got "
+                             f"{value.shape}.")
+        arrays.append(value.astype(carry))
+    weights = concrete_value("mask", mask)
+    if weights is not None and not np.all((weights >= 0) & (weights <= 1)):
+        raise ValueError("mask must hold weights in [0, 1] (1 where known holds).")
+    m, k = arrays
+    k_paint = paint_keys(keys, sample_shape)
+
+    def replace(j: Any, level: jax.Array, x: jax.Array) -> jax.Array:
+        noised = k + level.astype(carry) * paint_noise(k_paint, j, sample_shape, dtype)
+        return m * noised + (1 - m) * x
+
+    return replace
 
 
 def _first_step(from_image: tuple[str, Any] | None, n: int, solver: Solver, x_init: Any) -> int:

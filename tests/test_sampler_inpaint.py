@@ -1,0 +1,84 @@
+"""Inpainting (``mask``/``known``): the known values exactly where mask is 1, the rest with the
+data's conditional law (independent coordinates: its marginals), the known region noised from
+its own stream at every level, one sample independent of its batch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sampler_utils import keys_for
+
+import karras_jax as kj
+from karras_jax.analytic import GaussianData
+
+DATA = GaussianData(jnp.asarray([1.0, -2.0, 0.5, 3.0]), jnp.asarray(0.7))
+CFG = kj.KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=0.0)
+MASK = jnp.asarray([1.0, 0.0, 1.0, 0.0])
+KNOWN = jnp.asarray([5.0, 0.0, -5.0, 0.0])
+
+
+def denoise(x, sigma, cond=None):
+    return DATA.denoise(x, sigma)
+
+
+@pytest.mark.parametrize("solver", ["heun", "dpmpp_2m"])
+def test_known_values_exactly_and_the_unknown_with_the_datas_marginals(solver):
+    state = kj.set_timesteps(CFG, 64, "karras")
+    seeds = 4096
+    x = np.asarray(kj.sample(denoise, keys_for(0, seeds), state, None, (4,), solver=solver, mask=MASK,
+                             known=KNOWN), np.float64)
+    assert np.all(x[:, 0] == 5.0) and np.all(x[:, 2] == -5.0)
+    std, se_mean, se_std = 0.7, 0.7 / np.sqrt(seeds), 0.7 / np.sqrt(2 * seeds)
+    for column, mean in ((1, -2.0), (3, 3.0)):
+        assert abs(x[:, column].mean() - mean) < 5 * se_mean, x[:, column].mean()
+        assert abs(x[:, column].std() - std) < 5 * se_std + 0.005, x[:, column].std()  # + N=64's bias
+
+
+def test_the_known_region_is_noised_from_its_own_stream_at_every_level():
+    state = kj.set_timesteps(CFG, 6, "karras")
+    keys = keys_for(1, 3)
+    _, path = kj.sample(lambda x, s, c: x * 0.0, keys, state, None, (4,), solver="euler", mask=MASK,
+                        known=KNOWN, return_trajectory=True)
+    k_paint = [jax.random.split(k, 4)[3] for k in keys]
+    for j in range(7):
+        eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(k, j), (4,))) for k in k_paint])
+        want = np.asarray(KNOWN) + float(state.sigmas[j]) * eps
+        np.testing.assert_allclose(np.asarray(path.samples[j])[:, [0, 2]], want[:, [0, 2]], rtol=1e-6,
+                                   atol=1e-6 * float(state.sigmas[j]))
+
+
+def test_a_sample_alone_equals_it_in_a_batch_and_a_per_sample_mask_works():
+    state = kj.set_timesteps(CFG, 12, "karras")
+    keys = keys_for(2, 64)
+    masks = jnp.tile(MASK, (64, 1)).at[5].set(jnp.asarray([0.0, 1.0, 0.0, 0.0]))
+    knowns = jnp.tile(KNOWN, (64, 1)).at[5, 1].set(7.0)
+    batch = kj.sample(denoise, keys, state, None, (4,), mask=masks, known=knowns)
+    for b in (0, 5, 63):
+        one = slice(b, b + 1)
+        alone = kj.sample(denoise, keys[one], state, None, (4,), mask=masks[one], known=knowns[one])
+        np.testing.assert_allclose(alone[0], batch[b], rtol=1e-6, atol=1e-6)
+    assert float(batch[5, 1]) == 7.0 and float(batch[0, 0]) == 5.0
+
+
+def test_it_composes_with_image_to_image_and_jit():
+    state = kj.set_timesteps(CFG, 12, "karras")
+    keys = keys_for(3, 8)
+    image = DATA.sample(jax.random.key(9), 8, 4)
+    run = jax.jit(lambda k, m, kn, im: kj.sample(denoise, k, state, None, (4,), mask=m, known=kn, x_init=im,
+                                                  start_step=4))
+    x = run(keys, MASK, KNOWN, image)
+    assert np.all(np.asarray(x)[:, 0] == 5.0) and np.all(np.isfinite(np.asarray(x)))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mask": MASK}, "needs both mask and known"),
+    ({"known": KNOWN}, "needs both mask and known"),
+    ({"mask": jnp.ones((3,)), "known": KNOWN}, "mask must broadcast"),
+    ({"mask": MASK, "known": jnp.ones((5, 4))}, "known must broadcast"),
+    ({"mask": MASK * 2.0, "known": KNOWN}, "weights in \\[0, 1\\]"),
+    ({"mask": MASK, "known": KNOWN.at[0].set(jnp.nan)}, "known"),
+])
+def test_bad_inpainting_arguments_are_refused(kwargs, match):
+    state = kj.set_timesteps(CFG, 4, "karras")
+    with pytest.raises(ValueError, match=match):
+        kj.sample(denoise, keys_for(0, 2), state, None, (4,), **kwargs)
