@@ -32,7 +32,7 @@ import numpy as np
 
 from karras_jax.solvers.base import Levels
 
-__all__ = ["History", "check_noise_parameter", "history", "step_terms"]
+__all__ = ["History", "check_noise_parameter", "history", "noise_parameters", "step_terms"]
 
 
 class History(NamedTuple):
@@ -94,6 +94,17 @@ def step_terms(levels: Levels, past: History, eta: float, s_noise: float) -> tup
     keep = levels.sigma_next * levels.inv_sigma_hat * jnp.exp(-eta * h)
     noise_scale = s_noise * levels.sigma_next * jnp.sqrt(-jnp.expm1(-2.0 * eta * h))
     return keep, -jnp.expm1(-(1.0 + eta) * h), noise_scale
+
+
+def noise_parameters(solver: str, eta: Any, s_noise: Any) -> tuple[float, float, bool]:
+    """``(eta, s_noise, draws)``: both checked, and whether the solver draws noise at all.
+
+    Raises:
+      ValueError: as :func:`check_noise_parameter`.
+    """
+    eta = check_noise_parameter(solver, "eta", eta)
+    s_noise = check_noise_parameter(solver, "s_noise", s_noise)
+    return eta, s_noise, eta > 0 and s_noise > 0
 
 
 def check_noise_parameter(solver: str, name: str, value: Any) -> float:

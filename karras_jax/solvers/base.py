@@ -79,6 +79,11 @@ def no_state(x0: jax.Array) -> None:
     del x0
 
 
+def one_per_step(num_steps: int) -> int:
+    """``Solver.evaluations`` of a solver with one network evaluation per step: N."""
+    return num_steps
+
+
 def euler_step(denoise: Denoise, x_hat: jax.Array, levels: Levels, solver_state: Any,
                noise: Noise | None = None) -> tuple[jax.Array, jax.Array, Any]:
     r"""One Euler step, :math:`x_{i+1} = \hat x + h\,(\hat x - D(\hat x;\hat\sigma))/\hat\sigma`.

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from karras_jax import steps
 from karras_jax.solvers._shared import history
-from karras_jax.solvers.base import Denoise, Levels, Noise, Solver
+from karras_jax.solvers.base import Denoise, Levels, Noise, Solver, one_per_step
 
 __all__ = ["dpmpp_2m"]
 
@@ -65,9 +65,6 @@ def _step(denoise: Denoise, x_hat: jax.Array, levels: Levels, previous: jax.Arra
     return steps.euler_update(x_hat, d, levels.h), denoised, denoised
 
 
-def _evaluations(num_steps: int) -> int:
-    return num_steps
-
 
 def dpmpp_2m() -> Solver:
     """DPM-Solver++(2M): N network evaluations for N steps, error ~ 1/N^2.
@@ -76,5 +73,5 @@ def dpmpp_2m() -> Solver:
     >>> kj.dpmpp_2m().evaluations(18)
     18
     """
-    return Solver(name="dpmpp_2m", order=2, evaluations=_evaluations, step=_step, init=_init,
+    return Solver(name="dpmpp_2m", order=2, evaluations=one_per_step, step=_step, init=_init,
                   scalars=_weights)

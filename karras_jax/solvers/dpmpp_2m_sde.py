@@ -49,8 +49,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from karras_jax.solvers._shared import check_noise_parameter, history, step_terms
-from karras_jax.solvers.base import Denoise, Levels, Noise, Solver
+from karras_jax.solvers._shared import history, noise_parameters, step_terms
+from karras_jax.solvers.base import Denoise, Levels, Noise, Solver, one_per_step
 
 __all__ = ["dpmpp_2m_sde"]
 
@@ -108,9 +108,6 @@ def _quiet_step(denoise: Denoise, x_hat: jax.Array, levels: Levels, previous: ja
     return x, denoised, denoised
 
 
-def _evaluations(num_steps: int) -> int:
-    return num_steps
-
 
 def dpmpp_2m_sde(eta: float = 1.0, s_noise: float = 1.0, solver_type: str = "midpoint") -> Solver:
     r"""DPM-Solver++(2M) SDE: N network evaluations for N steps, second order at :math:`\eta = 0`.
@@ -136,12 +133,10 @@ def dpmpp_2m_sde(eta: float = 1.0, s_noise: float = 1.0, solver_type: str = "mid
     >>> solver.name, solver.order, solver.evaluations(18), solver.stochastic
     ('dpmpp_2m_sde_heun', 2, 18, True)
     """
-    eta = check_noise_parameter("dpmpp_2m_sde", "eta", eta)
-    s_noise = check_noise_parameter("dpmpp_2m_sde", "s_noise", s_noise)
+    eta, s_noise, noisy = noise_parameters("dpmpp_2m_sde", eta, s_noise)
     if not (isinstance(solver_type, str) and solver_type in SOLVER_TYPES):
         raise ValueError(f"dpmpp_2m_sde: solver_type must be one of {SOLVER_TYPES}, got {solver_type!r}.")
-    noisy = eta > 0 and s_noise > 0
     name = "dpmpp_2m_sde" if solver_type == "midpoint" else "dpmpp_2m_sde_heun"
-    return Solver(name=name, order=2, evaluations=_evaluations,
+    return Solver(name=name, order=2, evaluations=one_per_step,
                   step=_noisy_step if noisy else _quiet_step, init=_init,
                   scalars=_Scalars(eta, s_noise, solver_type), stochastic=noisy)

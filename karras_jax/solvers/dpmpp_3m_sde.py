@@ -52,8 +52,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from karras_jax.solvers._shared import check_noise_parameter, history, step_terms
-from karras_jax.solvers.base import Denoise, Levels, Noise, Solver
+from karras_jax.solvers._shared import history, noise_parameters, step_terms
+from karras_jax.solvers.base import Denoise, Levels, Noise, Solver, one_per_step
 
 __all__ = ["dpmpp_3m_sde"]
 
@@ -117,9 +117,6 @@ def _quiet_step(denoise: Denoise, x_hat: jax.Array, levels: Levels, past: _Past,
     return x, denoised, (denoised, past[0])
 
 
-def _evaluations(num_steps: int) -> int:
-    return num_steps
-
 
 def dpmpp_3m_sde(eta: float = 1.0, s_noise: float = 1.0) -> Solver:
     r"""DPM-Solver++(3M) SDE: N network evaluations for N steps.
@@ -146,9 +143,7 @@ def dpmpp_3m_sde(eta: float = 1.0, s_noise: float = 1.0) -> Solver:
     >>> solver.order, solver.evaluations(18), solver.stochastic
     (2, 18, False)
     """
-    eta = check_noise_parameter("dpmpp_3m_sde", "eta", eta)
-    s_noise = check_noise_parameter("dpmpp_3m_sde", "s_noise", s_noise)
-    noisy = eta > 0 and s_noise > 0
-    return Solver(name="dpmpp_3m_sde", order=2, evaluations=_evaluations,
+    eta, s_noise, noisy = noise_parameters("dpmpp_3m_sde", eta, s_noise)
+    return Solver(name="dpmpp_3m_sde", order=2, evaluations=one_per_step,
                   step=_noisy_step if noisy else _quiet_step, init=_init,
                   scalars=_Scalars(eta, s_noise), stochastic=noisy)

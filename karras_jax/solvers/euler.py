@@ -8,13 +8,10 @@ r"""Euler's method on the probability-flow ODE: first order, one evaluation per 
 
 from __future__ import annotations
 
-from karras_jax.solvers.base import Solver, euler_step
+from karras_jax.solvers.base import Solver, euler_step, one_per_step
 
 __all__ = ["euler"]
 
-
-def _evaluations(num_steps: int) -> int:
-    return num_steps
 
 
 def euler() -> Solver:
@@ -24,4 +21,4 @@ def euler() -> Solver:
     >>> kj.euler().evaluations(18)
     18
     """
-    return Solver(name="euler", order=1, evaluations=_evaluations, step=euler_step)
+    return Solver(name="euler", order=1, evaluations=one_per_step, step=euler_step)

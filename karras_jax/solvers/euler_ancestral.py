@@ -43,8 +43,8 @@ import jax
 import jax.numpy as jnp
 
 from karras_jax import steps
-from karras_jax.solvers._shared import check_noise_parameter
-from karras_jax.solvers.base import Denoise, Levels, Noise, Solver
+from karras_jax.solvers._shared import noise_parameters
+from karras_jax.solvers.base import Denoise, Levels, Noise, Solver, one_per_step
 
 __all__ = ["euler_ancestral"]
 
@@ -101,9 +101,6 @@ def _quiet_step(denoise: Denoise, x_hat: jax.Array, levels: Levels, solver_state
     return x, denoised, solver_state
 
 
-def _evaluations(num_steps: int) -> int:
-    return num_steps
-
 
 def euler_ancestral(eta: float = 1.0, s_noise: float = 1.0) -> Solver:
     r"""Euler ancestral sampling: N network evaluations for N steps, first order.
@@ -126,9 +123,7 @@ def euler_ancestral(eta: float = 1.0, s_noise: float = 1.0) -> Solver:
     >>> solver.order, solver.evaluations(18), solver.stochastic
     (1, 18, True)
     """
-    eta = check_noise_parameter("euler_ancestral", "eta", eta)
-    s_noise = check_noise_parameter("euler_ancestral", "s_noise", s_noise)
-    noisy = eta > 0 and s_noise > 0
-    return Solver(name="euler_ancestral", order=1, evaluations=_evaluations,
+    eta, s_noise, noisy = noise_parameters("euler_ancestral", eta, s_noise)
+    return Solver(name="euler_ancestral", order=1, evaluations=one_per_step,
                   step=_noisy_step if noisy else _quiet_step, scalars=_Scalars(eta, s_noise),
                   stochastic=noisy)
