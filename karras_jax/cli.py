@@ -90,6 +90,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _unit_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = _non_negative_float(text)
     if value == 0:
@@ -194,7 +201,10 @@ def _generate_parser(sub: Any) -> None:
         "missing or corrupt ones generated again. `generate --verify DIR` only checks a folder.",
     )
     gen._sub = "generate"
-    gen.add_argument("--verify", type=Path, metavar="DIR", help="check DIR against its manifest and exit")
+    gen.add_argument("--verify", type=Path, metavar="DIR",
+                     help="check DIR against its manifest, print one line per state of its shards, exit")
+    gen.add_argument("--verbose", action="store_true",
+                     help="with --verify: also list every shard that is not complete")
     gen.add_argument("--model", help="mixture, package.module:function, or a folder written by kj.fit "
                                       "(train-digits writes one): its model.json says how to rebuild it")
     gen.add_argument("--seeds", type=_seed_set,
@@ -214,6 +224,11 @@ def _generate_parser(sub: Any) -> None:
                          help=f"override the model's {name.replace('-', '_')}")
     gen.add_argument("--guidance", type=_non_negative_float, default=None,
                      help="classifier-free guidance scale w (conditional models; default unguided)")
+    gen.add_argument("--init", metavar="DIR_OR_NPZ",
+                     help="image-to-image: edit these clean images (a folder of PNG/JPEG images, or an "
+                          ".npz of samples as generate writes them, e.g. a shard); seed s edits image s %% M")
+    gen.add_argument("--strength", type=_unit_float, default=None,
+                     help="with --init: how much to change the images, 0 (none) .. 1 (from noise)")
     gen.add_argument("--png", action="store_true",
                      help="also write one PNG per sample (image models; needs Pillow)")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -226,13 +241,7 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.verify is not None:
         report = verify(args.verify)
-        print(f"{args.verify}: {len(report['complete'])}/{report['shards']} shards complete")
-        for name in report["missing"]:
-            print(f"  missing    {name}")
-        for name, why in report["corrupt"].items():
-            print(f"  corrupt    {name}: {why}")
-        for name in report["unrecorded"]:
-            print(f"  unrecorded {name} (no checksum in the manifest yet: the job has not finished)")
+        _print_verify(args.verify, report, args.verbose)
         return 0 if report["ok"] else 1
     missing = [f"--{n}" for n in ("model", "seeds", "out") if getattr(args, n) is None]
     if missing:
@@ -242,7 +251,8 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                       schedule=args.schedule, solver=args.solver, eta=args.eta, s_churn=args.s_churn,
                       s_noise=args.s_noise,
                       s_min=args.s_min, s_max=args.s_max, guidance=args.guidance, png=args.png,
-                      shard_size=args.shard_size, progress=not args.no_progress, dry_run=args.dry_run)
+                      shard_size=args.shard_size, progress=not args.no_progress, dry_run=args.dry_run,
+                      init=args.init, strength=args.strength)
     if args.dry_run:
         print(f"{result.folder}: {len(args.seeds):,} seeds in {result.shards:,} shards; would write "
               f"{result.written:,}, {result.skipped:,} already complete (dry run: nothing written)")
@@ -251,6 +261,34 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
           f"complete) in {result.seconds:.1f} s"
           + (f", {result.samples_per_s:,.0f} samples/s" if result.written else ""))
     return 0
+
+
+_VERIFY_STATES = {
+    "complete": "complete",
+    "written": "written, checksum in progress-pN.json (not yet in the manifest)",
+    "unrecorded": "on disk, but no checksum vouches for it (generated again)",
+    "missing": "missing",
+    "corrupt": "corrupt (generated again)",
+}
+_RANGES_SHOWN = 4
+
+
+def _print_verify(folder: Path, report: dict[str, Any], verbose: bool) -> None:
+    """One line per state that has shards, with their seeds as ranges; ``verbose``: every shard too."""
+    total = report["shards"]
+    print(f"{folder}: {total:,} shards; " + ("the job is complete." if report["ok"] else
+          "the job is not finished: rerun the same generate command to finish it."))
+    for state, meaning in _VERIFY_STATES.items():
+        names, ranges = report[state], report["seed_ranges"][state]
+        if not names:
+            continue
+        shown = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges[:_RANGES_SHOWN])
+        more = f" and {len(ranges) - _RANGES_SHOWN} more ranges" if len(ranges) > _RANGES_SHOWN else ""
+        print(f"  {len(names):>9,} {meaning}: seeds {shown}{more}")
+        if verbose and state != "complete":
+            why = report["corrupt"] if state == "corrupt" else {}
+            for name in names:
+                print(f"      {name}" + (f": {why[name]}" if name in why else ""))
 
 
 def _likelihood_parser(sub: Any) -> None:

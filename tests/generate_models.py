@@ -42,7 +42,7 @@ def gaussian_images():
         schedule="karras", steps=8,
         cond_fn=lambda seeds: jnp.asarray(np.asarray(seeds) % 3, jnp.int32), null_cond=3,
         postprocess=lambda x: x[..., 0],  # written as (4, 4) images
-        image_range=(-2.0, 2.0))
+        image_range=(-2.0, 2.0), preprocess=lambda x: x[..., None])
 
 
 def _breaks_at(seeds, value):

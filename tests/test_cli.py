@@ -358,7 +358,7 @@ def test_a_non_finite_sample_is_a_runtime_error_naming_the_seed(tmp_path, capsys
     assert err.count("\n") == 1 and err.startswith("karras-jax: error: the model gave non-finite samples")
     assert "seed 7;" in err and "shard-000001.npz was not written" in err
     assert main(["generate", "--verify", str(tmp_path)]) == 1  # verify agrees: shard 1 is missing
-    assert "missing    shard-000001.npz" in capsys.readouterr().out
+    assert "2 missing: seeds 4-11" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

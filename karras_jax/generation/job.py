@@ -73,11 +73,12 @@ from karras_jax._files import check_folder_path, check_writable_folder, write_js
 from karras_jax._progress import progress_bar
 from karras_jax._validation import check_count
 from karras_jax.config import KarrasVeConfig
+from karras_jax.generation._init_images import init_identity, init_images
 from karras_jax.generation._writer import PNG_HINT, ShardWriter
 from karras_jax.generation.models import GenerateModel, gather, load_generate_model, weights_mesh
 from karras_jax.generation.seeds import SeedRuns, seed_keys, seed_runs
 from karras_jax.models import Guidance, classifier_free_guidance
-from karras_jax.sampler import make_sampler
+from karras_jax.sampler import check_start_step, make_sampler
 from karras_jax.sharding import make_sharded_sampler
 from karras_jax.solvers import get_solver
 from karras_jax.state import set_timesteps
@@ -88,7 +89,8 @@ MANIFEST = "manifest.json"
 _FORMAT = "karras_jax.generation/1"
 # job fields that a resume must match (the rest: versions, checksums)
 _JOB_FIELDS = ("format", "model", "seeds", "num_seeds", "sample_shape", "dtype", "config", "steps",
-               "schedule", "sigmas", "solver", "eta", "guidance", "shard_size", "num_shards")
+               "schedule", "sigmas", "solver", "eta", "guidance", "shard_size", "num_shards", "init",
+               "strength")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +301,7 @@ def _written_shape(model: GenerateModel) -> tuple[int, ...]:
 
 def _job(model: GenerateModel, seeds: SeedRuns, config: KarrasVeConfig, state: Any, steps: int,
          schedule: str, solver: str, eta: float | None, guidance: float | None,
-         shard_size: int) -> dict[str, Any]:
+         shard_size: int, init: np.ndarray | None, strength: float | None) -> dict[str, Any]:
     return {
         "format": _FORMAT,
         "model": model.identity,
@@ -316,6 +318,8 @@ def _job(model: GenerateModel, seeds: SeedRuns, config: KarrasVeConfig, state: A
         "guidance": guidance,
         "shard_size": int(shard_size),
         "num_shards": -(-len(seeds) // shard_size),
+        # image-to-image only (absent: from noise; older manifests too)
+        **({} if init is None else {"init": init_identity(init), "strength": strength}),
     }
 
 
@@ -354,14 +358,15 @@ class _Keyed:
 @functools.lru_cache(maxsize=8)
 def _compiled_sampler(apply_fn: Any, sample_shape: tuple[int, ...], config: _Keyed, state: _Keyed,
                       solver: str, eta: float | None, null_cond: _Keyed | None, mesh: Mesh | None,
-                      axis: str | tuple[str, ...]) -> Any:
+                      axis: str | tuple[str, ...], strength: float | None = None) -> Any:
     solver = get_solver(solver, **({} if eta is None else {"eta": eta}))
     if null_cond is not None:
         apply_fn = classifier_free_guidance(apply_fn, null_cond.value)
     if mesh is None:
-        return make_sampler(apply_fn, state.value, config.value, sample_shape, solver=solver)
+        return make_sampler(apply_fn, state.value, config.value, sample_shape, solver=solver,
+                            strength=strength)
     return make_sharded_sampler(apply_fn, state.value, config.value, sample_shape, mesh, axis_name=axis,
-                                solver=solver)
+                                solver=solver, strength=strength)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,13 +413,14 @@ def _placement(model: GenerateModel) -> _Placement:
 
 
 def _local_sampler(model: GenerateModel, state: Any, config: KarrasVeConfig, solver: str, eta: float | None,
-                   guidance: float | None, placement: _Placement) -> tuple[Any, Any]:
+                   guidance: float | None, placement: _Placement, strength: float | None = None,
+                   ) -> tuple[Any, Any]:
     """``(sampler, weights)`` on ``placement``'s mesh: weights as placed, the batch split over its axis."""
     weights = model.params if guidance is None else (model.params, Guidance(scale=guidance))
     null_cond = None if guidance is None else _Keyed(model.null_cond, repr(model.null_cond))
     sampler = _compiled_sampler(model.apply_fn, tuple(model.sample_shape), _Keyed(config, repr(config)),
                                 _Keyed(state, tuple(np.asarray(state.sigmas).tolist())), solver, eta,
-                                null_cond, placement.mesh, placement.axis)
+                                null_cond, placement.mesh, placement.axis, strength)
     return sampler, weights
 
 
@@ -434,6 +440,9 @@ class _Plan:
       manifest: The folder's manifest (as saved, on a resume) or the new one.
       resumed: Whether the folder already held this job's manifest.
       placement: Where the sampler runs (the weights' mesh, or this process's devices).
+      init: Image-to-image: the clean images (M, *sample_shape), seed s starting from image
+        ``s % M`` (None: from noise).
+      strength: Image-to-image: how far up the levels the images are noised (None: from noise).
     """
 
     folder: Path
@@ -448,6 +457,8 @@ class _Plan:
     manifest: dict[str, Any]
     resumed: bool
     placement: _Placement
+    init: np.ndarray | None = None
+    strength: float | None = None
 
 
 _PNG_SHAPES = "(H, W), (H, W, 1) or (H, W, 3)"
@@ -458,7 +469,7 @@ def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | 
           schedule: str | None = None, solver: str = "heun", eta: float | None = None,
           s_churn: float | None = None, s_noise: float | None = None, s_min: float | None = None,
           s_max: float | None = None, guidance: float | None = None, png: bool = False,
-          shard_size: int | None = None) -> _Plan:
+          shard_size: int | None = None, init: Any = None, strength: float | None = None) -> _Plan:
     """Planning: checks the arguments, applies the overrides, builds (or reads and compares) the manifest.
 
     Reads ``out``'s manifest if there is one (checked against the schema); writes nothing.
@@ -484,6 +495,12 @@ def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | 
     if guidance is not None and not (np.isfinite(guidance) and guidance >= 0):
         raise ValueError(f"guidance must be finite and >= 0, got {guidance!r}.")
     shape = _written_shape(model)
+    if (init is None) != (strength is None):
+        raise ValueError("image-to-image needs both init (--init, the clean images) and strength "
+                         "(--strength, in [0, 1]).")
+    if init is not None:
+        check_start_step(None, strength)
+        strength, init = float(strength), init_images(init, model, shape)
     image = len(shape) == 2 or len(shape) == 3 and shape[-1] in (1, 3)
     if png and (model.image_range is None or not image):
         raise ValueError(f"png (--png) needs an image model: an image_range and written samples of shape "
@@ -504,7 +521,7 @@ def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | 
     if shard_size is None:  # a resumed job keeps the size it was made with
         shard_size = saved["shard_size"] if saved is not None else batch
     job = _job(model, runs, config, state, steps, schedule, solver, eta,
-               None if guidance is None else float(guidance), shard_size)
+               None if guidance is None else float(guidance), shard_size, init, strength)
     if saved is not None:
         differ = _differences(saved, job)
         if differ:
@@ -512,7 +529,7 @@ def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | 
     manifest = saved if saved is not None else {**job, "versions": _versions(), "checksums": {}}
     return _Plan(folder=folder, model=model, seeds=runs, config=config, state=state, solver=solver, eta=eta,
                  batch=batch, png=bool(png), manifest=manifest, resumed=saved is not None,
-                 placement=placement)
+                 placement=placement, init=init, strength=strength)
 
 
 def _open(plan: _Plan, process: int, processes: int) -> None:
@@ -613,7 +630,7 @@ def _write(plan: _Plan, scan: _Scan, *, process: int = 0, processes: int = 1, pr
     model = plan.model
     placement = plan.placement
     sampler, weights = _local_sampler(model, plan.state, plan.config, plan.solver, plan.eta,
-                                      plan.manifest["guidance"], placement)
+                                      plan.manifest["guidance"], placement, plan.strength)
     chunk = -(-min(plan.batch, plan.manifest["shard_size"]) // placement.size) * placement.size
     writer = ShardWriter(plan.folder, record, model.image_range if plan.png else None)
     shards = ((i, _shard_seeds(plan.seeds, plan.manifest, i)) for i in todo)
@@ -625,7 +642,7 @@ def _write(plan: _Plan, scan: _Scan, *, process: int = 0, processes: int = 1, pr
     inputs = _global_inputs(placement) if placement.spans_processes else None
     try:
         return _sample_shards(shards, sampler, weights, model, chunk, writer, bar, inputs=inputs,
-                              keep=lambda i: i % processes == process)
+                              keep=lambda i: i % processes == process, init=plan.init)
     finally:
         try:
             writer.close()
@@ -675,13 +692,14 @@ def _global_inputs(placement: _Placement) -> _GlobalInputs:
 
 def _sample_shards(todo: Iterable[tuple[int, np.ndarray]], sampler: Any, weights: Any, model: GenerateModel,
                    chunk: int, writer: ShardWriter, bar: Any, *, inputs: _GlobalInputs | None = None,
-                   keep: Any = None) -> int:
+                   keep: Any = None, init: np.ndarray | None = None) -> int:
     """Samples the shards chunk by chunk; the next chunk is dispatched before the last one is fetched.
 
     ``inputs``: with a mesh over every process, how keys and conditioning become global
     arrays and the output is gathered (None: this process's own arrays). ``keep(i)``: whether
     this process writes shard ``i`` (None: every shard); the samples of the others are only
-    computed (every process takes part in every call of a global program). Returns the number
+    computed (every process takes part in every call of a global program). ``init``: the
+    clean images of an image-to-image job (seed s starts from ``init[s % M]``). Returns the number
     of samples written. Over every process the chunks run one at a time: the gather is a
     collective too, and the collectives of two programs in flight may pair up differently on
     different processes.
@@ -714,12 +732,14 @@ def _sample_shards(todo: Iterable[tuple[int, np.ndarray]], sampler: Any, weights
             padded = shard_seeds[index]
             cond = None if model.cond_fn is None else model.cond_fn(padded)
             keys = seed_keys(padded)
+            x_init = None if init is None else init[np.asarray(padded, np.int64) % len(init)]
             if inputs is not None:
                 keys, cond = inputs.keys(keys), inputs.cond(cond)
+                x_init = None if x_init is None else inputs.put(x_init)
             if inputs is not None and pending is not None:  # one global program at a time (below)
                 collect(*pending)
                 pending = None
-            out = sampler(weights, keys, cond)  # dispatched: runs while we fetch the last one
+            out = sampler(weights, keys, cond, x_init)  # dispatched: runs while we fetch the last one
             if pending is not None:
                 collect(*pending)
             pending = (i, shard_seeds, int(index[0]), count, out)
@@ -734,7 +754,8 @@ def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray
              s_churn: float | None = None,
              s_noise: float | None = None, s_min: float | None = None, s_max: float | None = None,
              guidance: float | None = None, png: bool = False, shard_size: int | None = None,
-             progress: bool = True, dry_run: bool = False) -> GenerateResult:
+             progress: bool = True, dry_run: bool = False, init: Any = None,
+             strength: float | None = None) -> GenerateResult:
     """Generates one sample per seed into sharded files in ``out``, resuming what is there.
 
     Args:
@@ -759,6 +780,15 @@ def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray
       progress: Show a progress bar (samples/s, ETA) on stderr.
       dry_run: Plan and check the folder only: nothing is created or written, and
         ``written`` counts the shards a real run would write.
+      init: Image-to-image (SDEdit): the clean images, as the job writes its samples (after
+        the model's ``postprocess``; its ``preprocess`` takes them back): an ``.npz`` (its
+        ``samples`` array or its only array, e.g. a shard of another job), a folder of
+        PNG/JPEG images (file-name order, 0..255 scaled to the model's ``image_range``) or an
+        array (M, *shape). Seed s edits image ``s % M``, noised to the start level with its
+        own start noise (docs/editing.md). The manifest records the images' SHA-256 and a
+        resume with other images is refused.
+      strength: With ``init``: as :func:`karras_jax.sample`'s, in [0, 1]; the run starts at
+        step ``N - int(strength * N)``.
 
     Returns:
       A :class:`GenerateResult`.
@@ -778,7 +808,7 @@ def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray
     began = time.perf_counter()
     plan = _plan(model, seeds, out, batch=batch, steps=steps, schedule=schedule, solver=solver, eta=eta,
                  s_churn=s_churn, s_noise=s_noise, s_min=s_min, s_max=s_max, guidance=guidance, png=png,
-                 shard_size=shard_size)
+                 shard_size=shard_size, init=init, strength=strength)
     process, processes = jax.process_index(), jax.process_count()
     if not dry_run:
         _open(plan, process, processes)
@@ -872,10 +902,15 @@ def verify(out: str | os.PathLike) -> dict[str, Any]:
     each shard is then checked as a resume checks it.
 
     Returns:
-      ``{"ok": bool, "shards": n, "complete": [...], "missing": [...], "corrupt": {name: why},
-      "unrecorded": [...]}``: a shard is complete when it matches the manifest's checksum,
-      loads, holds its seeds, has the manifest's shapes and is finite; ``unrecorded`` shards
-      exist but the manifest has no checksum for them yet (an unfinished job: resume it).
+      ``{"ok": bool, "shards": n, "complete": [...], "written": [...], "unrecorded": [...],
+      "missing": [...], "corrupt": {name: why}, "seed_ranges": {state: [(first, last), ...]}}``:
+      a shard is ``complete`` when it matches the manifest's checksum, loads, holds its seeds,
+      has the manifest's shapes and is finite; ``written`` when it passes the same checks
+      against the checksum an unfinished run recorded in ``progress-pN.json`` (the manifest
+      lists it when the job finishes); ``unrecorded`` when it exists but no checksum vouches
+      for it (a resume generates it again). ``seed_ranges`` gives, for each of these five
+      states, the first and last seed of each run of consecutive shards in it. ``ok``: every
+      shard complete. Rerunning the job's command finishes any other folder.
 
     Raises:
       FileNotFoundError: ``out`` has no manifest.
@@ -885,14 +920,34 @@ def verify(out: str | os.PathLike) -> dict[str, Any]:
     manifest = _load_manifest(folder) if folder.is_dir() else None
     if manifest is None:
         raise FileNotFoundError(errno.ENOENT, f"no {MANIFEST} in {folder}: not a generation folder")
-    scan = _scan(folder, manifest, manifest["checksums"])
+    scan = _scan(folder, manifest, _known_checksums(folder, manifest))
     unrecorded = [name for name, why in scan.problems.items() if why == "no checksum recorded for it"]
-    return {
-        "ok": len(scan.done) == manifest["num_shards"],
+    report = {
+        "ok": len(scan.done) == manifest["num_shards"] and set(scan.done) <= set(manifest["checksums"]),
         "shards": manifest["num_shards"],
-        "complete": list(scan.done),
+        "complete": [name for name in scan.done if name in manifest["checksums"]],
+        "written": [name for name in scan.done if name not in manifest["checksums"]],
+        "unrecorded": unrecorded,
         "missing": [name for name, why in scan.problems.items() if why == "missing"],
         "corrupt": {name: why for name, why in scan.problems.items()
                     if why != "missing" and name not in unrecorded},
-        "unrecorded": unrecorded,
     }
+    seeds = seed_runs(manifest["seeds"])
+    report["seed_ranges"] = {state: _seed_ranges(seeds, manifest, report[state]) for state in _STATES}
+    return report
+
+
+_STATES = ("complete", "written", "unrecorded", "missing", "corrupt")
+
+
+def _seed_ranges(seeds: SeedRuns, manifest: dict[str, Any], names: Iterable[str]) -> list[tuple[int, int]]:
+    """(first seed, last seed) of each run of consecutive shard indices among ``names``."""
+    indices = sorted(int(_SHARD.fullmatch(name)[1]) for name in names)
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return [(int(_shard_seeds(seeds, manifest, lo)[0]), int(_shard_seeds(seeds, manifest, hi)[-1]))
+            for lo, hi in runs]

@@ -57,6 +57,8 @@ class GenerateModel(NamedTuple):
       image_range: ``(lo, hi)`` of the written samples for ``--png`` (None: not images).
       batch_axis: When ``params`` are placed on a mesh (``NamedSharding``), the axis (or
         axes) of that mesh the batch of seeds is split over; ignored otherwise.
+      preprocess: The inverse of ``postprocess`` (written values to the sampler's), for
+        image-to-image jobs (``generate(init=...)``); None where there is no postprocess.
     """
 
     apply_fn: Callable[..., jax.Array]
@@ -71,6 +73,7 @@ class GenerateModel(NamedTuple):
     postprocess: Callable[[np.ndarray], np.ndarray] | None = None
     image_range: tuple[float, float] | None = None
     batch_axis: str | tuple[str, ...] = "data"
+    preprocess: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def _mesh_text(mesh: Mesh) -> str:

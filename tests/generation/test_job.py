@@ -134,10 +134,13 @@ def test_the_command_generates_verifies_and_reports_problems(tmp_path, capsys):
                  "--no-progress"]) == 0
     assert "3 shards (3 written now" in capsys.readouterr().out
     assert main(["generate", "--verify", str(out)]) == 0
-    assert "3/3 shards complete" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines() == [f"{out}: 3 shards; the job is complete.",
+                                                    "          3 complete: seeds 0-49"]
     (out / "shard-000002.npz").unlink()
     assert main(["generate", "--verify", str(out)]) == 1
-    assert "missing    shard-000002.npz" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert "rerun the same generate command to finish it" in lines[0]
+    assert lines[1:] == ["          2 complete: seeds 0-39", "          1 missing: seeds 40-49"]
     with pytest.raises(SystemExit) as refused:
         main(["generate", "--model", "mixture", "--seeds", "0-50", "--out", str(out), "--no-progress"])
     assert refused.value.code == 2 and "another generation job" in capsys.readouterr().err
@@ -145,6 +148,54 @@ def test_the_command_generates_verifies_and_reports_problems(tmp_path, capsys):
         main(["generate", "--model", "mixture", "--out", str(out)])
     assert "needs --seeds" in capsys.readouterr().err
 
+
+def _partial(done, tmp_path):
+    """``done`` as a kill left it mid-job: shards 0, 1 recorded in progress-p0.json, 2 written unrecorded,
+    3 not written; and shard 1 then damaged on disk."""
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    manifest = json.loads((done / "manifest.json").read_text())
+    recorded = {k: v for k, v in manifest["checksums"].items() if k in ("shard-000000.npz", "shard-000001.npz")}
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "checksums": {}}))
+    (folder / "progress-p0.json").write_text(json.dumps(recorded))
+    for i in range(3):
+        name = f"shard-{i:06d}.npz"
+        (folder / name).write_bytes((done / name).read_bytes())
+    data = bytearray((folder / "shard-000001.npz").read_bytes())
+    data[-30] ^= 0xFF
+    (folder / "shard-000001.npz").write_bytes(bytes(data))
+    return folder
+
+
+def test_verify_summarises_each_state_of_a_partial_folder_with_its_seed_ranges(done, tmp_path, capsys):
+    folder = _partial(done, tmp_path)
+    report = kj.verify(folder)
+    assert (report["complete"], report["written"], report["unrecorded"], report["missing"]) == (
+        [], ["shard-000000.npz"], ["shard-000002.npz"], ["shard-000003.npz"])
+    assert list(report["corrupt"]) == ["shard-000001.npz"] and not report["ok"]
+    assert report["seed_ranges"]["written"] == [(0, 31)] and report["seed_ranges"]["missing"] == [(96, 99)]
+    assert main(["generate", "--verify", str(folder)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and "rerun the same generate command" in lines[0]
+    assert "1 written, checksum in progress-pN.json" in lines[1] and lines[1].endswith("seeds 0-31")
+    assert "1 corrupt" in "".join(lines) and "seeds 32-63" in "".join(lines)
+    assert main(["generate", "--verify", str(folder), "--verbose"]) == 1
+    verbose = capsys.readouterr().out
+    assert "shard-000001.npz: " in verbose and "shard-000003.npz" in verbose
+    assert kj.generate("mixture", "0-99", folder, batch=32, progress=False).skipped == 1
+    assert kj.verify(folder)["ok"] and _files(folder) == _files(done)
+
+
+def test_verify_gives_many_shards_as_a_few_ranges(tmp_path, capsys):
+    kj.generate("mixture", "0-59", tmp_path, batch=2, shard_size=2, progress=False)
+    for i in (3, 4, 5, 9, 20, 22, 24, 26):
+        (tmp_path / f"shard-{i:06d}.npz").unlink()
+    report = kj.verify(tmp_path)
+    assert report["seed_ranges"]["missing"] == [(6, 11), (18, 19), (40, 41), (44, 45), (48, 49), (52, 53)]
+    assert report["seed_ranges"]["complete"][:2] == [(0, 5), (12, 17)]
+    main(["generate", "--verify", str(tmp_path)])
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == "          8 missing: seeds 6-11, 18-19, 40-41, 44-45 and 2 more ranges"
 
 def test_planning_checks_overrides_and_builds_the_manifest_without_writing(tmp_path):
     out = tmp_path / "new"
@@ -331,8 +382,9 @@ def test_an_unfinished_job_keeps_only_the_shards_its_progress_records_vouch_for(
     manifest = json.loads((done / "manifest.json").read_text())
     folder = _copy(done, tmp_path / "gen", **{"manifest.json": _edited(done, checksums={})})
     (folder / "progress-p0.json").write_text(json.dumps(manifest["checksums"]) if record is None else record)
-    report = kj.verify(folder)
-    assert not report["ok"] and len(report["unrecorded"]) == 4  # the manifest vouches for none yet
+    report = kj.verify(folder)  # the manifest vouches for none yet; a sound progress record for all
+    assert not report["ok"] and not report["complete"]
+    assert (len(report["written"]), len(report["unrecorded"])) == (kept, 4 - kept)
     again = kj.generate("mixture", "0-99", folder, batch=32, progress=False)
     assert (again.skipped, again.written) == (kept, 4 - kept)  # a damaged record: regenerated, not adopted
     assert _files(folder) == _files(done) and kj.verify(folder)["ok"]
@@ -350,7 +402,8 @@ def test_non_finite_samples_stop_the_job_naming_the_seeds_and_write_nothing_of_t
         report = kj.verify(tmp_path)
         assert not report["ok"] and not report["corrupt"]
         assert bad_shard in report["missing"] and not (tmp_path / bad_shard).exists()
-        for name in report["unrecorded"]:  # the shards before it: complete, finite
+        assert not report["unrecorded"]
+        for name in report["written"]:  # the shards before it: recorded, finite
             with np.load(tmp_path / name) as shard:
                 assert np.isfinite(shard["samples"]).all()
 
