@@ -161,17 +161,20 @@ def _build_parser() -> argparse.ArgumentParser:
         "compare with true samples. Writes samples.npz and demo.png to --out.",
     )
     demo._sub = "demo"
-    demo.add_argument("--steps", type=_steps, default=18,
-                      help=f"noise levels N, 1 .. {MAX_STEPS:,} (default 18)")
-    demo.add_argument("--schedule", choices=SCHEDULES, default="karras",
-                      help="noise-level schedule (default karras, EDM's rho=7)")
+    # defaults: the built-in mixture's own (generation/models.py), which `generate --model mixture` reads
+    demo.add_argument("--steps", type=_steps, default=None,
+                      help=f"noise levels N, 1 .. {MAX_STEPS:,} (default: the mixture's, 18)")
+    demo.add_argument("--schedule", choices=SCHEDULES, default=None,
+                      help="noise-level schedule (default: the mixture's, karras: EDM's rho=7)")
     demo.add_argument("--seeds", type=_positive_int, default=4096,
                       help="number of seeds, one sample each (default 4096)")
-    demo.add_argument("--s-churn", type=_non_negative_float, default=40.0,
-                      help="stochasticity S_churn (default 40; 0 is the deterministic sampler)")
-    demo.add_argument("--s-noise", type=_non_negative_float, default=1.0,
-                      help="churn noise scale S_noise (default 1.0: the denoiser is exact)")
-    demo.add_argument("--seed", type=_seed, default=0, help="base seed, 0 .. 2**32 - 1 (default 0)")
+    demo.add_argument("--s-churn", type=_non_negative_float, default=None,
+                      help="stochasticity S_churn (default: the mixture's, 40; 0: the deterministic sampler)")
+    demo.add_argument("--s-noise", type=_non_negative_float, default=None,
+                      help="churn noise scale S_noise (default: the mixture's, 1.0: its denoiser is exact)")
+    demo.add_argument("--seed", type=_seed, default=0,
+                      help="first seed: seeds SEED .. SEED+SEEDS-1, seed s sampled as generate samples it, "
+                           "from jax.random.key(s) (default 0)")
     demo.add_argument("--out", type=Path, default=Path("karras_jax_demo"),
                       help="output folder (default ./karras_jax_demo)")
     demo.add_argument("--solvers", type=_solver_list, default=("heun", "euler"),
@@ -639,14 +642,20 @@ def _demo(args: argparse.Namespace) -> int:
     import karras_jax as kj
     from karras_jax.analytic import default_mixture, energy_distance
 
-    mixture = default_mixture()
-    config = kj.KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_noise=args.s_noise,
-                               s_churn=args.s_churn, s_min=0.05, s_max=50.0)
+    mixture, model = default_mixture(), kj.load_generate_model("mixture")
+    if args.seed + args.seeds - 1 > kj.MAX_SEED:
+        raise ValueError(f"argument --seed: seeds {args.seed} .. {args.seed + args.seeds - 1} pass "
+                         f"{kj.MAX_SEED} (the largest seed)")
+    args.steps = model.steps if args.steps is None else args.steps
+    args.schedule = model.schedule if args.schedule is None else args.schedule
+    config = model.config.replace(**{name: getattr(args, name) for name in ("s_noise", "s_churn")
+                                     if getattr(args, name) is not None})
+    args.s_churn = float(config.s_churn)
     if args.schedule == "diffusers":
         # diffusers' levels are squared sigmas: keep sigma_max**2 at diffusers' 1e4, not 6400.
         config = config.replace(sigma_min=0.02, sigma_max=100.0)
     state = kj.set_timesteps(config, args.steps, args.schedule)
-    keys = jax.random.split(jax.random.key(args.seed), args.seeds)
+    keys = kj.seed_keys(np.arange(args.seed, args.seed + args.seeds, dtype=np.int64))
     k_true, k_floor = jax.random.split(jax.random.key(args.seed + 1_000_003))
     evaluated = min(args.seeds, EVAL_POINTS)
     truth = mixture.sample(k_true, args.seeds)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import karras_jax as kj
 from karras_jax.cli import main
 
 
@@ -31,6 +32,30 @@ def test_demo_writes_samples_and_reports_a_distance_near_the_floor(tmp_path, cap
         assert "pip install 'karras-jax[demo]'" in text
 
 
+@pytest.mark.parametrize("flags", [[], ["--s-churn", "0", "--steps", "7", "--seed", "1000"]])
+def test_demo_and_generate_sample_the_mixture_alike_for_the_same_seeds_and_settings(tmp_path, capsys, flags):
+    # one record of the mixture's defaults (s_noise, s_churn, steps, schedule), and seed s -> key(s) on both
+    assert main(["demo", "--seeds", "40", "--solvers", "heun", "--out", str(tmp_path / "demo"), "--no-plot",
+                 *flags]) == 0
+    first = int(flags[flags.index("--seed") + 1]) if "--seed" in flags else 0
+    settings = [f for f in flags if f not in ("--seed", str(first))]
+    assert main(["generate", "--model", "mixture", "--seeds", f"{first}-{first + 39}", "--out",
+                 str(tmp_path / "gen"), "--no-progress", *settings]) == 0
+    shard = tmp_path / "gen" / "shard-000000.npz"
+    with np.load(tmp_path / "demo" / "samples.npz") as demo, np.load(shard) as gen:
+        assert gen["seeds"].tolist() == list(range(first, first + 40))
+        np.testing.assert_allclose(demo["heun"], gen["samples"], rtol=1e-5, atol=1e-6)
+    capsys.readouterr()
+
+
+def test_the_mixtures_defaults_are_its_models(capsys):
+    config = kj.load_generate_model("mixture").config
+    assert (float(config.s_noise), float(config.s_churn)) == (1.0, 40.0)
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "(default: the mixture's, 1.0" in " ".join(capsys.readouterr().out.split())
+
+
 def test_demo_compares_any_registered_solvers(tmp_path, capsys):
     argv = ["demo", "--seeds", "256", "--steps", "10", "--s-churn", "0", "--solvers", "dpmpp_2m,heun",
             "--out", str(tmp_path), "--no-plot"]
@@ -44,7 +69,6 @@ def test_demo_compares_any_registered_solvers(tmp_path, capsys):
 
 
 def test_demo_eta_reaches_the_stochastic_solvers_only(tmp_path, capsys):
-    import jax
 
     import karras_jax as kj
     from karras_jax.analytic import default_mixture
@@ -54,7 +78,7 @@ def test_demo_eta_reaches_the_stochastic_solvers_only(tmp_path, capsys):
     assert main(argv) == 0
     assert "eta=0.3" in capsys.readouterr().out
     state = kj.set_timesteps(kj.KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=0.0), 6, "karras")
-    keys = jax.random.split(jax.random.key(0), 64)
+    keys = kj.seed_keys(np.arange(64))  # the demo's seeds 0..63, as generate keys them
     want = kj.sample(default_mixture().denoise, keys, state, None, (2,), solver=kj.euler_ancestral(eta=0.3))
     with np.load(tmp_path / "samples.npz") as data:
         np.testing.assert_allclose(data["euler_ancestral"], want, rtol=1e-5, atol=1e-5)

@@ -179,10 +179,13 @@ def _mixture_denoiser(params: Any, x: jax.Array, sigma: jax.Array, cond: Any) ->
 
 
 def _mixture() -> GenerateModel:
-    # one function for every load: a second "mixture" job reuses the compiled sampler
+    # The one record of the built-in mixture's defaults: `karras-jax demo` reads them here too.
+    # s_noise = 1: its denoiser is exact, so there is no error for extra noise to offset.
+    # One function for every load: a second "mixture" job reuses the compiled sampler.
     return GenerateModel(
         apply_fn=_mixture_denoiser, params=None, sample_shape=(2,),
-        config=KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=40.0, s_min=0.05, s_max=50.0),
+        config=KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_noise=1.0, s_churn=40.0, s_min=0.05,
+                              s_max=50.0),
         schedule="karras", steps=18, identity="mixture:default_mixture")
 
 
