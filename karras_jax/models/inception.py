@@ -355,7 +355,8 @@ def inception_features(params: Mapping[str, Any], images: ArrayLike) -> jax.Arra
     ``align_corners=False``, no antialiasing; unchanged at 299x299), :math:`2x - 1`, the
     network up to ``Mixed_7c`` and the global average pool. The network is jit-compiled
     (once per input shape and dtype); this wrapper only checks shapes and dtypes, so it may
-    also be called inside ``jax.jit``, ``vmap`` or ``shard_map``.
+    also be called inside ``jax.jit``, ``vmap`` or ``shard_map``. The whole batch goes through
+    at once: feed a large image set in chunks of a fixed size (one compilation).
 
     Args:
       params: the pytree from :func:`inception_params_from_torch`.
