@@ -1,6 +1,6 @@
 """The denoisers: an MLP (d=64, hidden 256) and a small conv net on 32x32x3, in Flax linen,
-the package's class-conditional ``kj.UNet`` on 8x8x1 (the digits example's size), plus a
-PyTorch MLP that takes the Flax MLP's weights.
+the package's class-conditional ``kj.UNet`` on 8x8x1 (the digits example's size), plus
+PyTorch twins of the MLP and of that UNet that take the Flax networks' weights.
 
 Every network is wrapped in EDM preconditioning by ``kj.precondition`` (Karras et al. 2022,
 Table 1), so ``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)`` with sigma_data = 0.5.
@@ -9,6 +9,7 @@ The weights are random (initialised, not trained): speed does not depend on them
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -132,3 +133,112 @@ def torch_mlp(params: Any, device: str = "cpu") -> Any:
             layer.weight.copy_(torch.from_numpy(np.asarray(dense["kernel"]).T.copy()))
             layer.bias.copy_(torch.from_numpy(np.asarray(dense["bias"]).copy()))
     return model.to(device).eval()
+
+
+def torch_unet(params: Any, device: str = "cpu") -> Any:
+    """A ``torch.nn.Module`` computing D(x; sigma) with the exact weights of ``kj.UNet(**UNET)``.
+
+    The layers of :class:`karras_jax.UNet` (``karras_jax/models/unet.py``) one for one, for
+    its configuration here (two resolutions, one residual block each, no attention), called
+    as k-diffusion calls a denoiser: ``model(x, sigma)`` with x ``(B, 8, 8, 1)`` in JAX's
+    NHWC layout (permuted to NCHW inside) and sigma a float, a 0-d or a (B,) tensor; the
+    class is the null class (the JAX side's ``cond=None``). Flax's "SAME" padding of the
+    stride-2 convolution pads bottom and right only; GroupNorm's epsilon is Flax's 1e-6.
+    ``.double()`` works.
+    """
+    import torch
+    import torch.nn.functional as tf
+
+    unet = kj.UNet(**UNET)
+    mults, blocks, emb_dim = tuple(unet.channel_mult), unet.num_res_blocks, unet.emb_dim
+    weights = params["params"]
+
+    def tensor(a: Any, perm: tuple[int, ...] | None = None) -> torch.nn.Parameter:
+        a = np.asarray(a, np.float32)
+        return torch.nn.Parameter(torch.from_numpy((a.transpose(perm) if perm else a).copy()))
+
+    def conv(p: Any) -> torch.nn.ParameterDict:  # Flax (kh, kw, in, out) -> torch (out, in, kh, kw)
+        return torch.nn.ParameterDict({"weight": tensor(p["kernel"], (3, 2, 0, 1)),
+                                       "bias": tensor(p["bias"])})
+
+    def dense(p: Any) -> torch.nn.ParameterDict:
+        return torch.nn.ParameterDict({"weight": tensor(p["kernel"], (1, 0)), "bias": tensor(p["bias"])})
+
+    def norm(p: Any) -> torch.nn.ParameterDict:
+        return torch.nn.ParameterDict({"weight": tensor(p["scale"]), "bias": tensor(p["bias"])})
+
+    def groups(channels: int) -> int:
+        return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+
+    def group_norm(p: Any, h: torch.Tensor) -> torch.Tensor:
+        return tf.group_norm(h, groups(h.shape[1]), p["weight"], p["bias"], eps=1e-6)
+
+    def conv3(p: Any, h: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        if stride == 1:
+            return tf.conv2d(h, p["weight"], p["bias"], padding=1)
+        return tf.conv2d(tf.pad(h, (0, 1, 0, 1)), p["weight"], p["bias"], stride=2)  # Flax's SAME
+
+    class ResBlock(torch.nn.Module):
+        def __init__(self, p: Any) -> None:
+            super().__init__()
+            self.norm_0, self.norm_1 = norm(p["GroupNorm_0"]), norm(p["GroupNorm_1"])
+            self.conv_0, self.conv_1, self.emb = conv(p["conv_0"]), conv(p["conv_1"]), dense(p["emb"])
+            self.skip = conv(p["skip"]) if "skip" in p else None
+
+        def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+            h = conv3(self.conv_0, tf.silu(group_norm(self.norm_0, x)))
+            h = h + tf.linear(emb, self.emb["weight"], self.emb["bias"])[:, :, None, None]
+            h = conv3(self.conv_1, tf.silu(group_norm(self.norm_1, h)))
+            skip = x if self.skip is None else tf.conv2d(x, self.skip["weight"], self.skip["bias"])
+            return (h + skip) * (1 / np.sqrt(2.0))
+
+    class TorchUNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb_0, self.emb_1 = dense(weights["emb_0"]), dense(weights["emb_1"])
+            self.null_class = tensor(weights["class_emb"]["embedding"][unet.num_classes])
+            self.conv_in, self.conv_out = conv(weights["conv_in"]), conv(weights["conv_out"])
+            self.norm_out = norm(weights["GroupNorm_0"])
+            names = [f"down_{level}_{i}" for level in range(len(mults)) for i in range(blocks)]
+            names += ["middle"] + [f"up_{level}_{i}" for level in reversed(range(len(mults)))
+                                   for i in range(blocks + 1)]
+            self.blocks = torch.nn.ModuleDict({name: ResBlock(weights[name]) for name in names})
+            self.resample = torch.nn.ModuleDict(
+                {name: conv(weights[name]) for name in weights if re.fullmatch(r"(down|up)_\d+", name)})
+
+        def embedding(self, c_noise: torch.Tensor) -> torch.Tensor:
+            half = emb_dim // 2
+            freqs = (1.0 / unet.max_positions) ** (torch.arange(half, dtype=c_noise.dtype,
+                                                                 device=c_noise.device) / half)
+            angles = c_noise[:, None] * freqs[None, :]
+            emb = tf.linear(torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1), self.emb_0["weight"],
+                            self.emb_0["bias"]) + self.null_class
+            return tf.silu(tf.linear(tf.silu(emb), self.emb_1["weight"], self.emb_1["bias"]))
+
+        def network(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+            emb = self.embedding(c_noise)
+            h = conv3(self.conv_in, x)
+            skips = [h]
+            for level in range(len(mults)):
+                for i in range(blocks):
+                    h = self.blocks[f"down_{level}_{i}"](h, emb)
+                    skips.append(h)
+                if level < len(mults) - 1:
+                    h = conv3(self.resample[f"down_{level}"], h, stride=2)
+                    skips.append(h)
+            h = self.blocks["middle"](h, emb)
+            for level in reversed(range(len(mults))):
+                for i in range(blocks + 1):
+                    h = self.blocks[f"up_{level}_{i}"](torch.cat([h, skips.pop()], dim=1), emb)
+                if level > 0:
+                    h = conv3(self.resample[f"up_{level}"], tf.interpolate(h, scale_factor=2, mode="nearest"))
+            return conv3(self.conv_out, tf.silu(group_norm(self.norm_out, h)))
+
+        def forward(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
+            sigma = torch.broadcast_to(torch.as_tensor(sigma, dtype=x.dtype, device=x.device), x.shape[:1])
+            c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, torch)
+            scale = (-1, 1, 1, 1)
+            f = self.network((c_in.reshape(scale) * x).permute(0, 3, 1, 2), c_noise).permute(0, 2, 3, 1)
+            return c_skip.reshape(scale) * x + c_out.reshape(scale) * f
+
+    return TorchUNet().to(device).eval()
