@@ -19,9 +19,11 @@ of guided conditional samples (w = 2) against their labels, the class histogram 
 unguided samples, and the Frechet distance in the classifier's hidden-layer features
 between unguided samples and the test split, next to that between the training and test
 splits (the floor) and that of a per-class Gaussian fit (a baseline any real model must
-beat). "Unguided" is EDM2's sense for a class-conditional model: conditional samples
-without guidance (w = 1), classes balanced; the unconditional model (the null class,
-``sample-digits --unconditional``) is the weaker one, trained on the 10% of dropped labels.
+beat); each is :func:`karras_jax.frechet_distance` of two :class:`karras_jax.FeatureStats`,
+the one code path that computes every Frechet distance. "Unguided" is EDM2's sense for a
+class-conditional model: conditional samples without guidance (w = 1), classes balanced; the
+unconditional model (the null class, ``sample-digits --unconditional``) is the weaker one,
+trained on the 10% of dropped labels.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ import optax
 from karras_jax._chunks import padded_chunks
 from karras_jax._files import atomic_write, check_writable_folder, write_json
 from karras_jax._validation import check_count
-from karras_jax.analytic import frechet_distance
 from karras_jax.config import KarrasVeConfig
 from karras_jax.generation import GenerateModel
+from karras_jax.generation.stats import FeatureStats, frechet_distance
 from karras_jax.models import DiT, Guidance, UNet, classifier_free_guidance, precondition
 from karras_jax.sampler import make_sampler
 from karras_jax.state import set_timesteps
@@ -350,9 +352,11 @@ def _classifier(x_train: np.ndarray, y_train: np.ndarray) -> Any:
     return clf.fit(x_train.reshape(len(x_train), -1) / PIXEL_MAX, y_train)
 
 
-def _features(clf: Any, pixels: np.ndarray) -> np.ndarray:
+def _feature_stats(clf: Any, pixels: np.ndarray) -> FeatureStats:
+    """The statistics of the classifier's hidden-layer (ReLU) features of ``pixels``."""
     flat = np.asarray(pixels, np.float64).reshape(len(pixels), -1) / PIXEL_MAX
-    return np.maximum(flat @ clf.coefs_[0] + clf.intercepts_[0], 0.0)
+    features = np.maximum(flat @ clf.coefs_[0] + clf.intercepts_[0], 0.0)
+    return FeatureStats.empty(features.shape[1]).update(features)
 
 
 def gaussian_baseline(x_train: np.ndarray, y_train: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -379,17 +383,17 @@ def evaluate(guided: np.ndarray, guided_labels: np.ndarray, unguided: np.ndarray
     x_train, y_train, x_test, y_test = load_split()
     clf = _classifier(x_train, y_train)
     flat = lambda a: np.asarray(a).reshape(len(a), -1) / PIXEL_MAX  # noqa: E731
-    test_features = _features(clf, x_test)
-    floor = frechet_distance(_features(clf, x_train), test_features)
+    test_stats = _feature_stats(clf, x_test)
+    floor = frechet_distance(_feature_stats(clf, x_train), test_stats)
     baseline = gaussian_baseline(x_train, y_train, len(unguided))
     return {
         "classifier_test_accuracy": float(clf.score(flat(x_test), y_test)),
         "guided_accuracy": float(np.mean(clf.predict(flat(guided)) == guided_labels)),
         "unguided_accuracy": float(np.mean(clf.predict(flat(unguided)) == unguided_labels)),
         "unguided_class_histogram": np.bincount(clf.predict(flat(unguided)), minlength=NUM_CLASSES).tolist(),
-        "frechet_unguided_vs_test": frechet_distance(_features(clf, unguided), test_features),
+        "frechet_unguided_vs_test": frechet_distance(_feature_stats(clf, unguided), test_stats),
         "frechet_train_vs_test_floor": floor,
-        "frechet_gaussian_baseline_vs_test": frechet_distance(_features(clf, baseline), test_features),
+        "frechet_gaussian_baseline_vs_test": frechet_distance(_feature_stats(clf, baseline), test_stats),
         "guided_samples": len(guided),
         "unguided_samples": len(unguided),
     }
