@@ -96,7 +96,7 @@ def save_checkpoint(folder: str | os.PathLike, state: Any, *, position: int, key
         raise TypeError("key must be a typed PRNG key (jax.random.key).")
     payload = {
         "format": _FORMAT,
-        "state": flax.serialization.to_state_dict(jax.tree_util.tree_map(_to_host, state)),
+        "state": flax.serialization.to_state_dict(jax.tree_util.tree_map(to_host, state)),
         "position": int(position),
         "key_impl": str(jax.random.key_impl(key)),
         "key": np.asarray(jax.random.key_data(key)),
@@ -133,7 +133,7 @@ def load_checkpoint(folder: str | os.PathLike, target: Any) -> Checkpoint:
     """
     path, payload = _read(folder)
     position, key, metadata = _fields(path, payload)
-    state = _restore(path, target, payload["state"], "the state being restored")
+    state = restore_tree(path, target, payload["state"], "the state being restored")
     return Checkpoint(state=state, position=position, key=key, metadata=metadata)
 
 
@@ -186,8 +186,18 @@ def _fields(path: Path, payload: dict[str, Any]) -> tuple[int, jax.Array, dict[s
     return position, key, metadata
 
 
-def _restore(path: Path, target: Any, saved_tree: Any, what: str) -> Any:
-    """``saved_tree`` (a state dict) read into ``target``'s structure once every leaf matches it."""
+def checkpoint_fields(folder: str | os.PathLike) -> tuple[int, jax.Array, dict[str, Any]]:
+    """``(position, key, metadata)`` of the checkpoint in ``folder``, checked (as by ``load_checkpoint``)."""
+    return _fields(*_read(folder))
+
+
+def restore_tree(path: Path, target: Any, saved_tree: Any, what: str) -> Any:
+    """``saved_tree`` (a state dict) read into ``target``'s structure once every leaf matches it.
+
+    Raises:
+      ValueError: an entry is missing or unexpected, or has another shape or dtype (the message
+        names ``path`` and ``what``).
+    """
     expected, saved = _leaves(flax.serialization.to_state_dict(target)), _leaves(saved_tree)
     if expected.keys() != saved.keys():
         missing, extra = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
@@ -203,7 +213,7 @@ def _restore(path: Path, target: Any, saved_tree: Any, what: str) -> Any:
     return jax.tree_util.tree_map(_placed_like, target, restored)
 
 
-def _to_host(leaf: Any) -> Any:
+def to_host(leaf: Any) -> Any:
     """A leaf as a host array: a sharded one gathered (from every process, on a pod)."""
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
         return multihost_utils.process_allgather(leaf, tiled=True)
@@ -255,7 +265,7 @@ def load_params(folder: str | os.PathLike, target: Any, *, ema: bool = True) -> 
     state = payload["state"]
     if not isinstance(state, dict) or part not in state:
         raise ValueError(f"{path} holds no {part!r} weights (not a checkpoint of a kj.TrainState).")
-    return _restore(path, target, state[part], f"the weights being restored ({part})")
+    return restore_tree(path, target, state[part], f"the weights being restored ({part})")
 
 
 def json_value(name: str, value: Any, *, allow_nan: bool = True) -> Any:

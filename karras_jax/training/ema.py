@@ -98,3 +98,28 @@ def ema_update(ema: Any, params: Any, step: ArrayLike, gamma: ArrayLike) -> Any:
     return jax.tree_util.tree_map(
         lambda e, p: (beta * e.astype(jnp.float32) + (1 - beta) * p.astype(jnp.float32)).astype(e.dtype),
         ema, params)
+
+
+def check_sigma_rels(name: str, sigma_rels: Any) -> tuple[float, ...]:
+    """``sigma_rels`` as a tuple of distinct Python floats, each a valid EMA width.
+
+    Raises:
+      TypeError: not a tuple or list, or an entry that is not a concrete real number.
+      ValueError: an entry outside (0, 1/sqrt(12)), or one that repeats.
+    """
+    if isinstance(sigma_rels, np.ndarray) and sigma_rels.ndim == 1:
+        sigma_rels = sigma_rels.tolist()
+    if not isinstance(sigma_rels, (tuple, list)):
+        raise TypeError(f"{name} must be a tuple of EMA widths sigma_rel in (0, 1/sqrt(12) = 0.2887), e.g. "
+                        f"(0.05, 0.1), got {type(sigma_rels).__name__} {sigma_rels!r}.")
+    values = []
+    for i, value in enumerate(sigma_rels):
+        try:
+            ema_gamma(value)
+        except (TypeError, ValueError) as err:  # named as this parameter's entry
+            raise type(err)(str(err).replace("sigma_rel", f"{name}[{i}]", 1)) from None
+        values.append(float(np.asarray(value)))
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} must not repeat a width (two equal profiles add nothing), got "
+                         f"{tuple(values)}.")
+    return tuple(values)

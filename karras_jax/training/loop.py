@@ -5,7 +5,9 @@ Everything a step uses is a pure function of the step number: its batch is
 only needs the train state, the step reached (the data-order position) and the run's key;
 a run killed at any moment and started again from its folder repeats nothing and skips
 nothing, and ends with bitwise the parameters of an uninterrupted run (same machine and
-software: the same compiled program).
+software: the same compiled program). EMA snapshots for post-hoc EMA are written before the
+checkpoint of their step, so the resumed run rewrites exactly those after its checkpoint,
+bitwise the same: the snapshot sequence is whole.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from karras_jax.training.checkpoint import (
     save_checkpoint,
     save_model_recipe,
 )
+from karras_jax.training.posthoc_ema import SNAPSHOT_FOLDER, save_ema_snapshot
 from karras_jax.training.train_step import TrainState
 
 __all__ = ["TrainingRun", "fit"]
@@ -58,7 +61,7 @@ def fit(train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]], stat
         folder: str | os.PathLike | None = None, checkpoint_every: int = 100,
         metadata: dict[str, Any] | None = None, batch_size: int | None = None,
         progress: bool = True, label: str = "train ", model: str | None = None,
-        model_args: dict[str, Any] | None = None) -> TrainingRun:
+        model_args: dict[str, Any] | None = None, snapshot_every: int | None = None) -> TrainingRun:
     """Runs ``train_step`` from the state's step to ``num_steps``, resuming from ``folder``.
 
     Everything is checked before the first step: the arguments, the folder (created like
@@ -91,6 +94,12 @@ def fit(train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]], stat
         returns a :class:`karras_jax.GenerateModel` whose ``params`` give the weights' structure;
         the checkpoint's EMA fills them in.
       model_args: JSON keyword arguments of ``model``.
+      snapshot_every: Write the state's EMA profiles (``TrainState.create(...,
+        ema_profiles=(0.05, 0.1))``) to ``folder/snapshots/`` after every step that is a
+        multiple of it (:func:`karras_jax.save_ema_snapshot`), for post-hoc EMA
+        (:func:`karras_jax.reconstruct_ema_from_folder`). A snapshot is written before the
+        checkpoint of its step, so a resumed run rewrites (bitwise the same) those after its
+        checkpoint: the sequence has every multiple up to ``num_steps`` once. None writes none.
 
     Returns:
       A :class:`TrainingRun`.
@@ -99,8 +108,9 @@ def fit(train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]], stat
       ValueError: the folder's checkpoint was made with other settings or another model
         (what differs is named) or is already past ``num_steps``, so is the state; the
         checkpoint is truncated or corrupt (named); ``num_steps`` / ``checkpoint_every`` /
-        ``batch_size`` are not positive ints; ``model`` is given without ``folder``;
-        ``metadata`` holds NaN or ``"losses"``.
+        ``batch_size`` / ``snapshot_every`` are not positive ints; ``model`` or
+        ``snapshot_every`` is given without ``folder``, ``snapshot_every`` for a state without
+        EMA profiles; ``metadata`` holds NaN or ``"losses"``.
       TypeError: ``train_step`` / ``batch_at`` are not callable as used, ``key`` is not one
         PRNG key, ``metadata`` / ``model_args`` are not JSON-serialisable.
       OSError: ``folder`` is a file, lies below one, or cannot be written (named).
@@ -115,10 +125,22 @@ def fit(train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]], stat
     metadata = _metadata(metadata)
     if model is not None and folder is None:
         raise ValueError("model is recorded in the checkpoint folder: give folder too.")
+    if snapshot_every is not None:
+        snapshot_every = check_count("snapshot_every", snapshot_every)
+        if folder is None:
+            raise ValueError("snapshot_every writes EMA snapshots into the checkpoint folder: give folder "
+                             "too.")
+        if not getattr(state, "ema_sigma_rels", ()):
+            raise ValueError("snapshot_every needs a state that tracks EMA profiles: create it with "
+                             "kj.TrainState.create(params, optimizer, ema_profiles=(0.05, 0.1)).")
     if folder is not None:
         folder = check_writable_folder(folder)
         for name in (CHECKPOINT_FILE, MODEL_FILE):
             for stale in folder.glob(f".{name}.*.tmp"):  # left by a kill mid-write
+                stale.unlink(missing_ok=True)
+        if snapshot_every is not None:
+            check_writable_folder(folder / SNAPSHOT_FOLDER)
+            for stale in (folder / SNAPSHOT_FOLDER).glob(".snapshot-*.tmp"):
                 stale.unlink(missing_ok=True)
     losses = np.full((num_steps,), np.nan, np.float32)
     resuming = folder is not None and (folder / CHECKPOINT_FILE).exists()
@@ -163,6 +185,8 @@ def fit(train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]], stat
         state, metrics = train_step(state, batch_at(step), jax.random.fold_in(key, step))
         pending.append((step, metrics["loss"]))
         done = step + 1
+        if snapshot_every is not None and done % snapshot_every == 0:
+            save_ema_snapshot(folder, state)  # before the checkpoint of its step: none is ever skipped
         if folder is not None and (done % checkpoint_every == 0 or done == num_steps):
             save(done)
         if bar is not None and (done % 10 == 0 or done == num_steps):
