@@ -186,6 +186,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _digits_parsers(sub)
     _generate_parser(sub)
     _likelihood_parser(sub)
+    _fd_parser(sub)
     for command in sub.choices.values():  # `karras-jax COMMAND ... --debug` works too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help=argparse.SUPPRESS)
@@ -232,6 +233,12 @@ def _generate_parser(sub: Any) -> None:
                           ".npz of samples as generate writes them, e.g. a shard); seed s edits image s %% M")
     gen.add_argument("--strength", type=_unit_float, default=None,
                      help="with --init: how much to change the images, 0 (none) .. 1 (from noise)")
+    gen.add_argument("--features", metavar="MODULE:FN",
+                     help="also reduce each sample to features with this function (of a batch of written "
+                          "samples, returning (n, dim)): shards hold the features, and DIR/stats.npz their "
+                          "statistics once the job is complete (for `karras-jax fd`)")
+    gen.add_argument("--keep-samples", action="store_true",
+                     help="with --features: write the samples into the shards too")
     gen.add_argument("--png", action="store_true",
                      help="also write one PNG per sample (image models; needs Pillow)")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -255,7 +262,8 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                       s_noise=args.s_noise,
                       s_min=args.s_min, s_max=args.s_max, guidance=args.guidance, png=args.png,
                       shard_size=args.shard_size, progress=not args.no_progress, dry_run=args.dry_run,
-                      init=args.init, strength=args.strength)
+                      init=args.init, strength=args.strength, features=args.features,
+                      keep_samples=args.keep_samples)
     if args.dry_run:
         print(f"{result.folder}: {len(args.seeds):,} seeds in {result.shards:,} shards; would write "
               f"{result.written:,}, {result.skipped:,} already complete (dry run: nothing written)")
@@ -263,6 +271,42 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"{result.folder}: {result.shards} shards ({result.written} written now, {result.skipped} already "
           f"complete) in {result.seconds:.1f} s"
           + (f", {result.samples_per_s:,.0f} samples/s" if result.written else ""))
+    if args.features is not None:
+        print(f"feature statistics: {result.folder / 'stats.npz'} (compare with: karras-jax fd REF "
+              f"{result.folder})")
+    return 0
+
+
+def _fd_parser(sub: Any) -> None:
+    fd = sub.add_parser(
+        "fd", help="the Frechet distance between two feature statistics (FID with Inception features)",
+        description="Print the Frechet distance between two sets of feature statistics. Each of REF and GEN "
+        "is a statistics file (kj.FeatureStats.save, or a generate job's stats.npz), a generate folder "
+        "with a stats.npz, or (with --features) a generate folder whose shards hold samples, or an .npz "
+        "of samples.")
+    fd._sub = "fd"
+    fd.add_argument("ref", type=Path, metavar="REF", help="the reference statistics, folder or samples")
+    fd.add_argument("gen", type=Path, metavar="GEN", help="the generated statistics, folder or samples")
+    fd.add_argument("--features", metavar="MODULE:FN",
+                    help="the feature function for samples (batch of samples -> (n, dim))")
+
+
+def _fd(args: argparse.Namespace) -> int:
+    from karras_jax.generation.features import stats_of
+    from karras_jax.generation.stats import frechet_distance
+
+    stats = []
+    for flag, path in (("REF", args.ref), ("GEN", args.gen)):
+        if not path.exists():
+            raise ValueError(f"argument {flag}: {path} does not exist")
+        try:
+            stats.append(stats_of(path, args.features))
+        except ValueError as err:
+            raise ValueError(f"argument {flag}: {_one_line(err)}") from None
+    if stats[0].dim != stats[1].dim:
+        raise ValueError(f"REF has {stats[0].dim} features and GEN {stats[1].dim}: not one feature space")
+    ref, gen = (int(s.count) for s in stats)
+    print(f"{frechet_distance(*stats):.6g}  (REF {ref:,} samples, GEN {gen:,}, {stats[0].dim} features)")
     return 0
 
 
@@ -292,6 +336,8 @@ def _print_verify(folder: Path, report: dict[str, Any], verbose: bool) -> None:
             why = report["corrupt"] if state == "corrupt" else {}
             for name in names:
                 print(f"      {name}" + (f": {why[name]}" if name in why else ""))
+    if "stats" in report:
+        print(f"  {report['stats']} (rerunning the same generate command writes it again)")
 
 
 def _likelihood_parser(sub: Any) -> None:
@@ -765,6 +811,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _generate(args, parser)
         if args.command == "likelihood":
             return _likelihood(args)
+        if args.command == "fd":
+            return _fd(args)
     except KeyboardInterrupt:
         if args.debug:
             raise

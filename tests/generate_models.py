@@ -137,3 +137,15 @@ def tp_mlp_sharded():
 
 def tp_mlp_local_sharded():
     return tp_mlp()._replace(params=place(tp_weights(), tp_mesh(jax.local_devices())))
+
+
+def square_features(samples):
+    """Features of the mixture's 2-D samples for ``generate(features=...)``: (x, x**2), dim 4."""
+    samples = np.asarray(samples)
+    return np.concatenate([samples, samples**2], axis=1)
+
+
+def nan_features(samples):
+    """Features that are NaN where the first coordinate is above 1 (a feature function that breaks)."""
+    samples = np.asarray(samples, np.float32)
+    return np.where(samples[:, :1] > 1.0, np.nan, samples)

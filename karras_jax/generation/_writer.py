@@ -1,7 +1,7 @@
 """Shards to disk on a background thread: the device never waits for the disk.
 
-Each shard is an ``.npz`` (``seeds`` int64, ``samples``) written atomically (temporary file
-in the same folder, fsync, rename); optionally one PNG per image sample in EDM's layout,
+Each shard is an ``.npz`` (``seeds`` int64, ``samples`` and/or ``features``) written atomically
+(temporary file in the same folder, fsync, rename); optionally one PNG per image sample in EDM's layout,
 ``DIR/{seed - seed % 1000:06d}/{seed:06d}.png``. The queue is bounded, so a disk slower than
 the device holds the sampler back by at most ``depth`` shards' worth of memory instead of
 letting them pile up; an error on the writer thread is raised in the caller at the next
@@ -27,10 +27,15 @@ PNG_HINT = 'PNG files need Pillow: pip install "karras-jax[png]"'
 
 
 
-def shard_bytes(seeds: np.ndarray, samples: np.ndarray) -> bytes:
-    """The ``.npz`` file of one shard (uncompressed; each member has its zip CRC-32)."""
+def shard_bytes(seeds: np.ndarray, samples: np.ndarray | None, features: np.ndarray | None = None) -> bytes:
+    """The ``.npz`` file of one shard (uncompressed; each member has its zip CRC-32).
+
+    ``samples`` or ``features`` None: that member is left out.
+    """
     buffer = io.BytesIO()
-    np.savez(buffer, seeds=np.asarray(seeds, np.int64), samples=samples)
+    members = {name: value for name, value in (("samples", samples), ("features", features))
+               if value is not None}
+    np.savez(buffer, seeds=np.asarray(seeds, np.int64), **members)
     return buffer.getvalue()
 
 
@@ -75,10 +80,14 @@ class ShardWriter:
         self._thread = threading.Thread(target=self._run, name="karras_jax-shard-writer", daemon=True)
         self._thread.start()
 
-    def put(self, name: str, seeds: np.ndarray, samples: np.ndarray) -> None:
-        """Queues a shard (blocks while the queue is full); raises a writer error, if any."""
+    def put(self, name: str, seeds: np.ndarray, samples: np.ndarray, features: np.ndarray | None = None,
+            *, keep_samples: bool = True) -> None:
+        """Queues a shard (blocks while the queue is full); raises a writer error, if any.
+
+        ``features``: also written; ``keep_samples=False``: the samples only make the PNGs.
+        """
         self._raise()
-        self._queue.put((name, seeds, samples))
+        self._queue.put((name, seeds, samples, features, keep_samples))
 
     def close(self) -> None:
         """Waits for every queued shard to be written; raises a writer error, if any."""
@@ -97,14 +106,14 @@ class ShardWriter:
                 return
             if self._error is not None:
                 continue  # drain: the caller stops at its next put
-            name, seeds, samples = item
+            name, seeds, samples, features, keep_samples = item
             try:
                 if self.png_range is not None:
                     for seed, image in zip(seeds.tolist(), samples, strict=True):
                         sub = self.folder / f"{seed - seed % 1000:06d}"
                         sub.mkdir(exist_ok=True)
                         write_png(sub / f"{seed:06d}.png", image, *self.png_range)
-                shard = shard_bytes(seeds, samples)
+                shard = shard_bytes(seeds, samples if keep_samples else None, features)
                 atomic_write(self.folder / name, lambda f, d=shard: f.write(d))
                 self.on_written(name, hashlib.sha256(shard).hexdigest())
             except BaseException as err:  # noqa: BLE001 - handed to the caller's thread

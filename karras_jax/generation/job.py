@@ -10,6 +10,10 @@ Layout of ``DIR``:
   order): arrays ``seeds`` (int64) and ``samples`` (float32, ``(n, *sample_shape)``, the
   shape after the model's ``postprocess``, as the manifest records it).
 - with ``png=True``, one PNG per sample in ``DIR/{seed - seed % 1000:06d}/{seed:06d}.png``.
+- with a feature function (``features=``), each shard holds ``features`` (float32, (n, dim))
+  instead of ``samples`` (or beside them, ``keep_samples=True``), and once every shard is
+  complete ``stats.npz`` holds their :class:`~karras_jax.FeatureStats`
+  (:mod:`karras_jax.generation.features`).
 - while a job runs, ``progress-pN.json`` (process N's finished shards and checksums).
 
 Every file is written atomically (temporary file in the same folder, fsync, rename).
@@ -75,8 +79,10 @@ from karras_jax._validation import check_count
 from karras_jax.config import KarrasVeConfig
 from karras_jax.generation._init_images import init_identity, init_images
 from karras_jax.generation._writer import PNG_HINT, ShardWriter
+from karras_jax.generation.features import STATS, feature_function, features_of, job_stats
 from karras_jax.generation.models import GenerateModel, gather, load_generate_model, weights_mesh
 from karras_jax.generation.seeds import SeedRuns, seed_keys, seed_runs
+from karras_jax.generation.stats import FeatureStats
 from karras_jax.models import Guidance, classifier_free_guidance
 from karras_jax.sampler import check_start_step, make_sampler
 from karras_jax.sharding import make_sharded_sampler
@@ -90,7 +96,7 @@ _FORMAT = "karras_jax.generation/1"
 # job fields that a resume must match (the rest: versions, checksums)
 _JOB_FIELDS = ("format", "model", "seeds", "num_seeds", "sample_shape", "dtype", "config", "steps",
                "schedule", "sigmas", "solver", "eta", "guidance", "shard_size", "num_shards", "init",
-               "strength")
+               "strength", "features")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,8 +264,12 @@ def _progress_records(folder: Path) -> dict[str, str]:
     return known
 
 
-def _check_shard(path: Path, seeds: np.ndarray, shape: tuple[int, ...], checksum: str | None) -> str | None:
+def _check_shard(path: Path, seeds: np.ndarray, shape: tuple[int, ...], checksum: str | None,
+                 features: dict[str, Any] | None = None) -> str | None:
     """None if the shard at ``path`` is complete and right, else what is wrong with it.
+
+    ``features``: the manifest's record of a feature function (the shard then holds
+    ``features`` (n, dim), and ``samples`` only if it keeps them).
 
     A shard is right only when its bytes match ``checksum``, the SHA-256 recorded when it was
     written (by the manifest or a progress record): a shard nothing vouches for is never kept.
@@ -277,18 +287,25 @@ def _check_shard(path: Path, seeds: np.ndarray, shape: tuple[int, ...], checksum
     try:
         import io
 
+        expected = {"seeds": None}
+        if features is None or features["samples"]:
+            expected["samples"] = (len(seeds), *shape)
+        if features is not None:
+            expected["features"] = (len(seeds), features["dim"])
         with np.load(io.BytesIO(data)) as npz:
-            if sorted(npz.files) != ["samples", "seeds"]:
-                return f"holds {sorted(npz.files)}, not seeds and samples"
-            saved, samples = npz["seeds"], npz["samples"]  # reading checks each member's CRC-32
+            if sorted(npz.files) != sorted(expected):
+                return f"holds {sorted(npz.files)}, not {' and '.join(sorted(expected))}"
+            arrays = {name: npz[name] for name in expected}  # reading checks each member's CRC-32
     except Exception as err:  # noqa: BLE001 - a corrupt zip raises many unrelated types
         return f"corrupt ({type(err).__name__}: {err})"
+    saved = arrays.pop("seeds")
     if saved.dtype != np.int64 or not np.array_equal(saved, seeds):
         return "holds other seeds"
-    if samples.dtype != np.float32 or samples.shape != (len(seeds), *shape):
-        return f"samples are {samples.dtype}{list(samples.shape)}, expected float32{[len(seeds), *shape]}"
-    if not np.all(np.isfinite(samples)):
-        return "samples are not all finite"
+    for name, values in arrays.items():
+        if values.dtype != np.float32 or values.shape != expected[name]:
+            return f"{name} are {values.dtype}{list(values.shape)}, expected float32{list(expected[name])}"
+        if not np.all(np.isfinite(values)):
+            return f"{name} are not all finite"
     return None
 
 
@@ -301,7 +318,8 @@ def _written_shape(model: GenerateModel) -> tuple[int, ...]:
 
 def _job(model: GenerateModel, seeds: SeedRuns, config: KarrasVeConfig, state: Any, steps: int,
          schedule: str, solver: str, eta: float | None, guidance: float | None,
-         shard_size: int, init: np.ndarray | None, strength: float | None) -> dict[str, Any]:
+         shard_size: int, init: np.ndarray | None, strength: float | None,
+         features: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "format": _FORMAT,
         "model": model.identity,
@@ -320,6 +338,7 @@ def _job(model: GenerateModel, seeds: SeedRuns, config: KarrasVeConfig, state: A
         "num_shards": -(-len(seeds) // shard_size),
         # image-to-image only (absent: from noise; older manifests too)
         **({} if init is None else {"init": init_identity(init), "strength": strength}),
+        **({} if features is None else {"features": features}),  # with a feature function only
     }
 
 
@@ -443,6 +462,7 @@ class _Plan:
       init: Image-to-image: the clean images (M, *sample_shape), seed s starting from image
         ``s % M`` (None: from noise).
       strength: Image-to-image: how far up the levels the images are noised (None: from noise).
+      features: The feature function (None: none).
     """
 
     folder: Path
@@ -459,6 +479,7 @@ class _Plan:
     placement: _Placement
     init: np.ndarray | None = None
     strength: float | None = None
+    features: Any = None
 
 
 _PNG_SHAPES = "(H, W), (H, W, 1) or (H, W, 3)"
@@ -469,7 +490,8 @@ def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | 
           schedule: str | None = None, solver: str = "heun", eta: float | None = None,
           s_churn: float | None = None, s_noise: float | None = None, s_min: float | None = None,
           s_max: float | None = None, guidance: float | None = None, png: bool = False,
-          shard_size: int | None = None, init: Any = None, strength: float | None = None) -> _Plan:
+          shard_size: int | None = None, init: Any = None, strength: float | None = None,
+          features: Any = None, keep_samples: bool = False) -> _Plan:
     """Planning: checks the arguments, applies the overrides, builds (or reads and compares) the manifest.
 
     Reads ``out``'s manifest if there is one (checked against the schema); writes nothing.
@@ -501,6 +523,13 @@ def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | 
     if init is not None:
         check_start_step(None, strength)
         strength, init = float(strength), init_images(init, model, shape)
+    record = None
+    if features is not None:  # its dim, from one zero sample: a function that does not fit fails now
+        features, name = feature_function(features)
+        dim = features_of(features, np.zeros((1, *shape), np.float32)).shape[1]
+        record = {"function": name, "dim": int(dim), "samples": bool(keep_samples)}
+    elif keep_samples:
+        raise ValueError("keep_samples (--keep-samples) applies to a job with a feature function only.")
     image = len(shape) == 2 or len(shape) == 3 and shape[-1] in (1, 3)
     if png and (model.image_range is None or not image):
         raise ValueError(f"png (--png) needs an image model: an image_range and written samples of shape "
@@ -521,7 +550,7 @@ def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | 
     if shard_size is None:  # a resumed job keeps the size it was made with
         shard_size = saved["shard_size"] if saved is not None else batch
     job = _job(model, runs, config, state, steps, schedule, solver, eta,
-               None if guidance is None else float(guidance), shard_size, init, strength)
+               None if guidance is None else float(guidance), shard_size, init, strength, record)
     if saved is not None:
         differ = _differences(saved, job)
         if differ:
@@ -529,7 +558,7 @@ def _plan(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray | 
     manifest = saved if saved is not None else {**job, "versions": _versions(), "checksums": {}}
     return _Plan(folder=folder, model=model, seeds=runs, config=config, state=state, solver=solver, eta=eta,
                  batch=batch, png=bool(png), manifest=manifest, resumed=saved is not None,
-                 placement=placement, init=init, strength=strength)
+                 placement=placement, init=init, strength=strength, features=features)
 
 
 def _open(plan: _Plan, process: int, processes: int) -> None:
@@ -587,7 +616,8 @@ def _scan(folder: Path, manifest: dict[str, Any], known: dict[str, str], *, proc
     done, todo, problems = {}, [], {}
     for i in range(process, manifest["num_shards"], processes):
         name = _shard_name(i)
-        problem = _check_shard(folder / name, _shard_seeds(seeds, manifest, i), shape, known.get(name))
+        problem = _check_shard(folder / name, _shard_seeds(seeds, manifest, i), shape, known.get(name),
+                               manifest.get("features"))
         if problem is None:
             done[name] = known[name]
         else:
@@ -642,7 +672,8 @@ def _write(plan: _Plan, scan: _Scan, *, process: int = 0, processes: int = 1, pr
     inputs = _global_inputs(placement) if placement.spans_processes else None
     try:
         return _sample_shards(shards, sampler, weights, model, chunk, writer, bar, inputs=inputs,
-                              keep=lambda i: i % processes == process, init=plan.init)
+                              keep=lambda i: i % processes == process, init=plan.init,
+                              features=plan.features, record=plan.manifest.get("features"))
     finally:
         try:
             writer.close()
@@ -651,13 +682,16 @@ def _write(plan: _Plan, scan: _Scan, *, process: int = 0, processes: int = 1, pr
                 bar.close()
 
 
-def _non_finite(seeds: np.ndarray, samples: np.ndarray, name: str) -> FloatingPointError:
+def _non_finite(seeds: np.ndarray, samples: np.ndarray, name: str,
+                what: str = "the model") -> FloatingPointError:
     bad = seeds[~np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)].tolist()
     shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+    made, hint = ("features", "")
+    if what == "the model":
+        made, hint = "samples", "; find the cause with kj.sample(..., check_finite=True)"
     return FloatingPointError(
-        f"the model gave non-finite samples (NaN or inf) for seed{'s' if len(bad) > 1 else ''} {shown}; "
-        f"{name} was not written (shards written before it are complete); find the cause with "
-        "kj.sample(..., check_finite=True).")
+        f"{what} gave non-finite {made} (NaN or inf) for seed{'s' if len(bad) > 1 else ''} {shown}; "
+        f"{name} was not written (shards written before it are complete){hint}.")
 
 
 class _GlobalInputs:
@@ -692,14 +726,17 @@ def _global_inputs(placement: _Placement) -> _GlobalInputs:
 
 def _sample_shards(todo: Iterable[tuple[int, np.ndarray]], sampler: Any, weights: Any, model: GenerateModel,
                    chunk: int, writer: ShardWriter, bar: Any, *, inputs: _GlobalInputs | None = None,
-                   keep: Any = None, init: np.ndarray | None = None) -> int:
+                   keep: Any = None, init: np.ndarray | None = None, features: Any = None,
+                   record: dict[str, Any] | None = None) -> int:
     """Samples the shards chunk by chunk; the next chunk is dispatched before the last one is fetched.
 
     ``inputs``: with a mesh over every process, how keys and conditioning become global
     arrays and the output is gathered (None: this process's own arrays). ``keep(i)``: whether
     this process writes shard ``i`` (None: every shard); the samples of the others are only
     computed (every process takes part in every call of a global program). ``init``: the
-    clean images of an image-to-image job (seed s starts from ``init[s % M]``). Returns the number
+    clean images of an image-to-image job (seed s starts from ``init[s % M]``). ``features``:
+    the feature function, applied to each chunk's written samples (``record``: the manifest's
+    record of it: its dim, whether samples are kept). Returns the number
     of samples written. Over every process the chunks run one at a time: the gather is a
     collective too, and the collectives of two programs in flight may pair up differently on
     different processes.
@@ -722,10 +759,18 @@ def _sample_shards(todo: Iterable[tuple[int, np.ndarray]], sampler: Any, weights
             bar.update(count)
         if keep is not None and not keep(i):
             return
-        parts.setdefault(i, []).append(samples)
+        values = None
+        if features is not None:
+            values = features_of(features, samples, record["dim"])
+            if not np.isfinite(values).all():
+                raise _non_finite(shard_seeds[lo:lo + count], values, _shard_name(i), "the feature function")
+        parts.setdefault(i, []).append((samples, values))
         generated += count
         if lo + count == len(shard_seeds):
-            writer.put(_shard_name(i), shard_seeds, np.concatenate(parts.pop(i)))
+            done_samples, done_values = zip(*parts.pop(i), strict=True)
+            writer.put(_shard_name(i), shard_seeds, np.concatenate(done_samples),
+                       None if features is None else np.concatenate(done_values),
+                       keep_samples=record is None or record["samples"])
 
     for i, shard_seeds in todo:
         for index, count in padded_chunks(len(shard_seeds), chunk):
@@ -755,7 +800,8 @@ def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray
              s_noise: float | None = None, s_min: float | None = None, s_max: float | None = None,
              guidance: float | None = None, png: bool = False, shard_size: int | None = None,
              progress: bool = True, dry_run: bool = False, init: Any = None,
-             strength: float | None = None) -> GenerateResult:
+             strength: float | None = None, features: Any = None,
+             keep_samples: bool = False) -> GenerateResult:
     """Generates one sample per seed into sharded files in ``out``, resuming what is there.
 
     Args:
@@ -789,6 +835,14 @@ def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray
         resume with other images is refused.
       strength: With ``init``: as :func:`karras_jax.sample`'s, in [0, 1]; the run starts at
         step ``N - int(strength * N)``.
+      features: A feature function ``features(samples) -> (n, dim)`` of the written samples
+        (numpy, after ``postprocess``), or its ``package.module:function`` name: each shard
+        then holds the features instead of the samples, and ``DIR/stats.npz`` their
+        :class:`~karras_jax.FeatureStats` once the job is complete (reduced in shard order:
+        the same bytes after any kill and resume). Called once on a zero sample when the job
+        is planned, to learn ``dim``. The manifest records its name (``module:qualname`` for a
+        function) and dim.
+      keep_samples: With ``features``, write the samples into the shards too.
 
     Returns:
       A :class:`GenerateResult`.
@@ -808,7 +862,8 @@ def generate(model: GenerateModel | str, seeds: str | Sequence[int] | np.ndarray
     began = time.perf_counter()
     plan = _plan(model, seeds, out, batch=batch, steps=steps, schedule=schedule, solver=solver, eta=eta,
                  s_churn=s_churn, s_noise=s_noise, s_min=s_min, s_max=s_max, guidance=guidance, png=png,
-                 shard_size=shard_size, init=init, strength=strength)
+                 shard_size=shard_size, init=init, strength=strength, features=features,
+                 keep_samples=keep_samples)
     process, processes = jax.process_index(), jax.process_count()
     if not dry_run:
         _open(plan, process, processes)
@@ -880,6 +935,8 @@ def _finish(folder: Path, manifest: dict[str, Any], processes: int, process: int
         checksums = _known_checksums(folder, manifest)
         expected = [_shard_name(i) for i in range(manifest["num_shards"])]
         if all(name in checksums for name in expected):
+            if "features" in manifest:  # before the manifest: a kill in between recomputes it
+                job_stats(folder, expected, manifest["features"]["dim"]).save(folder / STATS)
             final = {**manifest, "checksums": {name: checksums[name] for name in expected}}
             write_json(folder / MANIFEST, final)
             for record in folder.glob("progress-p*.json"):
@@ -934,6 +991,17 @@ def verify(out: str | os.PathLike) -> dict[str, Any]:
     }
     seeds = seed_runs(manifest["seeds"])
     report["seed_ranges"] = {state: _seed_ranges(seeds, manifest, report[state]) for state in _STATES}
+    if "features" in manifest and report["ok"]:  # the statistics must be those of the shards
+        want = job_stats(folder, report["complete"], manifest["features"]["dim"])
+        try:
+            have = FeatureStats.load(folder / STATS)
+            same = all(np.array_equal(np.asarray(getattr(have, f)), np.asarray(getattr(want, f)))
+                       for f in ("count", "shift", "sum_hi", "sum_lo", "outer_hi", "outer_lo"))
+        except (OSError, ValueError) as err:
+            report["stats"], same = f"{STATS}: {err}", None
+        if same is False:
+            report["stats"] = f"{STATS} is not the statistics of the shards' features"
+        report["ok"] = "stats" not in report
     return report
 
 

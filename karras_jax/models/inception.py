@@ -36,10 +36,10 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-__all__ = ["INCEPTION_FEATURES", "INCEPTION_SIZE", "inception_features", "inception_params_from_torch"]
+__all__ = ["INCEPTION_DIM", "INCEPTION_SIZE", "inception_features", "inception_params_from_torch"]
 
 #: Width of the pool features :func:`inception_features` returns.
-INCEPTION_FEATURES = 2048
+INCEPTION_DIM = 2048
 #: Height and width every image is resized to.
 INCEPTION_SIZE = 299
 

@@ -18,7 +18,7 @@ from fid_reference import fid_module, inception, random_state_dict
 from karras_jax.models.inception import (
     _CONVS,
     _LEAVES,
-    INCEPTION_FEATURES,
+    INCEPTION_DIM,
     _resize_axis,
     _shape,
     inception_features,
@@ -67,7 +67,7 @@ def test_features_match_pytorch_fid(reference, size, dtype):
         (expected,) = net(x)
     expected = expected.reshape(4, -1).numpy()
     got = inception_features(inception_params_from_torch(state_dict), images.astype(dtype))
-    assert got.shape == (4, INCEPTION_FEATURES) and got.dtype == jnp.float32
+    assert got.shape == (4, INCEPTION_DIM) and got.dtype == jnp.float32
     scale = np.abs(expected).max()
     assert scale > 1.0 and (expected > 0).mean() > 0.5  # features that carry the weights' signal
     np.testing.assert_allclose(np.asarray(got), expected, rtol=RTOL, atol=RTOL * scale)
@@ -111,7 +111,7 @@ def test_features_shape_under_jit_and_eval_shape():
     cases = (((3, 299, 299, 3), jnp.uint8), ((2, 17, 40, 3), jnp.float32), ((1, 8, 8, 3), jnp.int32))
     for shape, dtype in cases:
         out = jax.eval_shape(inception_features, params, jax.ShapeDtypeStruct(shape, dtype))
-        assert out.shape == (shape[0], INCEPTION_FEATURES) and out.dtype == jnp.float32
+        assert out.shape == (shape[0], INCEPTION_DIM) and out.dtype == jnp.float32
 
 
 def test_refuses_missing_unexpected_and_misshapen_tensors():
