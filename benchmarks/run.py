@@ -47,6 +47,7 @@ MEASUREMENTS = {
     "13": ("bench_pod", "DiT ~50M params, weights split 4-way over a model axis vs replicated (child)"),
     "14": ("bench_solvers", "per-step time of every solver (and Restart) vs Euler, B = 1 and large"),
     "15": ("bench_likelihood", "kj.log_likelihood (exact, Hutchinson) vs k-diffusion's dopri5, samples/s"),
+    "16": ("bench_inception", "FID Inception features, kj.inception_features vs pytorch-fid, images/s"),
 }
 
 
