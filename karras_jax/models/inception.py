@@ -118,18 +118,16 @@ _BLOCKS = {"Mixed_5b": ("A", _block_a(192, 32)), "Mixed_5c": ("A", _block_a(256,
 # Every convolution by its dotted torchvision path ("Mixed_5b.branch1x1").
 _CONVS = {**_STEM, **{f"{block}.{name}": conv for block, (_, convs) in _BLOCKS.items()
                       for name, conv in convs.items()}}
-# pytorch-fid's InceptionV3 holds the layers as blocks.<i>.<j>: its (i, j) -> torchvision's name.
-_FID_MODULE_NAMES = {
-    **{f"blocks.0.{j}": name for j, name in enumerate(("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"))},
-    **{f"blocks.1.{j}": name for j, name in enumerate(("Conv2d_3b_1x1", "Conv2d_4a_3x3"))},
-    **{f"blocks.2.{j}": name for j, name in enumerate(list(_BLOCKS)[:8])},
-    **{f"blocks.3.{j}": name for j, name in enumerate(list(_BLOCKS)[8:])},
-}
+# pytorch-fid's InceptionV3 holds these layers as blocks.<i>.<j>: torchvision's name -> that prefix
+# (block 0 ends with a max pool, block 1 with a max pool, block 3 with the average pool).
+_FID_MODULE_PREFIXES = {name: f"blocks.{i}.{j}" for i, names in enumerate((
+    ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"), ("Conv2d_3b_1x1", "Conv2d_4a_3x3"),
+    tuple(_BLOCKS)[:8], tuple(_BLOCKS)[8:])) for j, name in enumerate(names)}
 # A BasicConv2d's tensors: torch's suffix -> our leaf name.
 _LEAVES = {"conv.weight": "kernel", "bn.weight": "scale", "bn.bias": "bias", "bn.running_mean": "mean",
            "bn.running_var": "var"}
-# Tensors a state dict may hold that the features do not use: the 1008-way classifier and
-# BatchNorm's update counters.
+# Tensors a state dict may hold that the features do not use (besides BatchNorm's
+# num_batches_tracked counters): the 1008-way classifier.
 _UNUSED = ("fc.weight", "fc.bias")
 
 
@@ -193,10 +191,8 @@ def inception_params_from_torch(state_dict: Mapping[str, Any]) -> dict[str, Any]
     fid_module = any(name.startswith("blocks.") for name in names)
     wanted: dict[str, tuple[str, str]] = {}  # torch name -> (conv path, leaf)
     for path in _CONVS:
-        module = path
-        if fid_module:
-            head, _, rest = path.partition(".")
-            module = next(k for k, v in _FID_MODULE_NAMES.items() if v == head) + (f".{rest}" if rest else "")
+        head, dot, rest = path.partition(".")
+        module = f"{_FID_MODULE_PREFIXES[head]}{dot}{rest}" if fid_module else path
         for suffix, leaf in _LEAVES.items():
             wanted[f"{module}.{suffix}"] = (path, leaf)
     ignored = {name for name in names if name in _UNUSED or name.endswith("bn.num_batches_tracked")}
