@@ -23,7 +23,6 @@ __all__ = [
     "GaussianMixture",
     "default_mixture",
     "energy_distance",
-    "frechet_distance",
 ]
 
 
@@ -230,35 +229,3 @@ def _check_sets(x: Any, y: Any, rows: int) -> None:
     for name, value in (("x", x), ("y", y)):
         if not isinstance(value, jax.core.Tracer) and not bool(jnp.isfinite(value).all()):
             raise ValueError(f"{name} must be finite: it holds NaN or inf.")
-
-
-def frechet_distance(x: ArrayLike, y: ArrayLike) -> float:
-    r"""Frechet distance between Gaussian fits of two ``(n, d)`` feature sets (FID's formula).
-
-    .. math::
-
-        \lVert\mu_x - \mu_y\rVert^2 + \operatorname{tr}\big(\Sigma_x + \Sigma_y
-        - 2 (\Sigma_x^{1/2} \Sigma_y \Sigma_x^{1/2})^{1/2}\big)
-
-    in float64 NumPy (symmetric square roots by eigendecomposition, so no complex parts).
-    Like FID it is biased upward for small n; compare distances computed at equal sizes.
-
-    Raises:
-      ValueError: the sets are not 2-D with the same d and at least 2 rows each, or hold NaN or inf.
-
-    >>> import numpy as np
-    >>> round(frechet_distance(np.eye(3), np.eye(3) + 1.0), 6)   # means differ by (1, 1, 1)
-    3.0
-    """
-    a, b = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    _check_sets(a, b, 2)
-
-    def sqrtm(m: np.ndarray) -> np.ndarray:
-        vals, vecs = np.linalg.eigh((m + m.T) / 2)
-        return (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
-
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root_a = sqrtm(cov_a)
-    cross = sqrtm(root_a @ cov_b @ root_a)
-    diff = a.mean(0) - b.mean(0)
-    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(cross))
