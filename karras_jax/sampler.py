@@ -44,7 +44,7 @@ from karras_jax._validation import (
 from karras_jax.config import KarrasVeConfig
 from karras_jax.solvers import Solver, get_solver
 from karras_jax.solvers.base import levels_of
-from karras_jax.solvers.restart import check_restart_levels, restart_table
+from karras_jax.solvers.restart import check_restart_levels, jump_points, jump_table, restart_table
 from karras_jax.state import KarrasVeState, check_state, resolve_config
 from karras_jax.steps import churn_levels
 
@@ -56,10 +56,11 @@ class Trajectory:
 
     Attributes:
       samples: (N+1, B, *sample_shape): x_0 (the start noise; x_0 / sigma_0 at an infinite
-        sigma_0) then x_1 .. x_N (the result). With Restart, N counts its steps too.
+        sigma_0) then x_1 .. x_N (the result). With Restart or RePaint's jumps, N counts
+        their steps too.
       denoised: (N, B, *sample_shape): D(x_hat_i; sigma_hat_i), the first estimate of each step.
-      sigmas: (N+1,) the level after each step, from sigma_0 to 0 (with Restart, the restart
-        levels included).
+      sigmas: (N+1,) the level after each step, from sigma_0 to 0 (with Restart or jumps, the
+        levels visited again included).
     """
 
     samples: jax.Array
@@ -73,7 +74,8 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], keys: j
            dtype: DTypeLike = jnp.float32, return_trajectory: bool = False,
            progress: bool | Callable[[Any], None] = False, check_finite: bool = False,
            start_step: int | None = None, strength: float | None = None, mask: ArrayLike | None = None,
-           known: ArrayLike | None = None) -> jax.Array | tuple[jax.Array, Trajectory]:
+           known: ArrayLike | None = None,
+           jump: tuple[int, int] | None = None) -> jax.Array | tuple[jax.Array, Trajectory]:
     r"""Runs Algorithm 2 for a batch of seeds: one loop, jit- and vmap-friendly.
 
     For i = 0 .. N-1, with :math:`\gamma_i` from :func:`karras_jax.churn_gamma`, the churn
@@ -117,6 +119,16 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], keys: j
         replacement method, RePaint without resampling. The result equals ``known`` where
         ``mask`` is 1. No extra network evaluations.
       known: The known values, broadcastable to (B, *sample_shape); needed with ``mask``.
+      jump: Inpainting with RePaint's resampling, ``(jump_length, jump_n_sample)`` = (L, n):
+        each time the run reaches a level :math:`\sigma_j`, :math:`j = N - 1 - mL`
+        (:math:`m \ge 0`, :math:`j - L \ge 0`), it goes back up to :math:`\sigma_{j-L}`,
+        :math:`x \leftarrow x + \sqrt{\sigma_{j-L}^2 - \sigma_j^2}\,\epsilon`, and runs the
+        L steps down again (the known region replaced after each), n - 1 times; n = 1 is no
+        resampling. Needs ``mask``/``known``; L in 1 .. N - 1. A run from ``start_step`` k
+        (1 on the flow schedule, whose :math:`\sigma_0` is infinite) keeps the jumps with
+        :math:`j - L \ge k`. Evaluations ``solver.evaluations(N + R)``,
+        :math:`R = (n - 1) L \lfloor (N - 1 - k) / L \rfloor` (Heun: 2(N + R) - 1; see
+        docs/editing.md). Not with :func:`karras_jax.restart`.
 
     Returns:
       (B, *sample_shape) samples in ``dtype``, or ``(samples, trajectory)``.
@@ -124,29 +136,32 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], keys: j
     Raises:
       TypeError / ValueError: bad keys, sample_shape, dtype, solver, cond, x_init (NaN or inf
         in a concrete one too), state, a config holding arrays of values or another range
-        than the state's, levels the dtype cannot hold, or a denoiser that does not fit.
+        than the state's, levels the dtype cannot hold, a denoiser that does not fit, bad
+        mask/known, or a jump out of range or without mask/known.
       FloatingPointError: with ``check_finite=True``, at the first non-finite value.
     """
     check_arity("denoise_fn", denoise_fn, "denoise_fn(x, sigma, cond)", 3)
     args = (denoise_fn, keys, state, config, sample_shape, cond, solver, x_init, dtype,
             return_trajectory, progress)
-    from_image = check_start_step(start_step, strength)
+    from_image, jump = check_start_step(start_step, strength), check_jump(jump)
     paint = (mask, known)
     if not check_finite:
-        return _sample(*args, from_image=from_image, paint=paint)
+        return _sample(*args, from_image=from_image, paint=paint, jump=jump)
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args[1:])):
         raise ValueError(TRACED_MESSAGE)
-    return run_checked(lambda: _sample(*args, checks=True, from_image=from_image, paint=paint))()
+    return run_checked(lambda: _sample(*args, checks=True, from_image=from_image, paint=paint, jump=jump))()
 
 
 def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeState,
             config: KarrasVeConfig | None, sample_shape: tuple[int, ...], cond: Any,
             solver: str | Solver, x_init: ArrayLike | None, dtype: DTypeLike, return_trajectory: bool,
             progress: bool | Callable[[Any], None], checks: bool = False,
-            from_image: tuple[str, Any] | None = None, paint: tuple[Any, Any] = (None, None)) -> Any:
+            from_image: tuple[str, Any] | None = None, paint: tuple[Any, Any] = (None, None),
+            jump: tuple[int, int] | None = None) -> Any:
     """:func:`sample`: its checks, then the loop (``checks`` adds the debug mode's).
 
-    ``from_image``: ``("step", k)`` or ``("strength", s)`` (image-to-image), from :func:`check_start_step`.
+    ``from_image``: ``("step", k)`` or ``("strength", s)`` (image-to-image), from :func:`check_start_step`;
+    ``jump``: ``(L, n)`` from :func:`check_jump`.
     """
     n = check_state(state)
     config = resolve_config(state, config)
@@ -157,6 +172,8 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
     full_shape, carry = (keys.shape[0], *sample_shape), carry_dtype(dtype)
     check_cond(cond, full_shape[0])
     offset = _first_step(from_image, n, solver, x_init)
+    first = int(state.schedule_name == "flow" and not offset)  # sigma_0 = inf: step 0 is Euler's limit
+    layout = _jump_layout(jump, n, max(offset, int(state.schedule_name == "flow")), solver, paint)
     if x_init is None or offset == 0 and from_image is not None:  # strength 1: plain sampling
         x0 = start_sample(keys, state.init_noise_sigma, sample_shape, dtype)
     elif jnp.shape(x_init) != full_shape:
@@ -172,13 +189,14 @@ def _sample(denoise_fn: Callable[..., jax.Array], keys: Any, state: KarrasVeStat
     sigma_hat, noise_std = churn_levels(config, n, sigmas[:-1])
     columns = (sigmas[:-1], sigma_hat, sigmas[1:], noise_std)
     sigma, sigma_hat, sigma_next, noise_std = restart_table(solver.restarts, *columns, config.s_noise)
+    sigma, sigma_hat, sigma_next, noise_std = jump_table(*layout, sigma, sigma_hat, sigma_next, noise_std)
     sigma, sigma_hat, sigma_next = sigma[offset:], sigma_hat[offset:], sigma_next[offset:]
     levels = levels_of(sigma, sigma_hat, sigma_next)  # a run from step k: its history starts there
     levels, m = levels.replace(extra=solver.scalars(levels)), sigma.shape[0]
-    idle = churn_is_idle(config, state) and not solver.restarts
+    # a jump row is a churn (of the forward noise) even where the config's churn is idle
+    idle = churn_is_idle(config, state) and not solver.restarts and not layout[0]
     churn = None if idle else churn_fn(keys, sample_shape, dtype, noise_std)
     k_solver = solver_keys(keys, sample_shape) if solver.stochastic else None
-    first = int(state.schedule_name == "flow" and not offset)  # sigma_0 = inf: step 0 is Euler's limit
     replace = _painter(keys, sample_shape, dtype, full_shape, *paint)
     if replace is not None and not first:  # at sigma_0 = inf the known values weigh nothing in x / sigma
         x0 = replace(jnp.asarray(offset, jnp.int32), sigma[0], x0)
@@ -269,6 +287,47 @@ def check_start_step(start_step: Any, strength: Any) -> tuple[str, Any] | None:
     return None
 
 
+def check_jump(jump: Any) -> tuple[int, int] | None:
+    """Checks RePaint's ``jump=(jump_length, jump_n_sample)`` alone (its range against N comes later).
+
+    Raises:
+      TypeError: not a pair.
+      ValueError: jump_length not an int >= 1 or jump_n_sample not an int >= 1.
+    """
+    if jump is None:
+        return None
+    if not (isinstance(jump, (tuple, list)) and len(jump) == 2):
+        raise TypeError(f"jump must be a pair (jump_length, jump_n_sample) of ints, got {jump!r}.")
+    for name, value in zip(("jump_length", "jump_n_sample"), jump, strict=True):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < 1:
+            raise ValueError(f"jump: {name} must be an int >= 1, got {value!r}.")
+    return int(jump[0]), int(jump[1])
+
+
+def _jump_layout(jump: tuple[int, int] | None, n: int, lowest: int, solver: Solver,
+                 paint: tuple[Any, Any]) -> tuple[list[int], int, int]:
+    """``(points, L, n)`` for :func:`~karras_jax.solvers.restart.jump_table` (no points: no jump rows).
+
+    ``lowest`` is the highest level a jump may return to: the run's start step, or 1 when
+    sigma_0 is infinite (a flow schedule), since x is held there as x / sigma_0.
+
+    Raises:
+      ValueError: jump without mask/known, with kj.restart, or jump_length above N - 1.
+    """
+    if jump is None:
+        return [], 1, 1
+    length, count = jump
+    if paint[0] is None or paint[1] is None:
+        raise ValueError("jump (RePaint's resampling) is for inpainting: it needs mask and known.")
+    if solver.restarts:
+        raise ValueError("jump does not combine with kj.restart: both insert rows into the level table; "
+                         "pass the base solver.")
+    if length > n - 1:
+        raise ValueError(f"jump: jump_length must be an int in [1, {n - 1}] (1 .. N - 1 for "
+                         f"num_inference_steps={n}), got {length}.")
+    return (jump_points(n, lowest, length) if count > 1 else []), length, count
+
+
 def _painter(keys: jax.Array, sample_shape: tuple[int, ...], dtype: jnp.dtype, full_shape: tuple[int, ...],
              mask: Any, known: Any) -> Callable[[Any, jax.Array, jax.Array], jax.Array] | None:
     """``replace(j, sigma_j, x)``: the known region noised to level j put back into x (None: no mask)."""
@@ -334,16 +393,21 @@ def make_sampler(apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
                  solver: str | Solver = "heun", dtype: DTypeLike = jnp.float32,
                  return_trajectory: bool = False, progress: bool | Callable[[Any], None] = False,
                  check_finite: bool = False, start_step: int | None = None,
-                 strength: float | None = None) -> Callable[..., Any]:
-    """Returns a jitted ``sampler(params, keys, cond=None, x_init=None, *, config=, state=)``.
+                 strength: float | None = None, jump: tuple[int, int] | None = None) -> Callable[..., Any]:
+    """Returns a jitted ``sampler(params, keys, cond=None, x_init=None, *, config=, state=, mask=, known=)``.
 
     ``apply_fn(params, x, sigma, cond) -> D(x; sigma)``, e.g. ``lambda p, x, s, c:
     model.apply(p, x, s)``. Weights, keys, cond, x_init and the state (levels and config) are
     traced: only new shapes or dtypes, step count, schedule name, ``cond`` structure, or the
     switch between a run that can churn and one that cannot (no noise draw) compile again.
     With ``start_step``/``strength`` (image-to-image) every call needs ``x_init``, the image.
+    Inpainting: each call may pass ``mask=``/``known=`` (broadcastable to (B, *sample_shape),
+    as for :func:`sample`; traced, so new values do not compile again, new shapes do, and the
+    values are not checked per call, like ``x_init``'s); with ``jump`` (RePaint's resampling,
+    fixed when the sampler is built: it shapes the loop) every call needs them.
     Everything is checked here once (an override ``config=``/``state=`` when first passed), so
-    a call costs the dispatch of ``sampler.jitted(params, keys, cond, x_init, state, draws)``.
+    a call costs the dispatch of ``sampler.jitted(params, keys, cond, x_init, state, draws)``
+    (with ``mask``/``known``, ``x_init`` there is a bundle of the three).
     Other arguments are as for :func:`sample`.
 
     >>> import jax, jax.numpy as jnp, karras_jax as kj
@@ -355,7 +419,7 @@ def make_sampler(apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
     """
     sample_shape, solver, dtype = check_sample_shape(sample_shape), get_solver(solver), check_dtype(dtype)
     check_arity("apply_fn", apply_fn, "apply_fn(params, x, sigma, cond)", 4)
-    from_image = check_start_step(start_step, strength)
+    from_image, jump = check_start_step(start_step, strength), check_jump(jump)
     default = prepare(state, config, dtype)
 
     check_start(apply_fn, default.state, solver)
@@ -363,9 +427,11 @@ def make_sampler(apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
     def program(params: Any, keys: jax.Array, cond: Any, x_init: Any, state: KarrasVeState,
                 draws: bool = True) -> Any:
         check_start(apply_fn, state, solver)
+        x_init, paint = unbundle(x_init)
         return _sample(lambda x, sigma, c: apply_fn(params, x, sigma, c), keys, state,
                        loop_config(state, draws), sample_shape, cond, solver, x_init, dtype,
-                       return_trajectory, progress, checks=check_finite, from_image=from_image)
+                       return_trajectory, progress, checks=check_finite, from_image=from_image,
+                       paint=paint, jump=jump)
 
     run = (run_checked if check_finite else jax.jit)(program, static_argnums=5)
 
@@ -374,4 +440,41 @@ def make_sampler(apply_fn: Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
             keys = as_typed_keys("keys", keys, batch=True)
         return keys, cond, x_init
 
-    return wrap_program(run, default, dtype, place)
+    return with_paint(wrap_program(run, default, dtype, place))
+
+
+@struct.dataclass
+class Painted:
+    """What a compiled sampler's ``x_init`` slot carries on an inpainting call (arrays, or None)."""
+
+    image: Any
+    mask: Any
+    known: Any
+
+
+def bundle(x_init: Any, mask: Any, known: Any) -> Any:
+    """``x_init`` alone without inpainting (the program a call without mask/known always had)."""
+    return x_init if mask is None and known is None else Painted(x_init, mask, known)
+
+
+def unbundle(x_init: Any) -> tuple[Any, tuple[Any, Any]]:
+    """``(x_init, (mask, known))`` from what :func:`bundle` made."""
+    if isinstance(x_init, Painted):
+        return x_init.image, (x_init.mask, x_init.known)
+    return x_init, (None, None)
+
+
+def with_paint(base: Callable[..., Any]) -> Callable[..., Any]:
+    """``base`` (from ``wrap_program``) taking ``mask=``/``known=`` as well, bundled into its ``x_init``."""
+
+    def sampler(params: Any, keys: jax.Array, cond: Any = None, x_init: ArrayLike | None = None, *,
+                config: KarrasVeConfig | None = None, state: KarrasVeState | None = None,
+                mask: ArrayLike | None = None, known: ArrayLike | None = None) -> Any:
+        return base(params, keys, cond, bundle(x_init, mask, known), config=config, state=state)
+
+    def lower(params: Any, keys: jax.Array, cond: Any = None, x_init: ArrayLike | None = None, *,
+              mask: ArrayLike | None = None, known: ArrayLike | None = None) -> Any:
+        return base.lower(params, keys, cond, bundle(x_init, mask, known))
+
+    sampler.jitted, sampler.lower = base.jitted, lower  # type: ignore[attr-defined]
+    return sampler

@@ -82,3 +82,31 @@ def test_bad_inpainting_arguments_are_refused(kwargs, match):
     state = kj.set_timesteps(CFG, 4, "karras")
     with pytest.raises(ValueError, match=match):
         kj.sample(denoise, keys_for(0, 2), state, None, (4,), **kwargs)
+
+
+def test_make_sampler_takes_mask_and_known_per_call_bitwise_as_sample_and_without_retracing():
+    state = kj.set_timesteps(CFG, 10, "karras")
+    keys = keys_for(4, 6)
+    sampler = kj.make_sampler(lambda p, x, s, c: denoise(x, s), state, None, (4,))
+    got = sampler(None, keys, mask=MASK, known=KNOWN)
+    # the same program as kj.sample compiled (eager kj.sample differs by FMA round-off: docs/noise.md)
+    compiled = jax.jit(lambda k, m, kn: kj.sample(denoise, k, state, None, (4,), mask=m, known=kn))
+    np.testing.assert_array_equal(got, compiled(keys, MASK, KNOWN))
+    np.testing.assert_allclose(got, kj.sample(denoise, keys, state, None, (4,), mask=MASK, known=KNOWN),
+                               rtol=1e-6, atol=1e-6)
+    other = sampler(None, keys, mask=1.0 - MASK, known=KNOWN + 1.0)  # new values: the same program
+    assert sampler.jitted._cache_size() == 1
+    assert np.all(np.asarray(other)[:, 1] == 1.0) and np.all(np.asarray(other)[:, 3] == 1.0)
+    per_sample = sampler(None, keys, mask=jnp.tile(MASK, (6, 1)), known=jnp.tile(KNOWN, (6, 1)))
+    np.testing.assert_array_equal(per_sample, got)  # (B, *sample_shape): a new shape, the same samples
+    plain = sampler(None, keys)  # no mask: the program a sampler without inpainting runs
+    np.testing.assert_array_equal(plain, jax.jit(lambda k: kj.sample(denoise, k, state, None, (4,)))(keys))
+    jumping = kj.make_sampler(lambda p, x, s, c: denoise(x, s), state, None, (4,), jump=(3, 2))
+    want = jax.jit(lambda k, m, kn: kj.sample(denoise, k, state, None, (4,), mask=m, known=kn, jump=(3, 2)))
+    # (its levels are traced there, constants here: the jump's std may be folded differently)
+    np.testing.assert_allclose(jumping(None, keys, mask=MASK, known=KNOWN), want(keys, MASK, KNOWN),
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="needs mask and known"):
+        jumping(None, keys)
+    with pytest.raises(ValueError, match="mask must broadcast"):
+        sampler(None, keys, mask=jnp.ones((3,)), known=KNOWN)

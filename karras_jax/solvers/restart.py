@@ -23,6 +23,10 @@ base one and the samples are the base solver's, bitwise.
 
 Network evaluations: ``base.evaluations(N + R)`` with :math:`R = \sum K (N_r - 1)` extra
 steps (Heun: :math:`2(N + R) - 1`).
+
+RePaint's resampling for inpainting (``kj.sample(..., jump=(L, n))``, docs/editing.md) is built
+the same way (:func:`jump_points`, :func:`jump_table`): a jump back up L grid levels is a churn
+row, the L steps down again are copies of the base rows.
 """
 
 from __future__ import annotations
@@ -150,3 +154,54 @@ def restart_table(restarts: tuple[Any, ...], sigma: jax.Array, sigma_hat: jax.Ar
         return sigma, sigma_hat, sigma_next, noise_std
     order = jnp.argsort(jnp.concatenate([jnp.arange(n) * (total + 1), *keys]), stable=True)
     return tuple(jnp.concatenate(column)[order] for column in columns)
+
+
+def jump_points(n: int, lowest: int, length: int) -> list[int]:
+    r"""The grid levels RePaint's resampling jumps back from, top to bottom.
+
+    With :math:`\sigma_0 > \dots > \sigma_{N-1} > \sigma_N = 0`, RePaint's jump times
+    :math:`t = 0, L, 2L, \dots < T - L` (``get_schedule_jump``; its time t is the state one
+    step above t - 1, and t = -1 the finished sample) are the levels
+    :math:`j = N - 1 - mL`, :math:`m \ge 0`, whose jump target :math:`j - L` is at least
+    ``lowest`` (0; or the first level a run may return to: its start step, 1 on a flow
+    schedule whose :math:`\sigma_0` is infinite). There are
+    :math:`\lfloor (N - 1 - \text{lowest}) / L \rfloor` of them.
+    """
+    return list(range(n - 1 - ((n - 1 - lowest - length) // length) * length, n, length)) \
+        if n - 1 - lowest >= length else []
+
+
+def jump_table(points: list[int], length: int, count: int, sigma: jax.Array, sigma_hat: jax.Array,
+               sigma_next: jax.Array, noise_std: jax.Array) -> tuple[jax.Array, ...]:
+    r"""The base run's (N,) level columns with RePaint's jump rows inserted (levels may be traced).
+
+    After the run reaches each level j of ``points`` (from :func:`jump_points`), ``count - 1``
+    times: a jump row, then base rows j-L+1 .. j-1 again. A re-run row is its base row, churn
+    included. The jump row leaving level j for base row :math:`k = j - L` starts at
+    :math:`\sigma = \sigma_j` and is a churn straight to :math:`\hat\sigma_k` (then row k's
+    step): the forward diffusion :math:`\sigma_j \to \sigma_k` and row k's own churn, two
+    independent Gaussians drawn as one,
+
+    .. math::
+
+        \text{std} = \sqrt{(\sigma_k^2 - \sigma_j^2) + \text{std}_k^2}.
+
+    As in :func:`restart_table`, each repeated block is one ``tile``, so the program does not
+    grow with ``count``. Returns ``(sigma, sigma_hat, sigma_next, noise_std)`` of length
+    N + R, :math:`R = (\text{count} - 1) L \cdot \#\text{points}`.
+    """
+    if count < 2 or not points:
+        return sigma, sigma_hat, sigma_next, noise_std
+    columns: list[list[jax.Array]] = [[], [], [], []]
+    done = 0
+    for j in points:
+        k = j - length
+        # (top - left)(top + left), not top^2 - left^2: exactly 0 where they are equal, whatever FMA
+        forward = jnp.sqrt((sigma[k] - sigma[j]) * (sigma[k] + sigma[j]) + noise_std[k] ** 2)
+        first = (sigma[j], sigma_hat[k], sigma_next[k], forward)  # the jump row
+        for column, base, head in zip(columns, (sigma, sigma_hat, sigma_next, noise_std), first, strict=True):
+            block = jnp.concatenate([head[None], base[k + 1:j]])
+            column.extend([base[done:j], jnp.tile(block, count - 1)])  # one op whatever count
+        done = j
+    return tuple(jnp.concatenate([*column, base[done:]])
+                 for column, base in zip(columns, (sigma, sigma_hat, sigma_next, noise_std), strict=True))
