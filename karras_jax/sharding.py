@@ -29,7 +29,7 @@ from karras_jax._validation import (
     mesh_devices,
 )
 from karras_jax.config import KarrasVeConfig
-from karras_jax.sampler import check_start_step, sample
+from karras_jax.sampler import Painted, check_jump, check_start_step, sample, unbundle, with_paint
 from karras_jax.solvers import Solver, get_solver
 from karras_jax.state import KarrasVeState
 
@@ -53,9 +53,11 @@ def make_sharded_sampler(
     dtype: DTypeLike = jnp.float32,
     start_step: int | None = None,
     strength: float | None = None,
+    jump: tuple[int, int] | None = None,
 ) -> Callable[..., jax.Array]:
-    """A jitted ``sampler(params, keys, cond=None, x_init=None, *, config=, state=)`` sharded over ``mesh``.
+    """A jitted ``sampler(params, keys, cond=None, x_init=None, *, config=, state=, mask=, known=)``.
 
+    The sampler of :func:`karras_jax.make_sampler`, sharded over ``mesh``:
     ``keys`` (B,), every ``cond`` leaf and ``x_init`` are split along their leading axis
     over ``axis_name`` (B must divide evenly); the output (B, *sample_shape) comes back
     sharded the same way. ``params`` keep their sharding: place them with
@@ -63,18 +65,22 @@ def make_sharded_sampler(
     more of a sharded weight than one layer's computation gathers; unplaced params are
     replicated. Checks, overrides and recompilation are as for
     :func:`karras_jax.make_sampler`; ``sampler.lower(params, keys, cond=None, x_init=None)``
-    lowers the program (for its ``cost_analysis`` and ``memory_analysis``).
+    lowers the program (for its ``cost_analysis`` and ``memory_analysis``). Inpainting's
+    per-call ``mask``/``known`` are split along the batch like ``x_init`` when their shape is
+    (B, *sample_shape), and replicated otherwise (a mask shared by the batch).
 
     Args:
       apply_fn: ``apply_fn(params, x, sigma, cond) -> D(x; sigma)``, batch-parallel.
-      state, config, sample_shape, solver, dtype, start_step, strength: as for
-        :func:`karras_jax.sample` (with image-to-image every call needs ``x_init``).
+      state, config, sample_shape, solver, dtype, start_step, strength, jump: as for
+        :func:`karras_jax.sample` (with image-to-image every call needs ``x_init``; with
+        ``jump``, ``mask`` and ``known``).
       mesh: A ``jax.sharding.Mesh``, e.g. ``jax.make_mesh((jax.device_count(),), ("data",))``
         or ``jax.make_mesh((2, 4), ("data", "model"))``.
       axis_name: The mesh axis (or axes) the batch is split over.
     """
     sample_shape, solver, dtype = check_sample_shape(sample_shape), get_solver(solver), check_dtype(dtype)
     check_start_step(start_step, strength)
+    check_jump(jump)
     devices = mesh_devices(mesh, axis_name)
     check_arity("apply_fn", apply_fn, "apply_fn(params, x, sigma, cond)", 4)
     sharding = NamedSharding(mesh, PartitionSpec(axis_name))
@@ -91,24 +97,30 @@ def make_sharded_sampler(
     def program(params: Any, keys: jax.Array, cond: Any, x_init: Any, state: KarrasVeState,
                 draws: bool = True) -> jax.Array:
         check_start(apply_fn, state, solver)
+        x_init, paint = unbundle(x_init)
         params = jax.tree_util.tree_map(lambda leaf: on_auto_axes(leaf, auto), params)
         keys, cond, x_init = _constrain((split_keys(keys), cond, x_init), batch)
+        paint_specs = tuple(None if v is None else _paint_spec(v, keys.shape[0], sample_shape, batch.spec)
+                            for v in paint)
+        paint = tuple(value if spec is None else _constrain(value, NamedSharding(auto, spec))
+                      for value, spec in zip(paint, paint_specs, strict=True))
 
-        def run(params: Any, keys: jax.Array, cond: Any, x_init: Any, state: KarrasVeState) -> jax.Array:
+        def run(params: Any, keys: jax.Array, cond: Any, x_init: Any, mask: Any, known: Any,
+                state: KarrasVeState) -> jax.Array:
             return sample(lambda x, sigma, c: apply_fn(params, x, sigma, c), keys, state,
                           loop_config(state, draws), sample_shape, cond, solver, x_init=x_init, dtype=dtype,
-                          start_step=start_step, strength=strength)
+                          start_step=start_step, strength=strength, mask=mask, known=known, jump=jump)
 
         if str(jax.random.key_impl(keys)) in ("rbg", "unsafe_rbg"):
             # rbg keys are drawn one at a time (lax.map: their batched draws mix keys), which
             # the partitioner cannot split: map each device's own keys (the batch axis manual,
             # the others still automatic for the weights).
             split = jax.tree_util.tree_map(lambda _: batch.spec, (cond, x_init))
-            specs = (PartitionSpec(), batch.spec, *split, PartitionSpec())
+            specs = (PartitionSpec(), batch.spec, *split, *paint_specs, PartitionSpec())
             manual = {axis_name} if isinstance(axis_name, str) else set(axis_name)
             run = jax.shard_map(run, mesh=auto, in_specs=specs, out_specs=batch.spec, axis_names=manual,
                                 check_vma=False)
-        return _constrain(run(params, keys, cond, x_init, state), batch)
+        return _constrain(run(params, keys, cond, x_init, *paint, state), batch)
 
     def place(keys: Any, cond: Any, x_init: Any) -> tuple[Any, Any, Any]:
         if not _on(keys, sharding):
@@ -116,12 +128,28 @@ def make_sharded_sampler(
         if cond is None and x_init is None:
             return keys, cond, x_init
         check_cond(cond, keys.shape[0])  # named before a leaf that cannot be split reaches device_put
-        return (keys, *jax.tree_util.tree_map(lambda leaf: _place(leaf, sharding), (cond, x_init)))
+        cond = jax.tree_util.tree_map(lambda leaf: _place(leaf, sharding), cond)
+        if not isinstance(x_init, Painted):
+            return keys, cond, None if x_init is None else _place(x_init, sharding)
+        # a mask shared by the batch is left where it is: the program replicates it
+        shared = [_paint_spec(v, keys.shape[0], sample_shape, sharding.spec) != sharding.spec
+                  for v in (x_init.mask, x_init.known)]
+        mask, known = (v if v is None or keep else _place(v, sharding)
+                       for v, keep in zip((x_init.mask, x_init.known), shared, strict=True))
+        image = None if x_init.image is None else _place(x_init.image, sharding)
+        return keys, cond, Painted(image, mask, known)
 
     run = jax.jit(program, static_argnums=5, out_shardings=sharding)
     default = prepare(state, config, dtype)
     check_start(apply_fn, default.state, solver)
-    return wrap_program(run, default, dtype, place)
+    return with_paint(wrap_program(run, default, dtype, place))
+
+
+def _paint_spec(value: Any, batch_size: int, sample_shape: tuple[int, ...],
+                split: PartitionSpec) -> PartitionSpec:
+    """``split`` for a mask or known value shaped (B, *sample_shape), replicated for any other shape."""
+    shape = jnp.shape(value)
+    return split if len(shape) == 1 + len(sample_shape) and shape[0] == batch_size else PartitionSpec()
 
 
 def _constrain(tree: Any, sharding: NamedSharding) -> Any:

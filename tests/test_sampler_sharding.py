@@ -359,3 +359,24 @@ def test_sharded_sampler_inside_the_callers_jit(mesh):
     cond = jnp.zeros((16, 1))
     inside = jax.jit(lambda p, k, c: sampler(p, k, c))(jnp.float32(1.0), keys, cond)
     np.testing.assert_allclose(inside, sampler(jnp.float32(1.0), keys, cond), rtol=1e-6, atol=1e-6)
+
+
+def test_make_sharded_sampler_inpaints_with_a_shared_or_a_per_sample_mask(mesh):
+    state = kj.set_timesteps(CFG.replace(s_churn=0.0), 8, "karras")
+    apply_fn = lambda p, x, s, c: gauss_denoise(x, s)  # noqa: E731
+    keys = keys_for(28, 16)
+    mask, known = jnp.asarray([1.0, 0.0, 0.0]), jnp.asarray([2.0, 0.0, 0.0])
+    masks = jnp.tile(mask, (16, 1)).at[3].set(jnp.asarray([0.0, 1.0, 0.0]))
+    for jump in (None, (3, 2)):
+        sampler = kj.make_sharded_sampler(apply_fn, state, None, (3,), mesh, jump=jump)
+        reference = kj.make_sampler(apply_fn, state, None, (3,), jump=jump)
+        for m in (mask, masks):  # shared: replicated; (B, *sample_shape): split along the batch
+            out = sampler(None, keys, mask=m, known=known)
+            _assert_batch_sharded(out, mesh)
+            blocks = np.concatenate([np.asarray(reference(None, keys[i:i + 2], mask=m if m.ndim == 1 else
+                                                          m[i:i + 2], known=known)) for i in range(0, 16, 2)])
+            np.testing.assert_array_equal(np.asarray(out), blocks)
+        assert np.asarray(out)[3, 1] == 0.0 and np.all(np.asarray(out)[[0, 4, 15], 0] == 2.0)
+    rbg = jax.random.split(jax.random.key(5, impl="rbg"), 16)  # the shard_map path: specs for mask, known
+    np.testing.assert_array_equal(np.asarray(sampler(None, rbg, mask=masks, known=known)),
+                                  np.asarray(reference(None, rbg, mask=masks, known=known)))
