@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sampler_utils import MIX, keys_for, mix_denoise, numpy_mixture_denoiser
+from oracle import gamma
+from sampler_utils import MIX, edm_config, keys_for, mix_denoise, numpy_mixture_denoiser
 
 import karras_jax as kj
 from karras_jax.analytic import GaussianData
@@ -43,13 +44,15 @@ def repaint_times(steps, length, count):
     return times + [-1]
 
 
-def transcription(keys, state, length, count, mask, known, start=0, image=None):
-    """Euler (s_churn = 0) over RePaint's schedule in float64, with the documented noise streams.
+def transcription(keys, state, length, count, mask, known, start=0, image=None, cfg=CFG):
+    """Euler over RePaint's schedule in float64, with the documented noise streams.
 
     Time t is the level N - 1 - t (t = -1: sigma_N = 0); a run from step k is RePaint with
     N - k steps. Going up, the L single steps are taken as one forward draw (the same law):
-    the churn normals of the row that comes down next. Every step down is one row; after it
-    the known region, noised to its level with the paint stream at (row + 1), is put back.
+    the churn normals of the row that comes down next. Every step down is one row, with
+    Algorithm 2's churn of its level (drawn with a jump's as one normal: the variances add);
+    after it the known region, noised to its level with the paint stream at (row + 1), is
+    put back.
     """
     sigmas = np.asarray(state.sigmas, np.float64)
     n = len(sigmas) - 1
@@ -74,26 +77,31 @@ def transcription(keys, state, length, count, mask, known, start=0, image=None):
         if b < a:  # up: one forward draw for the whole climb, made as the next row starts
             left = a if left is None else left
             continue
+        hat = sigmas[a] * (1 + gamma(cfg.s_churn, cfg.s_min, cfg.s_max, n, sigmas[a]))
+        variance = (hat**2 - sigmas[a] ** 2) * float(np.float32(cfg.s_noise)) ** 2
         if left is not None:
-            x = x + np.sqrt(sigmas[a] ** 2 - sigmas[left] ** 2) * normals(k_churn, row)
-            left = None
-        x = x + (sigmas[b] - sigmas[a]) * (x - denoise64(x, sigmas[a])) / sigmas[a]
+            variance, left = variance + sigmas[a] ** 2 - sigmas[left] ** 2, None
+        if variance > 0:
+            x = x + np.sqrt(variance) * normals(k_churn, row)
+        x = x + (sigmas[b] - hat) * (x - denoise64(x, hat)) / hat
         row += 1
         x = put_back(x, b, row)
     return x, row - start
 
 
-@pytest.mark.parametrize("n, length, count, start", [(12, 3, 3, 0), (10, 4, 2, 0), (9, 8, 3, 0),
-                                                     (12, 2, 3, 5)])
-def test_the_jumps_are_repaints_schedule_in_float64(n, length, count, start):
-    state = kj.set_timesteps(CFG, n, "karras")
+@pytest.mark.parametrize("n, length, count, start, s_churn", [(12, 3, 3, 0, 0.0), (10, 4, 2, 0, 0.0),
+                                                              (9, 8, 3, 0, 0.0), (12, 2, 3, 5, 0.0),
+                                                              (12, 3, 3, 0, 10.0)])
+def test_the_jumps_are_repaints_schedule_in_float64(n, length, count, start, s_churn):
+    cfg = edm_config(s_churn=s_churn)
+    state = kj.set_timesteps(cfg, n, "karras")
     keys = keys_for(7, 5)
     mask, known = jnp.asarray([1.0, 0.0]), jnp.asarray([0.8, 0.0])
     image = MIX.sample(jax.random.key(4), 5) if start else None
     kwargs = {"x_init": image, "start_step": start} if start else {}
     got = kj.sample(mix_denoise, keys, state, None, (2,), solver="euler", mask=mask, known=known,
                     jump=(length, count), **kwargs)
-    want, rows = transcription(keys, state, length, count, mask, known, start, image)
+    want, rows = transcription(keys, state, length, count, mask, known, start, image, cfg)
     assert rows == n - start + (count - 1) * length * ((n - 1 - start) // length)
     err = float(np.abs(np.asarray(got, np.float64) - want).max())
     assert err < 2e-5, err
