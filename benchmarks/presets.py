@@ -104,7 +104,7 @@ GPU = Preset(
     diffrax_batches=(1, 32, 4096, 65536),
     solver_batches=(1, 65536),
     likelihood_batches=(256, 4096),
-    order=("6", "1", "5", "8", "12", "9", "11", "10", "2", "3", "7", "4ab", "4c", "13", "14", "15"),
+    order=("6", "1", "5", "8", "12", "9", "11", "10", "2", "3", "7", "4ab", "4c", "13", "14", "15", "16"),
 )
 
 PRESETS = {p.name: p for p in (QUICK, FULL, GPU)}

@@ -239,9 +239,23 @@ def generate_table(rows: list[Row]) -> str:
     """Measurement 11: generation throughput against sampling alone."""
     lines = [[r["case"]["model"], str(r["case"]["seeds"]), str(r["case"]["batch"]),
               _ms(r["times"]["generate"]["median"]), _ms(r["times"]["sample_only"]["median"]),
-              f"{r['samples_per_s']:,.0f}", _x(r["throughput_ratio"], 3)]
+              f"{r['samples_per_s']:,.0f}", _x(r["throughput_ratio"], 3),
+              _ms(r["times"]["generate_features"]["median"]) if "generate_features" in r["times"] else "",
+              _x(r["features_ratio"], 3) if "features_ratio" in r else ""]
              for r in rows if r["measurement"] == "11_generate"]
-    header = ["model", "seeds", "batch", "generate ms", "sample only ms", "samples/s", "throughput ratio"]
+    header = ["model", "seeds", "batch", "generate ms", "sample only ms", "samples/s", "throughput ratio",
+              "with --features ms", "features ratio"]
+    return _table(header, lines)
+
+
+def inception_table(rows: list[Row]) -> str:
+    """Measurement 16: Inception-v3 features, kj.inception_features vs pytorch-fid's module."""
+    lines = [[str(r["case"]["size"]), str(r["case"]["B"]), _ms(r["times"]["kj"]["median"]),
+              _ms(r["times"]["pytorch-fid"]["median"]), f"{r['images_per_s']['kj']:,.2f}",
+              f"{r['images_per_s']['pytorch-fid']:,.2f}", _x(r["ratio"]), f"{r['max_rel_diff']:.1e}"]
+             for r in rows if r["measurement"] == "16_inception" and "pytorch-fid" in r["times"]]
+    header = ["image size", "B", "kj ms", "pytorch-fid ms", "kj images/s", "pytorch-fid images/s",
+              "pytorch-fid time / kj", "max rel diff"]
     return _table(header, lines)
 
 
@@ -484,6 +498,8 @@ def render(result: dict[str, Any]) -> str:
         solvers_table(rows),
         "**Likelihood vs k-diffusion, Heun N=32 vs dopri5 atol=rtol=1e-4 (measurement 15)**",
         likelihood_table(rows),
+        "**FID's Inception-v3 features vs pytorch-fid, CPU (measurement 16)**",
+        inception_table(rows),
     ]
     earlier = [f"{mid} ({m['run']['started']}, {(m['run']['commit'] or '')[:7]})"
                for mid, m in result.get("measurements", {}).items()
