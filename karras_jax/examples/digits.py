@@ -24,6 +24,10 @@ the one code path that computes every Frechet distance. "Unguided" is EDM2's sen
 class-conditional model: conditional samples without guidance (w = 1), classes balanced; the
 unconditional model (the null class, ``sample-digits --unconditional``) is the weaker one,
 trained on the 10% of dropped labels.
+
+Post-hoc EMA: ``DigitsConfig(ema_profiles=(0.05, 0.1))`` with ``train_digits(...,
+snapshot_every=50)`` snapshots EDM2's two EMA profiles; :func:`sweep_ema` rebuilds the EMA of
+other widths from them and plots their Frechet distances (``docs/digits/ema_sweep.png``).
 """
 
 from __future__ import annotations
@@ -56,11 +60,14 @@ from karras_jax.training import (
     edm_loss,
     ema_gamma,
     fit,
+    list_ema_snapshots,
     load_model_recipe,
     load_params,
     make_train_step,
+    reconstruct_ema_from_folder,
 )
 from karras_jax.training._checks import check_real
+from karras_jax.training.ema import check_sigma_rels
 
 __all__ = [
     "DigitsConfig",
@@ -69,6 +76,7 @@ __all__ = [
     "load_model",
     "load_split",
     "sample_digits",
+    "sweep_ema",
     "train_digits",
 ]
 
@@ -103,6 +111,7 @@ class DigitsConfig:
     sample_steps: int = 12
     guidance: float = 2.0
     model: str = "unet"
+    ema_profiles: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -119,6 +128,8 @@ class DigitsConfig:
             ema_gamma(self.ema_sigma_rel)
         except (TypeError, ValueError) as err:  # named as this config's field
             raise type(err)(f"ema_{err}") from None
+        # a tuple (a JSON list comes back as one): the config is hashed, and compared on resume
+        object.__setattr__(self, "ema_profiles", check_sigma_rels("ema_profiles", self.ema_profiles))
 
     def module(self) -> UNet | DiT:
         """The network F."""
@@ -132,13 +143,15 @@ class DigitsConfig:
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
     def settings(self) -> dict[str, Any]:
-        """The fields as saved with a run (``model`` only when not the UNet).
+        """The fields as saved with a run (``model`` only when not the UNet, ``ema_profiles`` if any).
 
-        Folders written before there was a choice of model then still resume.
+        Folders written before there was a choice of model or of EMA profiles then still resume.
         """
         values = asdict(self)
         if values["model"] == "unet":
             del values["model"]
+        if not values["ema_profiles"]:
+            del values["ema_profiles"]
         return values
 
 
@@ -213,12 +226,12 @@ def _optimizer(cfg: DigitsConfig) -> optax.GradientTransformation:
 
 
 def _initial_state(cfg: DigitsConfig) -> TrainState:
-    return TrainState.create(_init_params(cfg), _optimizer(cfg))
+    return TrainState.create(_init_params(cfg), _optimizer(cfg), ema_profiles=cfg.ema_profiles)
 
 
 def _state_template(cfg: DigitsConfig) -> TrainState:
     """The train state's structure, shapes and dtypes only: nothing is computed or compiled."""
-    return jax.eval_shape(lambda: TrainState.create(_init_params(cfg), _optimizer(cfg)))
+    return jax.eval_shape(lambda: _initial_state(cfg))
 
 
 @functools.lru_cache(maxsize=8)
@@ -233,11 +246,12 @@ def _sampler(cfg: DigitsConfig, guided: bool) -> Any:
 
 
 def train_digits(out: str | Path, cfg: DigitsConfig = DigitsConfig(), *, progress: bool = True,
-                 checkpoint_every: int = 200) -> Any:
+                 checkpoint_every: int = 200, snapshot_every: int | None = None) -> Any:
     """Trains (or resumes training) into ``out``; returns the :class:`karras_jax.TrainingRun`.
 
     ``out`` is created if missing; it and ``checkpoint_every`` are checked before anything is
-    loaded or compiled.
+    loaded or compiled. With ``cfg.ema_profiles`` and ``snapshot_every`` the run writes EMA
+    snapshots to ``out/snapshots/`` for post-hoc EMA (:func:`sweep_ema`).
 
     Raises:
       OSError: ``out`` is a file, lies below one, or cannot be written.
@@ -277,7 +291,8 @@ def train_digits(out: str | Path, cfg: DigitsConfig = DigitsConfig(), *, progres
     start = _state_template(cfg) if resuming else _initial_state(cfg)
     return fit(step_fn, start, batch_at, jax.random.key(cfg.seed), cfg.steps, folder=out,
                checkpoint_every=checkpoint_every, metadata={"example": "digits", **cfg.settings()},
-               batch_size=cfg.batch, progress=progress, model=RECIPE, model_args=cfg.settings())
+               batch_size=cfg.batch, progress=progress, model=RECIPE, model_args=cfg.settings(),
+               snapshot_every=snapshot_every)
 
 
 def load_model(folder: str | Path) -> tuple[DigitsConfig, Any]:
@@ -481,3 +496,71 @@ def run_example(out: str | Path, cfg: DigitsConfig = DigitsConfig(), *, guided: 
     plot_losses(out / "loss.png", run.losses)
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def sweep_ema(folder: str | Path, sigma_rels: Any = (0.02, 0.035, 0.05, 0.07, 0.1, 0.14, 0.2), *,
+              n: int = 1000, png: str | Path | None = None) -> dict[str, Any]:
+    """Post-hoc EMA on a digits run: the Frechet distance of the EMA of each width in ``sigma_rels``.
+
+    Each width is rebuilt from the run's EMA snapshots at the last one
+    (:func:`karras_jax.reconstruct_ema_from_folder`; train with
+    ``DigitsConfig(ema_profiles=(0.05, 0.1))`` and ``train_digits(..., snapshot_every=N)``),
+    samples ``n`` unguided digits (w = 1, classes balanced, the seeds of :func:`run_example`'s
+    unguided samples) and is scored as in :func:`evaluate`: the Frechet distance to the test
+    split in the classifier's features. ``png`` gets the plot of distance against sigma_rel,
+    with the floor (training vs test split).
+
+    Returns:
+      ``{"sigma_rel": [...], "frechet_vs_test": [...], "frechet_train_vs_test_floor": float,
+      "step": int, "snapshots": int, "n": n}`` (JSON-ready).
+
+    Raises:
+      FileNotFoundError: ``folder`` has no checkpoint or no snapshots.
+      ValueError: not a digits folder, ``sigma_rels`` not distinct widths in (0, 0.2887), ``n``
+        not an int >= 10 (a balanced set of classes), a damaged snapshot (named).
+    """
+    n = check_count("n", n, minimum=NUM_CLASSES)
+    sigma_rels = check_sigma_rels("sigma_rels", sigma_rels)
+    cfg, _ = load_model(folder)
+    steps = [step for step, _ in list_ema_snapshots(folder)]
+    template = jax.eval_shape(lambda: _init_params(cfg))
+    rebuilt = reconstruct_ema_from_folder(folder, sigma_rels, target=template)
+    x_train, y_train, x_test, _ = load_split()
+    clf = _classifier(x_train, y_train)
+    test_stats = _feature_stats(clf, x_test)
+    labels = balanced_labels(n)
+    distances = []
+    for params in rebuilt.values():
+        pixels = sample_digits(cfg, params, n, labels=labels, guidance=1.0, seed=cfg.seed + 1)
+        distances.append(frechet_distance(_feature_stats(clf, pixels), test_stats))
+    result = {"sigma_rel": list(sigma_rels), "frechet_vs_test": distances,
+              "frechet_train_vs_test_floor": frechet_distance(_feature_stats(clf, x_train), test_stats),
+              "tracked": list(cfg.ema_profiles), "step": steps[-1], "snapshots": len(steps), "n": n}
+    if png is not None:
+        plot_sweep(Path(png), result)
+    return result
+
+
+def plot_sweep(path: Path, result: dict[str, Any]) -> None:
+    """:func:`sweep_ema`'s Frechet distance against the EMA width (log scale), with the floor, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    widths = result["sigma_rel"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(widths, result["frechet_vs_test"], "o-", label=f"unguided (w = 1), {result['n']} samples")
+    ax.axhline(result["frechet_train_vs_test_floor"], color="gray", ls="--", label="floor: train vs test")
+    ax.set_xscale("log")
+    ax.set_xticks(widths, [f"{s:g}" for s in widths])
+    ax.minorticks_off()
+    ax.set_xlabel("EMA width sigma_rel (post-hoc)")
+    ax.set_ylabel("Frechet distance to the test split")
+    tracked = ", ".join(f"{s:g}" for s in result["tracked"])
+    ax.set_title(f"one run: {result['snapshots']} snapshots of ({tracked}), rebuilt at step {result['step']}",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _png(path, fig)
+    plt.close(fig)

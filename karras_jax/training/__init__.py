@@ -16,6 +16,7 @@ from karras_jax.training.loss import LOSSES, edm_loss, loss_weight, training_sig
 from karras_jax.training.posthoc_ema import (
     SNAPSHOT_FOLDER,
     EmaSnapshot,
+    list_ema_snapshots,
     load_ema_snapshots,
     posthoc_ema_coefficients,
     reconstruct_ema,
@@ -39,6 +40,7 @@ __all__ = [
     "ema_gamma",
     "ema_update",
     "fit",
+    "list_ema_snapshots",
     "load_checkpoint",
     "load_ema_snapshots",
     "load_model_recipe",

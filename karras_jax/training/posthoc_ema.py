@@ -70,6 +70,7 @@ from karras_jax.training.ema import check_sigma_rels, ema_gamma
 __all__ = [
     "SNAPSHOT_FOLDER",
     "EmaSnapshot",
+    "list_ema_snapshots",
     "load_ema_snapshots",
     "posthoc_ema_coefficients",
     "reconstruct_ema",
@@ -254,8 +255,12 @@ def save_ema_snapshot(folder: str | os.PathLike, state: Any) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
-def _snapshot_files(folder: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every snapshot file in ``folder/snapshots``, by step."""
+def list_ema_snapshots(folder: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every snapshot file of the run in ``folder``, by step (no file is read).
+
+    Raises:
+      FileNotFoundError: ``folder`` has no ``snapshots/`` or no ``snapshot-<step>.msgpack`` in it.
+    """
     where = Path(folder) / SNAPSHOT_FOLDER
     if not where.is_dir():
         raise FileNotFoundError(f"no EMA snapshots in {folder} (expected the folder {where}): train with "
@@ -319,7 +324,7 @@ def load_ema_snapshots(folder: str | os.PathLike, target: Any = None) -> list[Em
       OSError: a snapshot cannot be read (named).
       ValueError: a snapshot is truncated, corrupt or not one (named), or does not match ``target``.
     """
-    return [_read_snapshot(path, step, target) for step, path in _snapshot_files(folder)]
+    return [_read_snapshot(path, step, target) for step, path in list_ema_snapshots(folder)]
 
 
 # --- reconstruction ---------------------------------------------------------------------------
@@ -345,8 +350,9 @@ class _Sum:
         host = [np.asarray(leaf, np.float64) for leaf in leaves]
         for j, c in enumerate(coefficients):
             if self.sums[j] is None:
-                self.sums[j] = [np.zeros_like(leaf) for leaf in host]
-            self.sums[j] = [total + c * leaf for total, leaf in zip(self.sums[j], host, strict=True)]
+                self.sums[j] = [np.zeros(np.shape(leaf), np.float64) for leaf in host]
+            for total, leaf in zip(self.sums[j], host, strict=True):
+                np.add(total, c * leaf, out=total)  # in place, 0-d arrays too
 
     def results(self) -> list[Any]:
         return [jax.tree_util.tree_unflatten(self.structure, [leaf.astype(dtype) for leaf, dtype
@@ -429,7 +435,7 @@ def reconstruct_ema_from_folder(folder: str | os.PathLike, sigma_rels: Sequence[
     sigma_rels = check_sigma_rels("sigma_rels", sigma_rels)
     if not sigma_rels:
         raise ValueError("sigma_rels must name at least one width, got ().")
-    files = _snapshot_files(folder)
+    files = list_ema_snapshots(folder)
     out_step = _out_step(step, [s for s, _ in files])
     files = [(s, path) for s, path in files if s <= out_step]
     total, coefficients, widths = _Sum(len(sigma_rels)), None, None
@@ -483,7 +489,7 @@ def write_posthoc_ema(folder: str | os.PathLike, out: str | os.PathLike, sigma_r
         raise ValueError(f"sigma_rels must differ at 3 decimals (each names a folder ema-<sigma_rel>), got "
                          f"{sigma_rels}.")
     folder = Path(folder)
-    files = _snapshot_files(folder)
+    files = list_ema_snapshots(folder)
     out_step = _out_step(step, [s for s, _ in files])
     count = sum(s <= out_step for s, _ in files)
     key, metadata = jax.random.key(0), {}
