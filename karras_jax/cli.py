@@ -187,6 +187,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _generate_parser(sub)
     _likelihood_parser(sub)
     _fd_parser(sub)
+    _reconstruct_ema_parser(sub)
     for command in sub.choices.values():  # `karras-jax COMMAND ... --debug` works too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help=argparse.SUPPRESS)
@@ -289,6 +290,48 @@ def _fd_parser(sub: Any) -> None:
     fd.add_argument("gen", type=Path, metavar="GEN", help="the generated statistics, folder or samples")
     fd.add_argument("--features", metavar="MODULE:FN",
                     help="the feature function for samples (batch of samples -> (n, dim))")
+
+
+def _sigma_rels(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one width, got {text!r}")
+    return values
+
+
+def _reconstruct_ema_parser(sub: Any) -> None:
+    ema = sub.add_parser(
+        "reconstruct-ema", help="build the EMA of any width from a run's post-hoc EMA snapshots (EDM2)",
+        description="Reconstruct the power-function EMA of each width in --sigma-rel from the snapshots a "
+        "run saved (kj.fit(..., snapshot_every=) with TrainState.create(..., ema_profiles=)), as EDM2's "
+        "post-hoc EMA, and write each as a model folder OUT/ema-<width>/ that generate --model and "
+        "sample-digits --checkpoint load.")
+    ema._sub = "reconstruct-ema"
+    ema.add_argument("--checkpoint", type=Path, required=True, metavar="DIR",
+                     help="the run's folder (with its snapshots/)")
+    ema.add_argument("--sigma-rel", type=_sigma_rels, required=True, metavar="W[,W...]",
+                     help="EMA widths sigma_rel, each in (0, 0.2887), e.g. 0.05,0.1")
+    ema.add_argument("--out", type=Path, required=True, metavar="DIR2", help="where the model folders go")
+    ema.add_argument("--step", type=_positive_int, default=None,
+                     help="the step to reconstruct at: a snapshot's (default: the last snapshot's)")
+
+
+def _reconstruct_ema(args: argparse.Namespace) -> int:
+    from karras_jax.training import write_posthoc_ema
+
+    if not args.checkpoint.is_dir():
+        raise ValueError(f"argument --checkpoint: {args.checkpoint} is not a folder")
+    _check_out("--out", args.out, create=False)
+    try:
+        folders = write_posthoc_ema(args.checkpoint, args.out, args.sigma_rel, step=args.step)
+    except FileNotFoundError as err:  # no snapshots: the run did not save any
+        raise ValueError(f"argument --checkpoint: {_one_line(err)}") from None
+    for folder in folders:
+        print(f"wrote {folder}")
+    return 0
 
 
 def _fd(args: argparse.Namespace) -> int:
@@ -813,6 +856,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _likelihood(args)
         if args.command == "fd":
             return _fd(args)
+        if args.command == "reconstruct-ema":
+            return _reconstruct_ema(args)
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -233,6 +233,28 @@ def test_the_written_reconstructions_load_like_a_checkpoint_folder(smooth, tmp_p
     assert not list((tmp_path / "out").rglob(".*.tmp"))
 
 
+def test_the_reconstruct_ema_command_writes_the_same_folders(smooth, tmp_path, capsys):
+    from karras_jax.cli import main
+
+    folder, run = smooth
+    assert main(["reconstruct-ema", "--checkpoint", str(folder), "--sigma-rel", "0.07,0.1", "--out",
+                 str(tmp_path / "cli"), "--step", "300"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"wrote {tmp_path / 'cli' / 'ema-0.070'}",
+                                                    f"wrote {tmp_path / 'cli' / 'ema-0.100'}"]
+    params = kj.load_params(tmp_path / "cli" / "ema-0.070", {"w": jnp.zeros(3), "b": jnp.zeros(())})
+    want = kt.reconstruct_ema_from_folder(folder, [0.07], step=300)[0.07]
+    np.testing.assert_array_equal(params["w"], want["w"])
+    for argv, message in ((["--sigma-rel", "0.3"], "sigma_rel"), (["--sigma-rel", "a,b"], "--sigma-rel"),
+                          (["--sigma-rel", "0.1", "--step", "7"], "step")):
+        with pytest.raises(SystemExit) as refused:
+            main(["reconstruct-ema", "--checkpoint", str(folder), "--out", str(tmp_path / "bad"), *argv])
+        assert refused.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["reconstruct-ema", "--checkpoint", str(tmp_path), "--sigma-rel", "0.1", "--out",
+              str(tmp_path / "x")])
+    assert "argument --checkpoint" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------------
 # Checkpoints: profiles round trip, older states load as before
 
