@@ -157,6 +157,25 @@ def test_a_digits_checkpoint_is_a_model_for_generate(trained, tmp_path):
     assert again.written == 0  # resumes: the digits shards pass their own checks
 
 
+def test_a_digits_job_edits_test_digits_and_measures_them_with_the_classifiers_features(trained, tmp_path):
+    out, _ = trained
+    x_test = digits.load_split()[2][:10]
+    np.savez(tmp_path / "test.npz", samples=x_test)
+    kj.generate(str(out), "0-9", tmp_path / "zero", init=tmp_path / "test.npz", strength=0.0, progress=False)
+    with np.load(tmp_path / "zero" / "shard-000000.npz") as f:  # strength 0: the digits (to_model, to_pixels)
+        np.testing.assert_allclose(f["samples"], x_test, atol=1e-5)
+    kj.generate(str(out), "0-9", tmp_path / "edit", init=tmp_path / "test.npz", strength=0.5, progress=False,
+                features="karras_jax.examples.digits:classifier_features", keep_samples=True)
+    with np.load(tmp_path / "edit" / "shard-000000.npz") as f:
+        edited, features = f["samples"], f["features"]
+    assert features.shape == (10, 64) and not np.allclose(edited, x_test, atol=0.5)
+    clf = digits._fitted_classifier()
+    want = digits._feature_stats(clf, edited)
+    got = kj.FeatureStats.load(tmp_path / "edit" / "stats.npz")
+    np.testing.assert_allclose(got.mean, want.mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.covariance, want.covariance, rtol=1e-4, atol=1e-6)
+
+
 # --- the DiT (issue 17) ----------------------------------------------------------------------
 
 # DigitsConfig(model="dit", learning_rate=1e-3), 2400 steps of 64: guided accuracy 0.998, unguided

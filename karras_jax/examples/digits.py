@@ -71,6 +71,7 @@ from karras_jax.training.ema import check_sigma_rels
 
 __all__ = [
     "DigitsConfig",
+    "classifier_features",
     "evaluate",
     "generate_model",
     "load_model",
@@ -207,7 +208,7 @@ def generate_model(**settings: Any) -> GenerateModel:
         config=KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=0.0),
         schedule="karras", steps=cfg.sample_steps,
         cond_fn=lambda seeds: jnp.asarray(np.asarray(seeds) % NUM_CLASSES, jnp.int32), null_cond=NULL_CLASS,
-        postprocess=to_pixels, image_range=(0.0, PIXEL_MAX))
+        postprocess=to_pixels, image_range=(0.0, PIXEL_MAX), preprocess=to_model)
 
 
 def _init_params(cfg: DigitsConfig) -> Any:
@@ -367,11 +368,33 @@ def _classifier(x_train: np.ndarray, y_train: np.ndarray) -> Any:
     return clf.fit(x_train.reshape(len(x_train), -1) / PIXEL_MAX, y_train)
 
 
+def _hidden(clf: Any, pixels: np.ndarray) -> np.ndarray:
+    """The classifier's hidden-layer (ReLU) features of 0..16 ``pixels`` (N, 8, 8), float64."""
+    flat = np.asarray(pixels, np.float64).reshape(len(pixels), -1) / PIXEL_MAX
+    return np.maximum(flat @ clf.coefs_[0] + clf.intercepts_[0], 0.0)
+
+
 def _feature_stats(clf: Any, pixels: np.ndarray) -> FeatureStats:
     """The statistics of the classifier's hidden-layer (ReLU) features of ``pixels``."""
-    flat = np.asarray(pixels, np.float64).reshape(len(pixels), -1) / PIXEL_MAX
-    features = np.maximum(flat @ clf.coefs_[0] + clf.intercepts_[0], 0.0)
+    features = _hidden(clf, pixels)
     return FeatureStats.empty(features.shape[1]).update(features)
+
+
+@functools.lru_cache(maxsize=1)
+def _fitted_classifier() -> Any:
+    x_train, y_train, _, _ = load_split()
+    return _classifier(x_train, y_train)
+
+
+def classifier_features(pixels: Any) -> np.ndarray:
+    """The features of the example's Frechet distances: (N, 64) float32 for 0..16 pixels (N, 8, 8).
+
+    The hidden layer of the classifier :func:`evaluate` fits on the training split (fitted
+    once per process, a few seconds), for ``karras-jax generate --model DIR --features
+    karras_jax.examples.digits:classifier_features``; ``karras-jax fd`` then compares its
+    ``stats.npz`` with any other set's.
+    """
+    return _hidden(_fitted_classifier(), pixels).astype(np.float32)
 
 
 def gaussian_baseline(x_train: np.ndarray, y_train: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
