@@ -124,6 +124,27 @@ def gauss_denoise(x, sigma, cond=None):
     return GAUSS.denoise(x, sigma)
 
 
+# inpainting's test case: Gaussian data with independent coordinates, coordinates 0 and 2 known
+PAINT_DATA = GaussianData(jnp.asarray([1.0, -2.0, 0.5, 3.0]), jnp.asarray(0.7))
+PAINT_CFG = kj.KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=0.0)
+PAINT_MASK = jnp.asarray([1.0, 0.0, 1.0, 0.0])
+PAINT_KNOWN = jnp.asarray([5.0, 0.0, -5.0, 0.0])
+
+
+def paint_denoise(x, sigma, cond=None):
+    return PAINT_DATA.denoise(x, sigma)
+
+
+def check_paint_marginals(x, seeds, steps):
+    """The known coordinates exactly, the free ones with the data's marginal mean and std (5 SE)."""
+    x = np.asarray(x, np.float64)
+    assert np.all(x[:, 0] == 5.0) and np.all(x[:, 2] == -5.0)
+    std, se_mean, se_std = 0.7, 0.7 / np.sqrt(seeds), 0.7 / np.sqrt(2 * seeds)
+    for column, mean in ((1, -2.0), (3, 3.0)):
+        assert abs(x[:, column].mean() - mean) < 5 * se_mean, x[:, column].mean()
+        assert abs(x[:, column].std() - std) < 5 * se_std + 0.005, (steps, x[:, column].std())  # + N's bias
+
+
 def mix_denoise(x, sigma, cond=None):
     """D for MIX: has reductions over components and dims."""
     return MIX.denoise(x, sigma)

@@ -6,32 +6,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sampler_utils import keys_for
+from sampler_utils import PAINT_CFG as CFG
+from sampler_utils import PAINT_DATA as DATA
+from sampler_utils import PAINT_KNOWN as KNOWN
+from sampler_utils import PAINT_MASK as MASK
+from sampler_utils import check_paint_marginals, keys_for
+from sampler_utils import paint_denoise as denoise
 
 import karras_jax as kj
-from karras_jax.analytic import GaussianData
-
-DATA = GaussianData(jnp.asarray([1.0, -2.0, 0.5, 3.0]), jnp.asarray(0.7))
-CFG = kj.KarrasVeConfig(sigma_min=0.002, sigma_max=80.0, s_churn=0.0)
-MASK = jnp.asarray([1.0, 0.0, 1.0, 0.0])
-KNOWN = jnp.asarray([5.0, 0.0, -5.0, 0.0])
-
-
-def denoise(x, sigma, cond=None):
-    return DATA.denoise(x, sigma)
 
 
 @pytest.mark.parametrize("solver", ["heun", "dpmpp_2m"])
-def test_known_values_exactly_and_the_unknown_with_the_datas_marginals(solver):
-    state = kj.set_timesteps(CFG, 64, "karras")
-    seeds = 4096
-    x = np.asarray(kj.sample(denoise, keys_for(0, seeds), state, None, (4,), solver=solver, mask=MASK,
-                             known=KNOWN), np.float64)
-    assert np.all(x[:, 0] == 5.0) and np.all(x[:, 2] == -5.0)
-    std, se_mean, se_std = 0.7, 0.7 / np.sqrt(seeds), 0.7 / np.sqrt(2 * seeds)
-    for column, mean in ((1, -2.0), (3, 3.0)):
-        assert abs(x[:, column].mean() - mean) < 5 * se_mean, x[:, column].mean()
-        assert abs(x[:, column].std() - std) < 5 * se_std + 0.005, x[:, column].std()  # + N=64's bias
+@pytest.mark.parametrize("steps, jump", [(64, None), (32, (4, 3))])  # with RePaint's resampling too
+def test_known_values_exactly_and_the_unknown_with_the_datas_marginals(solver, steps, jump):
+    state = kj.set_timesteps(CFG, steps, "karras")
+    x = kj.sample(denoise, keys_for(0, 4096), state, None, (4,), solver=solver, mask=MASK, known=KNOWN,
+                  jump=jump)
+    check_paint_marginals(x, 4096, steps)
 
 
 def test_the_known_region_is_noised_from_its_own_stream_at_every_level():
