@@ -210,9 +210,14 @@ def _calls(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
 
 
 def _generate(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
-    return [_target(f"kj.generate throughput / sampling alone, {r['case']['model']}", r["throughput_ratio"],
-                    0.95, True, f"seeds={r['case']['seeds']}, batch={r['case']['batch']}")
-            for r in _rows(rows, "11_generate")]
+    out = [_target(f"kj.generate throughput / sampling alone, {r['case']['model']}", r["throughput_ratio"],
+                   0.95, True, f"seeds={r['case']['seeds']}, batch={r['case']['batch']}")
+           for r in _rows(rows, "11_generate")]
+    out += [_target(f"generate --features throughput / generate alone, {r['case']['model']}",
+                    r["features_ratio"], 0.9, True,
+                    f"seeds={r['case']['seeds']}, batch={r['case']['batch']}, digits classifier features")
+            for r in _rows(rows, "11_generate") if "features_ratio" in r]
+    return out
 
 
 def _diffrax(rows: list[Row], gpu: bool) -> list[dict[str, Any]]:
