@@ -1,6 +1,6 @@
 """The pictures of docs/editing.md: inpainted digits and an image-to-image strength sweep.
 
-Run on a folder that ``karras-jax train-digits`` wrote (about 3 minutes on 2 CPU cores)::
+Run on a folder that ``karras-jax train-digits`` wrote (155 s on 2 CPU cores)::
 
     karras-jax train-digits --out /tmp/digits --no-eval
     python docs/digits/editing_figures.py --model /tmp/digits
