@@ -149,3 +149,17 @@ def nan_features(samples):
     """Features that are NaN where the first coordinate is above 1 (a feature function that breaks)."""
     samples = np.asarray(samples, np.float32)
     return np.where(samples[:, :1] > 1.0, np.nan, samples)
+
+
+def in_place_features(samples):
+    """A feature function that tries to change the samples it is given (it must not be able to)."""
+    samples *= 0.0
+    return samples
+
+
+def complex_features(samples):
+    return np.asarray(samples) * (1 + 1j)
+
+
+def one_dim_features(samples):
+    return np.asarray(samples)[:, 0]

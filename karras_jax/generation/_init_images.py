@@ -2,9 +2,10 @@
 
 ``init`` is given as the job writes its samples (after the model's ``postprocess``), so a
 job's own output can be edited again: an ``.npz`` (its ``samples`` array, or its only array,
-e.g. a shard), a folder of PNG/JPEG images (file-name order, read with Pillow and scaled from
-0..255 to the model's ``image_range``) or an array. The model's ``preprocess`` takes them back
-to what the sampler holds (the identity for a model without a ``postprocess``).
+e.g. a shard) or ``.npy``, a folder of 8-bit PNG/JPEG images (file-name order, read with
+Pillow and scaled from 0..255 to the model's ``image_range``) or an array. The model's
+``preprocess`` takes them back to what the sampler holds (the identity for a model without a
+``postprocess``).
 
 Seed s starts from image ``s % M`` of the M given, so a job over seeds ``0..M-1`` edits each
 image once and a longer range gives each image several edits; the result does not depend on
@@ -21,21 +22,11 @@ from typing import Any
 import numpy as np
 
 from karras_jax.generation._writer import PNG_HINT
+from karras_jax.generation.features import read_array
 from karras_jax.generation.models import GenerateModel
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-def _read_npz(path: Path) -> np.ndarray:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            names = list(npz.files)
-            name = "samples" if "samples" in names else names[0] if len(names) == 1 else None
-            if name is None:
-                raise ValueError(f"init file {path} holds {names}: give it a 'samples' array or one array.")
-            return np.asarray(npz[name])
-    except (OSError, EOFError) as err:
-        raise ValueError(f"init file {path} is not a readable .npz ({err}).") from err
+_EIGHT_BIT = ("1", "L", "LA", "P", "RGB", "RGBA")
 
 
 def _read_images(folder: Path, model: GenerateModel) -> np.ndarray:
@@ -53,7 +44,10 @@ def _read_images(folder: Path, model: GenerateModel) -> np.ndarray:
     pictures = []
     for path in files:
         with Image.open(path) as picture:
-            pixels = np.asarray(picture.convert("RGB" if picture.mode not in ("L", "I;16") else "L"))
+            if picture.mode not in _EIGHT_BIT:  # 16-bit and float pictures: convert() would clip them
+                raise ValueError(f"init image {path} has mode {picture.mode!r}; give 8-bit images "
+                                 f"({', '.join(_EIGHT_BIT)}), or an .npz of samples.")
+            pixels = np.asarray(picture.convert("L" if picture.mode in ("1", "L", "LA") else "RGB"))
         pictures.append(lo + pixels.astype(np.float64) / 255.0 * (hi - lo))
     shapes = {p.shape for p in pictures}
     if len(shapes) > 1:
@@ -74,7 +68,7 @@ def init_images(init: Any, model: GenerateModel, written_shape: tuple[int, ...])
         if path.is_dir():
             values = _read_images(path, model)
         elif path.is_file():
-            values = _read_npz(path)
+            values = read_array(path, "init")
         else:
             raise ValueError(f"init {path} is neither a folder of images nor an .npz file.")
     else:

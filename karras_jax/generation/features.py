@@ -52,7 +52,19 @@ def feature_function(features: str | FeatureFn) -> tuple[FeatureFn, str]:
     if not callable(features):
         raise TypeError(f"features must be a function or a package.module:function name, got "
                         f"{type(features).__name__}.")
-    return features, f"{getattr(features, '__module__', '?')}:{getattr(features, '__qualname__', '?')}"
+    name = f"{getattr(features, '__module__', None)}:{getattr(features, '__qualname__', None)}"
+    module_name, _, qualname = name.partition(":")
+    try:  # the name is what a manifest records: it must lead back to this very function
+        found: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError, ValueError):
+        found = None
+    if found is not features:
+        raise ValueError(f"features must be a module-level function (its package.module:function name is "
+                         f"what the job records and a resume compares), got {features!r}; a lambda, a "
+                         "closure or a functools.partial has no such name: define a function in a module.")
+    return features, name
 
 
 def features_of(function: FeatureFn, samples: np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -61,7 +73,11 @@ def features_of(function: FeatureFn, samples: np.ndarray, dim: int | None = None
     Raises:
       ValueError: the result is not (n, dim) real numbers.
     """
-    values = np.asarray(function(samples))
+    view = samples.view()
+    view.flags.writeable = False  # the samples are written after it: it must not change them
+    values = np.asarray(function(view))
+    if np.iscomplexobj(values):
+        raise ValueError(f"the feature function must return real numbers, got {values.dtype}.")
     if values.ndim != 2 or values.shape[0] != len(samples) or (dim is not None and values.shape[1] != dim) \
             or values.shape[1] < 1 or not np.issubdtype(values.dtype, np.number):
         raise ValueError(f"the feature function must return ({len(samples)}, {dim or 'dim'}) numbers for "
@@ -99,6 +115,13 @@ def stats_of(source: str | os.PathLike, features: str | FeatureFn | None = None)
         if (path / STATS).is_file():
             _check_same_function(path, features)
             return FeatureStats.load(path / STATS)
+        if (path / "manifest.json").is_file():  # a job: only when it is complete
+            from karras_jax.generation.job import verify
+
+            report = verify(path)
+            if not report["ok"]:
+                raise ValueError(f"{path} is an unfinished generation job ({len(report['complete'])} of "
+                                 f"{report['shards']} shards complete): rerun its generate command first.")
         shards = sorted(path.glob("shard-*.npz"))
         if features is None or not shards:
             raise ValueError(f"{path} holds no {STATS}" + ("" if features is None else " and no shards")
@@ -126,12 +149,32 @@ def _check_same_function(folder: Path, features: str | FeatureFn | None) -> None
 
 
 def _samples(path: Path) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as npz:
-        names = list(npz.files)
-        name = "samples" if "samples" in names else names[0] if len(names) == 1 else None
-        if name is None:
-            raise ValueError(f"{path} holds {names}: no 'samples' array.")
-        return np.asarray(npz[name], np.float32)
+    return np.asarray(read_array(path, "samples"), np.float32)
+
+
+def read_array(path: Path, what: str) -> np.ndarray:
+    """The ``samples`` array of an ``.npz`` (or its only array), or a ``.npy`` array.
+
+    Raises:
+      ValueError: the file is neither, or is damaged (the message names it and ``what``).
+    """
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return loaded
+        with loaded as npz:
+            names = list(npz.files)
+            name = "samples" if "samples" in names else names[0] if len(names) == 1 else None
+            if name is None:
+                raise ValueError(f"{what} file {path} holds {names}: give it a 'samples' array or one array.")
+            return np.asarray(npz[name])
+    except ValueError as err:
+        if str(err).startswith(what):
+            raise
+        raise ValueError(f"{what} file {path} is not an .npz or .npy array ({err}).") from None
+    except Exception as err:  # noqa: BLE001 - a damaged zip raises many unrelated types
+        raise ValueError(f"{what} file {path} cannot be read as an .npz or .npy array "
+                         f"({type(err).__name__}: {err}).") from None
 
 
 def _stats_from_samples(function: FeatureFn, batches: Iterable[np.ndarray]) -> FeatureStats:

@@ -193,6 +193,9 @@ def _manifest_problem(manifest: Any) -> str | None:
         verdict = True if check is None else check(value)
         if verdict is not True:
             return f"{key!r} {verdict}"
+    optional = _optional_problem(manifest)
+    if optional is not None:
+        return optional
     try:
         seeds = seed_runs(manifest["seeds"])
     except ValueError as err:
@@ -204,6 +207,27 @@ def _manifest_problem(manifest: Any) -> str | None:
     indices = {int(_SHARD.fullmatch(name)[1]) for name in checksums}
     if checksums and (len(indices) != manifest["num_shards"] or max(indices) >= manifest["num_shards"]):
         return "'checksums' does not list exactly the job's shards"
+    return None
+
+
+def _optional_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the keys only some jobs have (eta, init, strength, features), or None."""
+    eta, init, strength, features = (manifest.get(k) for k in ("eta", "init", "strength", "features"))
+    if "eta" in manifest and not (_is(eta, int, float) and eta >= 0):
+        return "'eta' is not a number >= 0"
+    if ("init" in manifest) != ("strength" in manifest):
+        return "'init' and 'strength' come together"
+    if "init" in manifest and not (
+            isinstance(init, dict) and _is(init.get("count"), int) and init["count"] >= 1
+            and isinstance(init.get("sha256"), str) and _SHA256.fullmatch(init["sha256"])):
+        return "'init' is not {count: int >= 1, sha256: hex digest}"
+    if "strength" in manifest and not (_is(strength, int, float) and 0 <= strength <= 1):
+        return "'strength' is not a number in [0, 1]"
+    if "features" in manifest and not (
+            isinstance(features, dict) and isinstance(features.get("function"), str)
+            and _is(features.get("dim"), int) and features["dim"] >= 1
+            and isinstance(features.get("samples"), bool)):
+        return "'features' is not {function: str, dim: int >= 1, samples: bool}"
     return None
 
 
@@ -936,7 +960,9 @@ def _finish(folder: Path, manifest: dict[str, Any], processes: int, process: int
         expected = [_shard_name(i) for i in range(manifest["num_shards"])]
         if all(name in checksums for name in expected):
             if "features" in manifest:  # before the manifest: a kill in between recomputes it
-                job_stats(folder, expected, manifest["features"]["dim"]).save(folder / STATS)
+                stats = job_stats(folder, expected, manifest["features"]["dim"])
+                if _stats_problem(folder / STATS, stats) is not None:  # a matching file stays as it is
+                    stats.save(folder / STATS)
             final = {**manifest, "checksums": {name: checksums[name] for name in expected}}
             write_json(folder / MANIFEST, final)
             for record in folder.glob("progress-p*.json"):
@@ -992,30 +1018,50 @@ def verify(out: str | os.PathLike) -> dict[str, Any]:
     seeds = seed_runs(manifest["seeds"])
     report["seed_ranges"] = {state: _seed_ranges(seeds, manifest, report[state]) for state in _STATES}
     if "features" in manifest and report["ok"]:  # the statistics must be those of the shards
-        want = job_stats(folder, report["complete"], manifest["features"]["dim"])
-        try:
-            have = FeatureStats.load(folder / STATS)
-            same = all(np.array_equal(np.asarray(getattr(have, f)), np.asarray(getattr(want, f)))
-                       for f in ("count", "shift", "sum_hi", "sum_lo", "outer_hi", "outer_lo"))
-        except (OSError, ValueError) as err:
-            report["stats"], same = f"{STATS}: {err}", None
-        if same is False:
-            report["stats"] = f"{STATS} is not the statistics of the shards' features"
-        report["ok"] = "stats" not in report
+        problem = _stats_problem(folder / STATS, job_stats(folder, report["complete"],
+                                                           manifest["features"]["dim"]))
+        if problem is not None:
+            report["stats"], report["ok"] = problem, False
     return report
+
+
+def _stats_problem(path: Path, want: FeatureStats) -> str | None:
+    """None if ``path`` holds the statistics ``want``, else what is wrong.
+
+    The same count; mean and covariance within 1e-5 of the features' standard deviations (so
+    statistics reduced on another backend, or under x64, still match).
+    """
+    try:
+        have = FeatureStats.load(path)
+    except (OSError, ValueError) as err:
+        return f"{STATS}: {err}"
+    if have.dim != want.dim or int(have.count) != int(want.count):
+        return f"{STATS} is not the statistics of the shards' features (another count or dim)"
+    if int(want.count) < 2:
+        return None
+    std = np.sqrt(np.maximum(np.diag(want.covariance), 0.0)) + 1e-30
+    close = (np.abs(have.mean - want.mean) <= 1e-5 * std).all() and (
+        np.abs(have.covariance - want.covariance) <= 1e-5 * np.outer(std, std) + 1e-12).all()
+    return None if close else f"{STATS} is not the statistics of the shards' features"
 
 
 _STATES = ("complete", "written", "unrecorded", "missing", "corrupt")
 
 
 def _seed_ranges(seeds: SeedRuns, manifest: dict[str, Any], names: Iterable[str]) -> list[tuple[int, int]]:
-    """(first seed, last seed) of each run of consecutive shard indices among ``names``."""
-    indices = sorted(int(_SHARD.fullmatch(name)[1]) for name in names)
+    """(first seed, last seed) of each run of consecutive seeds in the shards ``names``.
+
+    A run ends where the shards do (a shard not in ``names``) or where the job's seeds skip.
+    """
     runs: list[list[int]] = []
-    for i in indices:
-        if runs and i == runs[-1][1] + 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    return [(int(_shard_seeds(seeds, manifest, lo)[0]), int(_shard_seeds(seeds, manifest, hi)[-1]))
-            for lo, hi in runs]
+    for i in sorted(int(_SHARD.fullmatch(name)[1]) for name in names):
+        shard = _shard_seeds(seeds, manifest, i)
+        cuts = np.flatnonzero(np.diff(shard) != 1)  # the seed set's own gaps inside the shard
+        starts = np.concatenate([[0], cuts + 1])
+        ends = np.concatenate([cuts, [len(shard) - 1]])
+        for a, b in zip(shard[starts].tolist(), shard[ends].tolist(), strict=True):
+            if runs and a == runs[-1][1] + 1:
+                runs[-1][1] = b
+            else:
+                runs.append([a, b])
+    return [(a, b) for a, b in runs]

@@ -181,11 +181,13 @@ class FeatureStats:
         Raises:
           TypeError: ``features`` is not floating-point, or ``mask`` is not boolean.
           ValueError: ``features`` is not ``(n, dim)`` for this state's dim, ``mask`` is not
-            ``(n,)``, or host (NumPy) ``features`` hold NaN or inf.
+            ``(n,)``, or host (NumPy) ``features`` hold NaN or inf in a row that counts.
         """
-        x = _check_features(features, self.dim)
+        x = _check_features(features, self.dim, checked=mask is None)
         if mask is not None:
             mask = _check_mask(mask, x.shape[0])
+            if isinstance(x, np.ndarray):  # host rows that count are checked; masked-out ones may be NaN
+                check_finite_array("features", x[np.asarray(mask)])
         if x.shape[0] == 0:
             return self
         return _update(self, x, mask)
@@ -330,7 +332,8 @@ def frechet_distance(stats_a: FeatureStats, stats_b: FeatureStats) -> float:
     (root_a, trace_a), (root_b, trace_b) = _psd_sqrt(cov_a), _psd_sqrt(cov_b)
     cross = np.linalg.svd(root_a @ root_b, compute_uv=False).sum()
     diff = mu_a - mu_b
-    return float(diff @ diff + trace_a + trace_b - 2.0 * cross)
+    # round-off can take a distance of 0 (a set with itself) a few ulps below it
+    return max(0.0, float(diff @ diff + trace_a + trace_b - 2.0 * cross))
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -341,7 +344,7 @@ def _check_stats(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be a FeatureStats, got {type(value).__name__}.")
 
 
-def _check_features(features: Any, dim: int) -> Any:
+def _check_features(features: Any, dim: int, checked: bool = True) -> Any:
     """Checks the dtype and shape of ``features`` (and host values for NaN/inf); returns an array."""
     if isinstance(features, (str, bytes)) or features is None:
         raise TypeError(f"features must be an (n, {dim}) floating-point array, "
@@ -352,7 +355,7 @@ def _check_features(features: Any, dim: int) -> Any:
         raise TypeError(f"features must hold floating-point numbers, got dtype {dtype}.")
     if x.ndim != 2 or x.shape[1] != dim:
         raise ValueError(f"features must be (n, dim) = (n, {dim}), got shape {tuple(x.shape)}.")
-    if isinstance(x, np.ndarray):
+    if checked and isinstance(x, np.ndarray):
         check_finite_array("features", x)
     return x
 

@@ -5,6 +5,7 @@ and, once complete, ``stats.npz``: the FeatureStats of every sample's features, 
 after a kill and resume; verify checks it; ``karras-jax fd`` compares two of them.
 """
 
+import functools
 import hashlib
 import json
 import sys
@@ -99,7 +100,11 @@ def test_another_feature_function_is_another_job(measured):
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(features="generate_models:no_such_function"), ValueError, "cannot load"),
     (dict(features=42), TypeError, "features must be a function"),
-    (dict(features=lambda x: x[:, 0]), ValueError, "must return \\(1, dim\\)"),
+    (dict(features=functools.partial(generate_models.square_features)), ValueError, "module-level function"),
+    (dict(features=lambda x: x), ValueError, "module-level function"),
+    (dict(features="generate_models:one_dim_features"), ValueError, "must return \\(1, dim\\)"),
+    (dict(features="generate_models:complex_features"), ValueError, "real numbers"),
+    (dict(features="generate_models:in_place_features"), ValueError, "read-only"),
     (dict(keep_samples=True), ValueError, "keep_samples"),
 ])
 def test_bad_feature_arguments_are_refused_before_anything_is_written(tmp_path, kwargs, error, match):
@@ -142,3 +147,48 @@ def test_fd_against_a_reference_matches_the_float64_formula(plain, measured, tmp
     s_a, s_b = np.cov(reference, rowvar=False), np.cov(ours, rowvar=False)
     want = ((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * scipy_linalg.sqrtm(s_a @ s_b).real)
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_a_module_level_function_is_recorded_by_its_name(tmp_path):
+    kj.generate("mixture", "0-9", tmp_path, features=generate_models.square_features, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["features"]["function"] == "generate_models:square_features"
+
+
+def test_stats_reduced_with_other_round_off_still_verify_and_are_not_rewritten(measured, tmp_path):
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for path in measured.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    features = np.concatenate([np.load(p)["features"] for p in sorted(folder.glob("shard-*.npz"))])
+    other = kj.FeatureStats.empty(4).update(features[::-1].copy())  # another order: other round-off
+    other.save(folder / "stats.npz")
+    before = (folder / "stats.npz").read_bytes()
+    assert before != (measured / "stats.npz").read_bytes()
+    assert kj.verify(folder)["ok"]
+    assert kj.generate("mixture", "0-99", folder, features=FEATURES, progress=False).written == 0
+    assert (folder / "stats.npz").read_bytes() == before
+
+
+def test_fd_refuses_an_unfinished_job_folder(plain, tmp_path, capsys):
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    for path in plain.iterdir():
+        if path.name != "shard-000003.npz":
+            (folder / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(ValueError, match="unfinished generation job \\(3 of 4 shards complete\\)"):
+        kj.stats_of(folder, FEATURES)
+
+
+@pytest.mark.parametrize("value, match", [
+    (5, "'features' is not"), ({"function": "m:f", "dim": 0, "samples": False}, "'features' is not"),
+    ({"function": "m:f", "dim": 4, "samples": 1}, "'features' is not")])
+def test_a_damaged_features_record_is_a_damaged_manifest(measured, tmp_path, value, match):
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for path in measured.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "features": value}))
+    with pytest.raises(ValueError, match=match):
+        kj.verify(folder)

@@ -113,3 +113,28 @@ def test_the_cli_takes_init_and_strength(tmp_path, capsys):
         main(["generate", "--model", "mixture", "--seeds", "0-5", "--out", str(tmp_path / "x"),
               "--init", str(tmp_path / "images.npz"), "--strength", "2"])
     assert "expected a number in [0, 1]" in capsys.readouterr().err
+
+
+def test_an_npy_array_is_an_init_file_and_other_files_are_refused_naming_init(tmp_path):
+    np.save(tmp_path / "images.npy", IMAGES)
+    kj.generate("mixture", "0-5", tmp_path / "out", init=tmp_path / "images.npy", strength=0.0,
+                progress=False)
+    np.testing.assert_array_equal(read_shards(tmp_path / "out")[1], IMAGES[np.arange(6) % 3])
+    (tmp_path / "notes.txt").write_text("not an array")
+    with pytest.raises(ValueError, match="init file .*notes.txt"):
+        kj.generate("mixture", "0-5", tmp_path / "bad", init=tmp_path / "notes.txt", strength=0.5,
+                    progress=False)
+    np.save(tmp_path / "objects.npy", np.asarray([object()]), allow_pickle=True)
+    with pytest.raises(ValueError, match="init file .*objects.npy"):
+        kj.generate("mixture", "0-5", tmp_path / "bad", init=tmp_path / "objects.npy", strength=0.5,
+                    progress=False)
+
+
+def test_a_16_bit_png_is_refused_instead_of_clipped(tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+    (tmp_path / "pics").mkdir()
+    Image.fromarray(np.arange(16, dtype=np.uint16).reshape(4, 4) * 4096).save(tmp_path / "pics" / "a.png")
+    with pytest.raises(ValueError, match="mode 'I;16'"):
+        kj.generate("generate_models:gaussian_images", "0-2", tmp_path / "out", init=tmp_path / "pics",
+                    strength=0.5, progress=False)

@@ -187,6 +187,13 @@ def test_verify_summarises_each_state_of_a_partial_folder_with_its_seed_ranges(d
     assert kj.verify(folder)["ok"] and _files(folder) == _files(done)
 
 
+def test_verify_ranges_split_where_the_seed_set_skips(tmp_path):
+    kj.generate("mixture", "0-9,100-109", tmp_path, batch=5, progress=False)
+    for i in (1, 2):
+        (tmp_path / f"shard-{i:06d}.npz").unlink()
+    assert kj.verify(tmp_path)["seed_ranges"]["missing"] == [(5, 9), (100, 104)]
+
+
 def test_verify_gives_many_shards_as_a_few_ranges(tmp_path, capsys):
     kj.generate("mixture", "0-59", tmp_path, batch=2, shard_size=2, progress=False)
     for i in (3, 4, 5, 9, 20, 22, 24, 26):
