@@ -36,13 +36,33 @@ import numpy as np
 import pytest
 
 NEEDED = ("torch", "torchvision", "pytorch_fid")
+#: Where CI puts torchvision's files (``pip install --no-deps --target .venv/fid-reference
+#: torchvision==0.28.0``): off the import path, because an importable torchvision whose
+#: operators do not load breaks diffusers, which imports it whenever it is installed.
+SIDE_FOLDER = pathlib.Path(sys.prefix) / "fid-reference"
+
+
+def torchvision_folder() -> pathlib.Path | None:
+    """torchvision's package folder: installed, or in :data:`SIDE_FOLDER`; None if neither."""
+    spec = importlib.util.find_spec("torchvision") if "torchvision" not in sys.modules else None
+    if spec is not None and spec.submodule_search_locations:
+        return pathlib.Path(spec.submodule_search_locations[0])
+    side = SIDE_FOLDER / "torchvision"
+    return side if (side / "models" / "inception.py").is_file() else None
 
 
 def missing() -> list[str]:
     """The packages of :data:`NEEDED` that are not installed (found without importing them)."""
     if "pytorch_fid.inception" in sys.modules:
         return []
-    return [name for name in NEEDED if importlib.util.find_spec(name) is None]
+    return [name for name in NEEDED if (torchvision_folder() if name == "torchvision"
+                                        else importlib.util.find_spec(name)) is None]
+
+
+def _version(folder: pathlib.Path) -> str:
+    """torchvision's version, from its ``version.py`` (the side folder has no installed metadata)."""
+    text = (folder / "version.py").read_text(encoding="utf-8")
+    return text.split("__version__ = ", 1)[1].split("\n", 1)[0].strip().strip("'\"")
 
 
 def _stand_in(name: str, path: pathlib.Path | None = None, **attributes: Any) -> types.ModuleType:
@@ -73,9 +93,10 @@ def load() -> types.ModuleType:
     absent = missing()
     if absent:
         raise ImportError(f"pytorch-fid cross-check needs {', '.join(absent)} (not installed)")
-    folder = pathlib.Path(importlib.util.find_spec("torchvision").submodule_search_locations[0])
+    folder = torchvision_folder()
+    before = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "torchvision"}
     if "torchvision.models.inception" not in sys.modules:
-        package = _stand_in("torchvision", folder, __version__=importlib.metadata.version("torchvision"))
+        package = _stand_in("torchvision", folder, __version__=_version(folder))
         package.models = _stand_in("torchvision.models", folder / "models")
         package.utils = _stand_in("torchvision.utils", _log_api_usage_once=lambda obj: None)
         package.transforms = _stand_in("torchvision.transforms", folder / "transforms")
@@ -90,6 +111,10 @@ def load() -> types.ModuleType:
         package.models.inception_v3 = vision.inception_v3
     import pytorch_fid.inception
 
+    # the stand-ins leave sys.modules (pytorch_fid.inception keeps its own reference): a later
+    # `import torchvision` elsewhere in this process (diffusers checks for it) sees what was there
+    for name in [n for n in sys.modules if n.split(".")[0] == "torchvision" and n not in before]:
+        del sys.modules[name]
     return pytorch_fid.inception
 
 
