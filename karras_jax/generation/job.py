@@ -149,6 +149,11 @@ def _shape(value: list) -> bool | str:
     return all(_is(x, int) and x >= 1 for x in value) or "is not a list of ints >= 1"
 
 
+def _levels(value: list) -> bool | str:
+    """The levels: numbers, the flow schedule's infinite sigma_0 written as "inf"."""
+    return _numbers([x for x in value if x != "inf"])
+
+
 def _numbers(value: list | dict) -> bool | str:
     values = value.values() if isinstance(value, dict) else value
     return all(_is(x, *_NUMBER) for x in values) or "holds a value that is not a number"
@@ -165,7 +170,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
     "num_seeds": ((int,), _positive), "sample_shape": ((list,), _shape),
     "dtype": ((str,), lambda v: v == "float32" or "is not 'float32'"),
     "config": ((dict,), _numbers), "steps": ((int,), _positive), "schedule": ((str,), None),
-    "sigmas": ((list,), _numbers), "solver": ((str,), None), "guidance": ((int, float, type(None)), None),
+    "sigmas": ((list,), _levels), "solver": ((str,), None), "guidance": ((int, float, type(None)), None),
     "shard_size": ((int,), _positive), "num_shards": ((int,), _positive), "versions": ((dict,), None),
     "checksums": ((dict,), _checksum_table),
 }
@@ -354,7 +359,8 @@ def _job(model: GenerateModel, seeds: SeedRuns, config: KarrasVeConfig, state: A
         "config": {f.name: float(getattr(config, f.name)) for f in dataclasses.fields(config)},
         "steps": int(steps),
         "schedule": schedule,
-        "sigmas": [float(s) for s in np.asarray(state.sigmas)],
+        # JSON has no infinity: the flow schedule's sigma_0 = inf is written as the string "inf"
+        "sigmas": [float(s) if np.isfinite(s) else "inf" for s in np.asarray(state.sigmas)],
         "solver": solver,
         **({} if eta is None else {"eta": eta}),  # absent: the solver's default (older manifests too)
         "guidance": guidance,

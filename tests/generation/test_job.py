@@ -445,3 +445,15 @@ def test_a_dry_run_plans_and_counts_but_writes_nothing(done, tmp_path):
     before = _files(folder)
     resume = kj.generate("mixture", "0-99", folder, batch=32, dry_run=True)
     assert (resume.written, resume.skipped) == (1, 3) and _files(folder) == before
+
+
+def test_a_flow_schedule_job_writes_strict_json_and_resumes(tmp_path):
+    kj.generate("mixture", "0-9", tmp_path, schedule="flow", progress=False)
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    manifest = json.loads((tmp_path / "manifest.json").read_text(), parse_constant=refuse)
+    assert manifest["sigmas"][0] == "inf" and manifest["sigmas"][-1] == 0.0
+    assert kj.verify(tmp_path)["ok"]
+    assert kj.generate("mixture", "0-9", tmp_path, schedule="flow", progress=False).written == 0
