@@ -140,22 +140,35 @@ def load_checkpoint(folder: str | os.PathLike, target: Any) -> Checkpoint:
 _DAMAGED = "Restore a copy, or delete it to start over."
 
 
+def read_msgpack(path: Path, what: str, file_format: str, damaged: str) -> dict[str, Any]:
+    """The payload of one of this package's msgpack files (a checkpoint, an EMA snapshot).
+
+    Raises:
+      OSError: ``path`` cannot be read (``FileNotFoundError`` if it is missing), naming it.
+      ValueError: it is truncated or corrupt (``damaged`` says what to do), or of another
+        ``format`` than ``file_format``.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as err:  # missing, a folder of that name, no permission, ...
+        raise OSError(err.errno, f"cannot read the {what} {path}: {err.strerror or err}") from None
+    try:
+        payload = flax.serialization.msgpack_restore(data)
+    except Exception as err:  # msgpack raises several unrelated types on garbage
+        raise ValueError(f"{path} is not a readable {what}: the file is truncated or corrupt "
+                         f"({len(data)} bytes; msgpack: {err}). {damaged}") from None
+    if not isinstance(payload, dict) or payload.get("format") != file_format:
+        raise ValueError(f"{path} is not a karras_jax {what} (format {file_format}).")
+    return payload
+
+
 def _read(folder: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     """``(path, payload)`` of the checkpoint in ``folder``, its format checked."""
     path = Path(folder) / CHECKPOINT_FILE
     try:
-        data = path.read_bytes()
+        payload = read_msgpack(path, "checkpoint", _FORMAT, _DAMAGED)
     except FileNotFoundError:
         raise FileNotFoundError(f"no checkpoint in {folder} (expected {path}).") from None
-    except OSError as err:  # a folder named checkpoint.msgpack, no permission, ...
-        raise OSError(err.errno, f"cannot read the checkpoint {path}: {err.strerror or err}") from None
-    try:
-        payload = flax.serialization.msgpack_restore(data)
-    except Exception as err:  # msgpack raises several unrelated types on garbage
-        raise ValueError(f"{path} is not a readable checkpoint: the file is truncated or corrupt "
-                         f"({len(data)} bytes; msgpack: {err}). {_DAMAGED}") from None
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a karras_jax checkpoint (format {_FORMAT}).")
     missing = [k for k in ("state", "position", "key_impl", "key", "metadata") if k not in payload]
     if missing:
         raise ValueError(f"{path} is a damaged checkpoint: it lacks {', '.join(missing)}. {_DAMAGED}")

@@ -60,6 +60,7 @@ from karras_jax.training.checkpoint import (
     MODEL_FILE,
     checkpoint_fields,
     load_model_recipe,
+    read_msgpack,
     restore_tree,
     save_checkpoint,
     save_model_recipe,
@@ -281,17 +282,7 @@ _DAMAGED = "Delete it (a resumed run rewrites the snapshots after its checkpoint
 
 def _read_snapshot(path: Path, step: int, target: Any) -> EmaSnapshot:
     """One snapshot file, every field checked; profiles read into ``target``'s structure if given."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise OSError(err.errno, f"cannot read the EMA snapshot {path}: {err.strerror or err}") from None
-    try:
-        payload = flax.serialization.msgpack_restore(data)
-    except Exception as err:  # msgpack raises several unrelated types on garbage
-        raise ValueError(f"{path} is not a readable EMA snapshot: the file is truncated or corrupt "
-                         f"({len(data)} bytes; msgpack: {err}). {_DAMAGED}") from None
-    if not isinstance(payload, dict) or payload.get("format") != _SNAPSHOT_FORMAT:
-        raise ValueError(f"{path} is not a karras_jax EMA snapshot (format {_SNAPSHOT_FORMAT}).")
+    payload = read_msgpack(path, "EMA snapshot", _SNAPSHOT_FORMAT, _DAMAGED)
     if payload.get("step") != step:
         raise ValueError(f"{path} is a damaged EMA snapshot: it holds step {payload.get('step')!r}, its name "
                          f"says {step}. {_DAMAGED}")
